@@ -1,1 +1,6 @@
-__all__: list[str] = []
+"""Scorers: the Policy protocol and the Vowpal Wabbit policy."""
+
+from policies.protocol import Policy
+from policies.vw import VWPolicy, check_vw_args
+
+__all__ = ["Policy", "VWPolicy", "check_vw_args"]

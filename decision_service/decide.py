@@ -1,0 +1,92 @@
+"""The decision path of one rank request: filter, score, explore, sample (DESIGN §4)."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import orjson
+
+from decision_service.runtime import LoopRuntime
+from decision_service.schemas import RankRequest
+from explore import Action, rank_order, rng_for, sample_index, sample_slate
+
+
+def request_digest(body: dict[str, Any]) -> str:
+    """Digest of a rank request without its event id: a retry must carry the same request."""
+    payload = {k: v for k, v in body.items() if k != "event_id"}
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def decide(
+    req: RankRequest, body: dict[str, Any], runtime: LoopRuntime, now: datetime
+) -> dict[str, Any]:
+    """Compute the decision; returns the `decisions` row (its `response` is what is served)."""
+    event_id = req.event_id or uuid.uuid4().hex
+    actions = [Action(a.id, a.features) for a in req.actions]
+    excluded = set(req.excluded_actions)
+    allowed = np.flatnonzero([a.id not in excluded for a in actions])
+    candidates = [actions[i] for i in allowed]
+
+    policy = runtime.policy
+    scores_c = policy.scores(req.context, candidates)
+    explorer = runtime.explorer
+    rng = rng_for(runtime.config.seed, event_id)
+    pmf_c = explorer.pmf(scores_c)
+    if req.slots is None:
+        k = sample_index(pmf_c, rng)
+        choices = [(k, float(pmf_c[k]))]
+    else:
+        choices = sample_slate(
+            lambda _slot, remaining: explorer.pmf(scores_c[remaining]),
+            len(candidates),
+            req.slots,
+            rng,
+        )
+
+    n = len(actions)
+    pmf = np.zeros(n)
+    pmf[allowed] = pmf_c
+    scores = np.full(n, -np.inf)
+    scores[allowed] = scores_c
+    chosen = [int(allowed[i]) for i, _ in choices]
+    order = rank_order(pmf, np.where(np.isfinite(scores), scores, np.finfo(float).min), chosen)
+
+    slots = [
+        {"slot": s, "action_id": actions[idx].id, "probability": p}
+        for s, (idx, (_, p)) in enumerate(zip(chosen, choices, strict=True))
+    ]
+    response: dict[str, Any] = {
+        "event_id": event_id,
+        "model_version": policy.version,
+        "ranking": [{"id": actions[i].id, "probability": float(pmf[i])} for i in order],
+        "reward_action_id": actions[chosen[0]].id,
+    }
+    if req.slots is not None:
+        response["slots"] = slots
+    deferred = req.defer_activation
+    return {
+        "loop": runtime.name,
+        "event_id": event_id,
+        "decided_at": now,
+        "model_version": policy.version,
+        "policy_arm": "live",
+        "request_digest": request_digest(body),
+        "context": req.context,
+        "actions": [{"id": a.id, "features": a.features} for a in actions],
+        "pmf": pmf.tolist(),
+        "excluded": list(req.excluded_actions),
+        "chosen": actions[chosen[0]].id,
+        "slots": slots,
+        "n_slots": len(slots),
+        "is_slate": req.slots is not None,
+        "deferred": deferred,
+        "activated_at": None,
+        "reward_deadline": None
+        if deferred
+        else now + timedelta(seconds=runtime.config.reward_wait_s),
+        "response": response,
+    }

@@ -1,0 +1,47 @@
+"""Service settings (pydantic-settings, ``DS_`` prefix), reached through `get_settings()`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DS_", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///./decision_service.db",
+        description="SQLAlchemy URL of the event store (SQLite file or postgresql://...).",
+    )
+    durability: Literal["durable", "fast"] = Field(
+        "durable",
+        description="durable: answer after the decision is durable; fast: after it is queued.",
+    )
+    spool_dir: str = Field(
+        "./spool", description="Local append-only log used while the database is unreachable."
+    )
+    group_commit_ms: float = Field(2.0, ge=0, le=1000, description="Gather window of a group.")
+    group_commit_max_rows: int = Field(1024, ge=1, description="Most rows in one group.")
+    max_actions: int = Field(1000, ge=1, description="Most actions in one rank request.")
+    max_slots: int = Field(50, ge=1, description="Most slots in one slate request.")
+    max_id_length: int = Field(256, ge=1, le=256, description="Longest event, action, loop id.")
+    max_features: int = Field(
+        256, ge=1, description="Most features in a context or an action (nested counted)."
+    )
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body.")
+    join_interval_s: float = Field(5.0, gt=0, description="How often the service runs the joiner.")
+    join_grace_s: float = Field(
+        5.0, ge=0, description="Windows are closed this long after their deadline."
+    )
+    loop_refresh_s: float = Field(2.0, gt=0, description="How often workers re-read loops.")
+    default_seed: int | None = Field(
+        None, description="Seed of the `default` loop when it is first created (random if unset)."
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,158 @@
+"""SQLAlchemy 2 models of the event store (DESIGN §5). Every table carries `loop`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+ID_LEN = 256
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every dialect (SQLite drops the offset otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Loop(Base):
+    """One decision problem and its configuration (exploration, reward window, VW args, seed)."""
+
+    __tablename__ = "loops"
+
+    loop: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+
+class DecisionRow(Base):
+    """A served decision with the context and candidates exactly as they were at decision time."""
+
+    __tablename__ = "decisions"
+
+    loop: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    model_version: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    policy_arm: Mapped[str] = mapped_column(String(64), nullable=False)
+    request_digest: Mapped[str] = mapped_column(String(64), nullable=False)
+    context: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    # [{"id": ..., "features": {...}}, ...] in request order.
+    actions: Mapped[list[Any]] = mapped_column(JSON, nullable=False)
+    # probability of each action (request order) of the distribution the first choice was
+    # sampled from; excluded actions 0.
+    pmf: Mapped[list[float]] = mapped_column(JSON, nullable=False)
+    excluded: Mapped[list[str]] = mapped_column(JSON, nullable=False)
+    chosen: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    # [{"slot": k, "action_id": ..., "probability": conditional p}], one per slot (1 if no slate).
+    slots: Mapped[list[Any]] = mapped_column(JSON, nullable=False)
+    n_slots: Mapped[int] = mapped_column(Integer, nullable=False)
+    is_slate: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    deferred: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # None while a deferred decision waits for activation.
+    reward_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The exact response served, returned again on an idempotent retry.
+    response: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    # Set by the joiner when the window closed and outcomes were written.
+    joined_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index(
+            "ix_decisions_open_windows",
+            "loop",
+            "reward_deadline",
+            sqlite_where=text("joined_at IS NULL"),
+            postgresql_where=text("joined_at IS NULL"),
+        ),
+        Index("ix_decisions_loop_decided", "loop", "decided_at"),
+    )
+
+
+class RewardRow(Base):
+    """Append-only: every reward as received; `reward_id` makes spool shipping exactly-once."""
+
+    __tablename__ = "rewards"
+
+    reward_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    loop: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    event_id: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    slot: Mapped[int] = mapped_column(Integer, nullable=False)
+    value: Mapped[float] = mapped_column(Float, nullable=False)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    late: Mapped[bool] = mapped_column(Boolean, nullable=False)
+
+    __table_args__ = (Index("ix_rewards_loop_event", "loop", "event_id"),)
+
+
+class OutcomeRow(Base):
+    """The join: one row per (decision, slot) once its reward window closed."""
+
+    __tablename__ = "outcomes"
+
+    loop: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reward: Mapped[float] = mapped_column(Float, nullable=False)
+    default_applied: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    n_rewards: Mapped[int] = mapped_column(Integer, nullable=False)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    joined_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+    __table_args__ = (Index("ix_outcomes_loop_decided", "loop", "decided_at"),)
+
+
+class ModelRow(Base):
+    """A model version: artifact bytes with their sha256, lineage and status."""
+
+    __tablename__ = "models"
+
+    version: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    loop: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    vw_args: Mapped[str] = mapped_column(Text, nullable=False)
+    artifact: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    parent: Mapped[str | None] = mapped_column(String(ID_LEN))
+    trained_from: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    trained_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    n_events: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+    __table_args__ = (Index("ix_models_loop_status", "loop", "status"),)
