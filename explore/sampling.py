@@ -1,0 +1,98 @@
+"""Seeded sampling of one action or of a slate (slot by slot, without replacement)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from explore.validation import (
+    check_int,
+    check_non_empty_str,
+    check_pmf,
+    check_probability,
+)
+
+__all__ = ["mask_pmf", "rng_for", "sample_index", "sample_slate", "slate_probability"]
+
+
+def rng_for(loop_seed: int, event_id: str) -> np.random.Generator:
+    """The generator for one event: seeded by the first 8 bytes (big-endian) of
+    blake2b(f"{loop_seed}:{event_id}"), so a replay draws the same numbers in any process."""
+    seed = check_int(loop_seed, "loop_seed")
+    event_id = check_non_empty_str(event_id, "event_id")
+    digest = hashlib.blake2b(f"{seed}:{event_id}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "big"))
+
+
+def sample_index(pmf: np.ndarray, rng: np.random.Generator) -> int:
+    """Draw an index from `pmf` by inverse CDF with one uniform; never a zero-probability index."""
+    p = check_pmf(pmf)
+    cdf = np.cumsum(p)
+    u = rng.random() * cdf[-1]
+    i = int(np.searchsorted(cdf, u, side="right"))
+    # Zero-probability entries cannot be hit (their CDF step is empty) except past the end
+    # through round-off; send that to the last index with positive probability.
+    last = int(np.flatnonzero(p > 0)[-1])
+    return min(i, last)
+
+
+def mask_pmf(pmf: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Zero the entries where `allowed` is False and renormalise the rest."""
+    p = check_pmf(pmf)
+    mask = np.asarray(allowed)
+    if mask.dtype != np.bool_ or mask.shape != p.shape:
+        raise ValueError(
+            f"allowed must be a boolean array of shape {p.shape}, "
+            f"got dtype {mask.dtype} and shape {mask.shape}"
+        )
+    if not mask.any():
+        raise ValueError("allowed must allow at least one action, got all False")
+    out = np.where(mask, p, 0.0)
+    total = out.sum()
+    if total <= 0.0:
+        raise ValueError("allowed must allow at least one action with probability > 0, got none")
+    return out / total
+
+
+def sample_slate(
+    slot_pmf: Callable[[int, np.ndarray], np.ndarray],
+    n_actions: int,
+    n_slots: int,
+    rng: np.random.Generator,
+) -> list[tuple[int, float]]:
+    """Sample `n_slots` distinct actions slot by slot.
+
+    For slot k, `slot_pmf(k, remaining)` gets the still-available action indices (ascending)
+    and returns a pmf over them. Returns (action index, conditional probability) per slot.
+    """
+    n_actions = check_int(n_actions, "n_actions", minimum=1)
+    n_slots = check_int(n_slots, "n_slots", minimum=1)
+    if n_slots > n_actions:
+        raise ValueError(f"n_slots must be <= n_actions ({n_actions}), got {n_slots}")
+    remaining = np.arange(n_actions)
+    choices: list[tuple[int, float]] = []
+    for k in range(n_slots):
+        name = f"slot_pmf({k}, remaining)"
+        p = check_pmf(slot_pmf(k, remaining.copy()), name)
+        if p.size != remaining.size:
+            raise ValueError(
+                f"{name} must return one probability per remaining action "
+                f"({remaining.size}), got {p.size}"
+            )
+        i = sample_index(p, rng)
+        choices.append((int(remaining[i]), float(p[i])))
+        remaining = np.delete(remaining, i)
+    return choices
+
+
+def slate_probability(choices: Sequence[tuple[int, float]]) -> float:
+    """Probability of a sampled slate: the product of its per-slot conditional probabilities."""
+    if len(choices) == 0:
+        raise ValueError("choices must be a non-empty sequence of (index, probability), got []")
+    return math.prod(
+        check_probability(p, f"choices[{k}] probability", positive=True)
+        for k, (_, p) in enumerate(choices)
+    )
