@@ -1,4 +1,9 @@
-"""Per-worker state of each loop: its configuration, explorer and serving policy."""
+"""Per-worker state of each loop: its configuration, explorer and serving policy.
+
+Workers poll the database (every `DS_LOOP_REFRESH_S`) for loop configurations and each loop's live
+model version; a new live version is loaded and swapped in without a restart. A request takes one
+`LoopRuntime` snapshot, so the version it logs is the one that scored it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine
 
+from deploy.registry import ModelVersion, live_versions, load_artifact
 from explore import Explorer, make_explorer
 from log.loops import LoopConfig, StoredLoop, get_loop, list_loops
 from policies import VWPolicy
@@ -21,7 +27,7 @@ def explorer_for(config: LoopConfig) -> Explorer:
     return make_explorer("epsilon_greedy", epsilon=config.epsilon)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoopRuntime:
     name: str
     config: LoopConfig
@@ -37,29 +43,55 @@ class LoopRegistry:
         self.engine = engine
         self.loops: dict[str, LoopRuntime] = {}
 
-    def _install(self, stored: StoredLoop) -> LoopRuntime:
+    def _policy_for(
+        self, stored: StoredLoop, live: ModelVersion | None, current: LoopRuntime | None
+    ) -> VWPolicy:
+        if live is not None:
+            if current is not None and current.policy.version == live.version:
+                return current.policy
+            return VWPolicy(
+                live.vw_args, model=load_artifact(self.engine, live.version), version=live.version
+            )
+        if (
+            current is not None
+            and current.policy.version == "untrained"
+            and current.config.vw_args == stored.config.vw_args
+        ):
+            return current.policy
+        return VWPolicy(stored.config.vw_args)
+
+    def _install(self, stored: StoredLoop, live: ModelVersion | None) -> LoopRuntime:
         current = self.loops.get(stored.name)
-        if current is not None and current.updated_at == stored.updated_at:
+        policy = self._policy_for(stored, live, current)
+        if (
+            current is not None
+            and current.updated_at == stored.updated_at
+            and current.policy is policy
+        ):
             return current
-        if current is not None and current.config.vw_args == stored.config.vw_args:
-            policy = current.policy
-        else:
-            policy = VWPolicy(stored.config.vw_args)
         runtime = LoopRuntime(
             stored.name, stored.config, stored.updated_at, explorer_for(stored.config), policy
         )
         self.loops[stored.name] = runtime
+        if current is None or current.policy is not policy:
+            logger.info("loop %s serves model %s", stored.name, policy.version)
         return runtime
 
     def refresh(self) -> None:
-        """Re-read every loop (blocking; run it off the event loop)."""
+        """Re-read every loop and live version (blocking; run it off the event loop)."""
+        live = live_versions(self.engine)
         for stored in list_loops(self.engine):
-            self._install(stored)
+            try:
+                self._install(stored, live.get(stored.name))
+            except Exception:  # a bad artifact must not stop the other loops
+                logger.exception("could not load loop %s", stored.name)
 
     def load(self, name: str) -> LoopRuntime | None:
         """Read one loop from the database (blocking)."""
         stored = get_loop(self.engine, name)
-        return None if stored is None else self._install(stored)
+        if stored is None:
+            return None
+        return self._install(stored, live_versions(self.engine).get(name))
 
     def install(self, stored: StoredLoop) -> LoopRuntime:
-        return self._install(stored)
+        return self._install(stored, live_versions(self.engine).get(stored.name))

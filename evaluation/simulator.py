@@ -25,7 +25,6 @@ import numpy as np
 from evaluation.simulator_types import (
     DEVICES,
     HOUR_BUCKETS,
-    PMF_ATOL,
     FeatureValue,
     PolicyFn,
     SimBatch,
@@ -36,11 +35,12 @@ from evaluation.simulator_types import (
     SlatePolicyFn,
     as_pmf_row,
     check_n,
-    check_pmfs,
     check_slate,
     uniform_policy,
 )
 from evaluation.simulator_world import World
+from evaluation.types import LoggedBandit
+from evaluation.validation import PMF_ATOL, check_action_dist
 
 __all__ = [
     "PolicyFn",
@@ -200,7 +200,7 @@ class Simulator:
     # ---------------------------------------------------------------- slates
 
     def slate_click_probabilities(
-        self, ctx: SimContext, items: Sequence[SimItem], slate: Sequence[int]
+        self, ctx: SimContext, items: Sequence[SimItem], slate: Sequence[int] | np.ndarray
     ) -> np.ndarray:
         """Per slot ``k``: ``position_bias[k] * click probability of items[slate[k]]``."""
         s = check_slate(slate, len(items), len(self._position_bias))
@@ -210,7 +210,7 @@ class Simulator:
         self,
         ctx: SimContext,
         items: Sequence[SimItem],
-        slate: Sequence[int],
+        slate: Sequence[int] | np.ndarray,
         rng: np.random.Generator | int | None = None,
     ) -> list[SimReward]:
         """One outcome per slot; slots click independently (position-based model)."""
@@ -231,7 +231,7 @@ class Simulator:
         k = batch.items.shape[1]
         for i, (features, items) in enumerate(self._rows(batch)):
             out[i] = as_pmf_row(policy(features, items), k, "policy")
-        return check_pmfs(out, "policy")
+        return check_action_dist(out, "the policy's pmfs (one row per context)")
 
     def _rows(self, batch: SimBatch) -> Iterator[tuple[dict[str, FeatureValue], list[SimItem]]]:
         """(features, candidates) of each row of a batch, without building SimContexts."""
@@ -295,7 +295,7 @@ class Simulator:
                     raise ValueError(
                         f"slate_policy marginals must have shape ({n_slots}, {k}), got {out.shape}"
                     )
-                rows = check_pmfs(out.astype(np.float64), "slate_policy (each slot)")
+                rows = check_action_dist(out, "slate_policy marginals (one row per slot)")
                 if np.any(rows.sum(axis=0) > 1.0 + PMF_ATOL):
                     raise ValueError("slate_policy marginals put an item in slots > 1 times")
                 total += float(bias @ (rows @ q[i]))
@@ -349,7 +349,8 @@ class Simulator:
         ``action_dist`` (n, n_actions) of the target, ``logging_action_dist`` (n, n_actions),
         ``expected_reward`` (n, n_actions) the true q, ``true_value`` (the target's exact mean of
         sum_a action_dist * q), ``logging_value``, ``item_index`` (n, n_actions) catalog indices,
-        ``contexts`` (the n feature dicts) and ``batch``.
+        ``contexts`` (the n feature dicts), ``batch``, and ``logged``: the same events as an
+        :class:`evaluation.types.LoggedBandit` (every candidate offered) for the estimators.
         """
         check_n("n", n)
         rng = np.random.default_rng(seed)
@@ -365,12 +366,19 @@ class Simulator:
         action = np.minimum((cdf <= u[:, None]).sum(axis=1), last_positive)
         rows = np.arange(int(n))
         reward = (rng.random(int(n)) < q[rows, action]).astype(np.float64)
+        pscore = logging[rows, action]
+        logged = LoggedBandit(
+            reward=reward,
+            action=action.astype(np.int64),
+            pscore=pscore,
+            candidates_mask=np.ones(q.shape, dtype=np.bool_),
+        )
         return {
             "n_rounds": int(n),
             "n_actions": int(q.shape[1]),
             "action": action,
             "reward": reward,
-            "pscore": logging[rows, action],
+            "pscore": pscore,
             "action_dist": target,
             "logging_action_dist": logging,
             "expected_reward": q,
@@ -379,4 +387,5 @@ class Simulator:
             "item_index": batch.items,
             "contexts": [features for features, _ in self._rows(batch)],
             "batch": batch,
+            "logged": logged,
         }

@@ -26,10 +26,6 @@ def _finite(name: str, value: float, *, low: float | None = None) -> None:
         raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
 
 
-PMF_ATOL = 1e-6
-"""Tolerance on a policy's probabilities (sum to 1, non-negative)."""
-
-
 def check_n(name: str, n: int) -> None:
     """``n`` must be a positive integer (numpy integers accepted, bools refused)."""
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
@@ -37,25 +33,12 @@ def check_n(name: str, n: int) -> None:
 
 
 def as_pmf_row(pmf: Any, k: int, who: str) -> np.ndarray:
-    """``pmf`` as a float array of shape (k,); the values are checked by :func:`check_pmfs`."""
+    """``pmf`` as a float array of shape (k,); the values are checked by the shared validator
+    (:func:`evaluation.validation.check_action_dist`) once all rows are in."""
     p = np.asarray(pmf, dtype=np.float64)
     if p.shape != (k,):
         raise ValueError(f"{who} must return a pmf of shape ({k},), got shape {p.shape}")
     return p
-
-
-def check_pmfs(p: np.ndarray, who: str) -> np.ndarray:
-    """Validate the rows of ``p`` as pmfs (vectorised); returns ``p`` clipped at 0."""
-    bad = ~np.all(np.isfinite(p), axis=1) | np.any(p < -PMF_ATOL, axis=1)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ValueError(f"{who} must return finite non-negative probabilities, got {p[i]}")
-    sums = p.sum(axis=1)
-    off = np.abs(sums - 1.0) > PMF_ATOL
-    if off.any():
-        i = int(np.argmax(off))
-        raise ValueError(f"{who} must return probabilities summing to 1, got sum {sums[i]}")
-    return np.clip(p, 0.0, None)
 
 
 def check_slate(slate: Any, k: int, max_slots: int) -> np.ndarray:

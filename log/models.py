@@ -151,6 +151,8 @@ class ModelRow(Base):
     trained_from: Mapped[datetime | None] = mapped_column(UTCDateTime())
     trained_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     n_events: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # Online continuation resumes after this join watermark (outcomes joined later are new).
+    checkpoint: Mapped[datetime | None] = mapped_column(UTCDateTime())
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
