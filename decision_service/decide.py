@@ -40,12 +40,16 @@ def decide(
         k = sample_index(pmf_c, rng)
         choices = [(k, float(pmf_c[k]))]
     else:
-        choices = sample_slate(
-            lambda _slot, remaining: explorer.pmf(scores_c[remaining]),
-            len(candidates),
-            req.slots,
-            rng,
-        )
+        slot_pmfs: list[np.ndarray] = []
+
+        def slot_pmf(_slot: int, remaining: np.ndarray) -> np.ndarray:
+            conditional = explorer.pmf(scores_c[remaining])
+            full = np.zeros(len(actions))
+            full[allowed[remaining]] = conditional
+            slot_pmfs.append(full)
+            return conditional
+
+        choices = sample_slate(slot_pmf, len(candidates), req.slots, rng)
 
     n = len(actions)
     pmf = np.zeros(n)
@@ -59,6 +63,13 @@ def decide(
         {"slot": s, "action_id": actions[idx].id, "probability": p}
         for s, (idx, (_, p)) in enumerate(zip(chosen, choices, strict=True))
     ]
+    # Logged slots also keep each slot's whole conditional distribution (aligned with `actions`,
+    # 0 for actions excluded or already placed), which slate estimators need.
+    logged_slots = (
+        [dict(slot, pmf=full.tolist()) for slot, full in zip(slots, slot_pmfs, strict=True)]
+        if req.slots is not None
+        else slots
+    )
     response: dict[str, Any] = {
         "event_id": event_id,
         "model_version": policy.version,
@@ -80,7 +91,7 @@ def decide(
         "pmf": pmf.tolist(),
         "excluded": list(req.excluded_actions),
         "chosen": actions[chosen[0]].id,
-        "slots": slots,
+        "slots": logged_slots,
         "n_slots": len(slots),
         "is_slate": req.slots is not None,
         "deferred": deferred,
