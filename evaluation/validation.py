@@ -57,7 +57,9 @@ def _index_str(index: tuple[int, ...]) -> str:
     return str(index[0]) if len(index) == 1 else str(index)
 
 
-def check_finite(x: Any, name: str, *, ndim: int = 1, shape: tuple[int, ...] | None = None) -> FloatArray:
+def check_finite(
+    x: Any, name: str, *, ndim: int = 1, shape: tuple[int, ...] | None = None
+) -> FloatArray:
     """Return ``x`` as a float64 array of ``ndim`` dimensions (and ``shape``) of finite numbers."""
     dims = "1-D" if ndim == 1 else f"{ndim}-D"
     expectation = f"a non-empty {dims} array of finite numbers"
@@ -118,11 +120,14 @@ def check_action(x: Any, name: str = "action", *, n_actions: int | None = None) 
     return out
 
 
-def check_action_dist(x: Any, name: str = "action_dist", *, n_rounds: int | None = None) -> FloatArray:
+def check_action_dist(
+    x: Any, name: str = "action_dist", *, n_rounds: int | None = None
+) -> FloatArray:
     """Return ``x`` as an (n_rounds, n_actions) float64 array whose rows are pmfs."""
     rows = "n_rounds" if n_rounds is None else str(n_rounds)
     expectation = (
-        f"a 2-D array of shape ({rows}, n_actions) of probabilities in [0, 1] with rows summing to 1"
+        f"a 2-D array of shape ({rows}, n_actions) of probabilities in [0, 1] "
+        "with rows summing to 1"
     )
     arr = _as_float(x, name, 2, expectation)
     if n_rounds is not None and arr.shape[0] != n_rounds:
@@ -135,7 +140,9 @@ def check_action_dist(x: Any, name: str = "action_dist", *, n_rounds: int | None
     off = ~(np.abs(sums - 1.0) <= PMF_ATOL)
     if off.any():
         row = int(np.argmax(off))
-        raise ValueError(f"{name} must be {expectation}, got row {row} summing to {sums[row]!r}")
+        raise ValueError(
+            f"{name} must be {expectation}, got row {row} summing to {float(sums[row])!r}"
+        )
     return arr
 
 
@@ -145,16 +152,20 @@ def check_q_hat(x: Any, name: str = "q_hat", *, shape: tuple[int, int]) -> Float
 
 
 def check_same_length(**arrays: NDArray[Any]) -> int:
-    """Return the common length of the arrays; ValueError naming the two that differ."""
-    items = list(arrays.items())
-    first_name, first = items[0]
-    for other_name, other in items[1:]:
-        if other.shape[0] != first.shape[0]:
+    """Return the common length of the arrays; ValueError naming the one that differs.
+
+    The expected length is the one most of the arrays have (the first array's on a tie).
+    """
+    lengths = {name: int(arr.shape[0]) for name, arr in arrays.items()}
+    values = list(lengths.values())
+    n = max(values, key=lambda v: (values.count(v), -values.index(v)))
+    for name, length in lengths.items():
+        if length != n:
+            agree = ", ".join(k for k, v in lengths.items() if v == n)
             raise ValueError(
-                f"{other_name} must have one entry per event like {first_name} "
-                f"({first.shape[0]}), got {other.shape[0]}"
+                f"{name} must have one entry per event ({n}, like {agree}), got {length}"
             )
-    return int(first.shape[0])
+    return n
 
 
 class BanditInputs(NamedTuple):
