@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,6 +22,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service = Service(settings)
         await service.start()
         app.state.service = service
+        if settings.gc_tuning:
+            # Everything loaded at start-up (SQLAlchemy, Alembic, FastAPI, VW) lives as long as
+            # the process: move it out of the collector's sight, and collect less often, so that
+            # requests parked on a group commit do not trigger repeated full collections.
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(20_000, 50, 100)
         try:
             yield
         finally:

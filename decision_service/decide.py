@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from decision_service.rank_input import RankInput
 from decision_service.runtime import LoopRuntime
-from decision_service.schemas import RankRequest
-from explore import Action, rank_order, rng_for, sample_index, sample_slate
+from explore import rank_order, rng_for, sample_index, sample_slate
 
 
 def request_digest(body: dict[str, Any]) -> str:
@@ -22,12 +22,12 @@ def request_digest(body: dict[str, Any]) -> str:
 
 
 def decide(
-    req: RankRequest, body: dict[str, Any], runtime: LoopRuntime, now: datetime
+    req: RankInput, body: dict[str, Any], runtime: LoopRuntime, now: datetime
 ) -> dict[str, Any]:
     """Compute the decision; returns the `decisions` row (its `response` is what is served)."""
     event_id = req.event_id or uuid.uuid4().hex
-    actions = [Action(a.id, a.features) for a in req.actions]
-    excluded = set(req.excluded_actions)
+    actions = req.actions
+    excluded = set(req.excluded)
     allowed = np.flatnonzero([a.id not in excluded for a in actions])
     candidates = [actions[i] for i in allowed]
 
@@ -89,7 +89,7 @@ def decide(
         "context": req.context,
         "actions": [{"id": a.id, "features": a.features} for a in actions],
         "pmf": pmf.tolist(),
-        "excluded": list(req.excluded_actions),
+        "excluded": req.excluded,
         "chosen": actions[chosen[0]].id,
         "slots": logged_slots,
         "n_slots": len(slots),

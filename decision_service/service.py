@@ -15,8 +15,9 @@ from starlette.concurrency import run_in_threadpool
 
 from decision_service.decide import decide
 from decision_service.errors import ApiError, describe_validation
+from decision_service.rank_input import parse_rank
 from decision_service.runtime import LoopRegistry, LoopRuntime
-from decision_service.schemas import RankRequest, RewardRequest, check_rank_limits
+from decision_service.schemas import RewardRequest
 from decision_service.settings import Settings
 from log.joiner import JoinStats, join_loop
 from log.loops import ensure_default_loop, list_loops
@@ -99,18 +100,12 @@ class Service:
     # -- rank ------------------------------------------------------------------------------
     async def rank(self, loop: str, body: Any) -> tuple[dict[str, Any], bool]:
         """Returns (response, replayed)."""
-        if not isinstance(body, dict):
-            raise ApiError(422, "invalid_request", "body must be a JSON object")
-        try:
-            req = RankRequest.model_validate(body)
-        except ValidationError as err:
-            raise ApiError(422, "invalid_request", describe_validation(err.errors())) from None
-        check_rank_limits(req, self.settings)
+        req = parse_rank(body, self.settings)
         runtime = await self.runtime(loop)
         row = decide(req, body, runtime, datetime.now(UTC))
         op = InsertDecision(row)
         if self.settings.durability == "fast":
-            self.writer.submit([op])
+            self.writer.enqueue([op])
             return row["response"], False
         result = await self.writer.write([op])
         if result.inserted[0]:

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
         5.0, ge=0, description="Windows are closed this long after their deadline."
     )
     loop_refresh_s: float = Field(2.0, gt=0, description="How often workers re-read loops.")
+    gc_tuning: bool = Field(
+        True, description="Freeze start-up objects and raise GC thresholds (serving latency)."
+    )
     default_seed: int | None = Field(
         None, description="Seed of the `default` loop when it is first created (random if unset)."
     )

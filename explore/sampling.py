@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -30,9 +32,11 @@ def rng_for(loop_seed: int, event_id: str) -> np.random.Generator:
 def sample_index(pmf: np.ndarray, rng: np.random.Generator) -> int:
     """Draw an index from `pmf` by inverse CDF with one uniform; never a zero-probability index."""
     p = check_pmf(pmf)
-    cdf = np.cumsum(p)
+    # Plain Python on the (small) CDF: numpy's searchsorted releases the GIL, which costs a
+    # serving thread more than the search itself.
+    cdf = list(itertools.accumulate(p.tolist()))
     u = rng.random() * cdf[-1]
-    i = int(np.searchsorted(cdf, u, side="right"))
+    i = bisect.bisect_right(cdf, u)
     # Zero-probability entries cannot be hit (their CDF step is empty) except past the end
     # through round-off; send that to the last index with positive probability.
     last = int(np.flatnonzero(p > 0)[-1])

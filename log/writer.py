@@ -32,6 +32,26 @@ logger = logging.getLogger(__name__)
 
 _STOP = object()
 
+# A queued item: the ops and what to resolve once they are durable (a thread future for
+# synchronous callers; an asyncio future and its loop for requests).
+Waiter = (
+    concurrent.futures.Future["WriteResult"]
+    | tuple[asyncio.AbstractEventLoop, asyncio.Future["WriteResult"]]
+)
+Item = tuple[list["Op"], Waiter]
+
+
+def _resolve_async(
+    pairs: list[tuple[asyncio.Future[WriteResult], WriteResult | BaseException]],
+) -> None:
+    for fut, outcome in pairs:
+        if fut.done():  # the request was cancelled (client went away); the write stands
+            continue
+        if isinstance(outcome, BaseException):
+            fut.set_exception(outcome)
+        else:
+            fut.set_result(outcome)
+
 
 @dataclass
 class WriteResult:
@@ -98,23 +118,31 @@ class GroupCommitWriter:
     # -- submitting ------------------------------------------------------------------------
     def submit(self, ops: list[Op]) -> concurrent.futures.Future[WriteResult]:
         fut: concurrent.futures.Future[WriteResult] = concurrent.futures.Future()
+        self._put(ops, fut)
+        return fut
+
+    def _put(self, ops: list[Op], waiter: Waiter) -> None:
         if self._thread is None:
             raise RuntimeError("writer is not running")
         self.stats.pending += len(ops)
-        self._queue.put((ops, fut))
-        return fut
+        self._queue.put((ops, waiter))
 
     async def write(self, ops: list[Op]) -> WriteResult:
         """Return once the ops are durable (database commit or spool fdatasync)."""
-        return await asyncio.wrap_future(self.submit(ops))
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[WriteResult] = loop.create_future()
+        self._put(ops, (loop, fut))
+        return await fut
+
+    def enqueue(self, ops: list[Op]) -> None:
+        """Fire and forget (fast mode): durable a few milliseconds later."""
+        self._put(ops, concurrent.futures.Future())
 
     def write_sync(self, ops: list[Op], timeout: float = 60.0) -> WriteResult:
         return self.submit(ops).result(timeout)
 
     # -- the writer thread -----------------------------------------------------------------
-    def _gather(
-        self, first: object
-    ) -> tuple[list[tuple[list[Op], concurrent.futures.Future[WriteResult]]], bool]:
+    def _gather(self, first: object) -> tuple[list[Item], bool]:
         items = [first]
         n = len(first[0])  # type: ignore[index]
         deadline = time.monotonic() + self.delay_s
@@ -162,9 +190,7 @@ class GroupCommitWriter:
             self._commit_group(leftovers)  # type: ignore[arg-type]
         self._maybe_ship(force=True)
 
-    def _commit_group(
-        self, group: list[tuple[list[Op], concurrent.futures.Future[WriteResult]]]
-    ) -> None:
+    def _commit_group(self, group: list[Item]) -> None:
         ops = [op for item_ops, _ in group for op in item_ops]
         self.stats.groups += 1
         self.stats.ops += len(ops)
@@ -174,25 +200,41 @@ class GroupCommitWriter:
         if not self.spool.has_pending():
             try:
                 inserted = self._commit_db(ops)
-            except exc.SQLAlchemyError as err:
+            except Exception as err:  # any failure to commit: the spool keeps the group safe
                 self._note_error(err)
         if inserted is None:
             try:
                 self.spool.append(ops)
             except OSError as err:  # neither database nor disk: fail the requests loudly
                 self._note_error(err)
-                for _, fut in group:
-                    fut.set_exception(err)
                 self.stats.pending -= len(ops)
+                self._resolve(group, [err] * len(group))
                 return
             spooled = True
             self.stats.spooled_ops += len(ops)
             inserted = [True] * len(ops)
         self.stats.pending -= len(ops)
+        outcomes: list[WriteResult | BaseException] = []
         i = 0
-        for item_ops, fut in group:
-            fut.set_result(WriteResult(inserted[i : i + len(item_ops)], spooled))
+        for item_ops, _ in group:
+            outcomes.append(WriteResult(inserted[i : i + len(item_ops)], spooled))
             i += len(item_ops)
+        self._resolve(group, outcomes)
+
+    @staticmethod
+    def _resolve(group: list[Item], outcomes: list[WriteResult | BaseException]) -> None:
+        """Resolve thread futures directly and wake each event loop once for its whole share."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for (_, waiter), outcome in zip(group, outcomes, strict=True):
+            if isinstance(waiter, tuple):
+                by_loop.setdefault(waiter[0], []).append((waiter[1], outcome))
+            elif isinstance(outcome, BaseException):
+                waiter.set_exception(outcome)
+            else:
+                waiter.set_result(outcome)
+        for loop, pairs in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+                loop.call_soon_threadsafe(_resolve_async, pairs)
 
     def _note_error(self, err: BaseException) -> None:
         self.stats.errors += 1
@@ -214,8 +256,14 @@ class GroupCommitWriter:
     def _commit_db(self, ops: list[Op]) -> list[bool]:
         conn = self._connection()
         try:
-            with conn.begin():
-                return apply_ops(conn, ops)
+            try:
+                with conn.begin():
+                    return apply_ops(conn, ops, optimistic=True)
+            except exc.IntegrityError:
+                # A decision already stored (a retry) or twice in this group: redo the group
+                # through the insert-if-absent path, which reports which rows were new.
+                with conn.begin():
+                    return apply_ops(conn, ops, optimistic=False)
         except BaseException:
             self._close_conn()
             raise
@@ -237,18 +285,24 @@ class GroupCommitWriter:
                 self._commit_db(ops)
                 shipped = True
                 self.stats.shipped_ops += len(ops)
-            except exc.SQLAlchemyError as err:
+            except Exception as err:  # still unreachable (or a bad row): keep the segment
                 self._note_error(err)
                 Spool.release(fd, path, shipped=False)
                 return
             Spool.release(fd, path, shipped=shipped)
 
 
-def apply_ops(conn: Connection, ops: list[Op]) -> list[bool]:
-    """Apply ops in order inside the caller's transaction; decisions are insert-if-absent."""
+def apply_ops(conn: Connection, ops: list[Op], *, optimistic: bool = False) -> list[bool]:
+    """Apply ops in order inside the caller's transaction; decisions are insert-if-absent.
+
+    With `optimistic` (PostgreSQL), decisions are COPied straight into the table: an existing
+    key raises IntegrityError and the caller retries without it.
+    """
     inserted = [True] * len(ops)
     decisions = [(i, op) for i, op in enumerate(ops) if isinstance(op, InsertDecision)]
-    if decisions:
+    if decisions and optimistic and conn.dialect.name == "postgresql":
+        copy_decisions(conn, [d.row for _, d in decisions], direct=True)
+    elif decisions:
         stored = _insert_decisions(conn, [d.row for _, d in decisions])
         seen: set[tuple[str, str]] = set()
         for i, d in decisions:

@@ -10,6 +10,7 @@ lists one feature per element, nested mappings are flattened with dots.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from explore.types import Action
 _BAD = re.compile(r"[\s:|]")
 
 
+@lru_cache(maxsize=65536)
 def _clean(text: str) -> str:
     return _BAD.sub("_", text)
 

@@ -86,6 +86,7 @@ def make_settings(db_url: str, tmp_path: Path, **overrides: object) -> Settings:
         "join_interval_s": 3600,
         "loop_refresh_s": 3600,
         "group_commit_ms": 1.0,
+        "gc_tuning": False,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -1,0 +1,147 @@
+"""One-pass validation of a rank request body (the hot path).
+
+`RankRequest` (pydantic, in schemas.py) documents the body in the OpenAPI schema; this module
+applies the same rules plus the settings' limits in a single pass over the parsed JSON, which at
+50 actions costs a fraction of pydantic + separate limit checks. Messages name the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from decision_service.errors import ApiError
+from decision_service.settings import Settings
+from explore import Action
+
+_SCALARS = (str, int, float, bool)
+_RANK_FIELDS = frozenset(
+    ("event_id", "context", "actions", "excluded_actions", "slots", "defer_activation")
+)
+_ACTION_FIELDS = frozenset(("id", "features"))
+
+
+@dataclass(frozen=True, slots=True)
+class RankInput:
+    event_id: str | None
+    context: dict[str, Any]
+    actions: list[Action]
+    excluded: list[str]
+    slots: int | None
+    defer_activation: bool
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(422, "invalid_request", message)
+
+
+def _limit(message: str) -> ApiError:
+    return ApiError(422, "limit_exceeded", message)
+
+
+def count_features(features: Any, where: str, depth: int = 0) -> int:
+    """Count features, rejecting value types VW cannot take. Nested objects count their leaves."""
+    if type(features) is not dict:
+        raise _invalid(f"{where} must be an object")
+    n = 0
+    for key, value in features.items():
+        t = type(value)
+        if t is str or t is float or t is int or t is bool or value is None:
+            n += 1
+        elif t is dict:
+            if depth >= 2:
+                raise _invalid(f"{where}.{key}: objects nest at most 3 levels deep")
+            n += count_features(value, f"{where}.{key}", depth + 1)
+        elif t is list:
+            for item in value:
+                if item is not None and not isinstance(item, _SCALARS):
+                    raise _invalid(
+                        f"{where}.{key}: lists may hold strings, numbers or booleans only"
+                    )
+            n += len(value)
+        else:  # pragma: no cover - JSON has no other types
+            raise _invalid(f"{where}.{key}: unsupported value")
+    return n
+
+
+def _check_id(value: Any, where: str, settings: Settings) -> str:
+    if type(value) is not str or not value:
+        raise _invalid(f"{where} must be a non-empty string")
+    if len(value) > settings.max_id_length:
+        raise _limit(f"{where} is {len(value)} characters; the limit is {settings.max_id_length}")
+    return value
+
+
+def parse_rank(body: Any, settings: Settings) -> RankInput:
+    """Validate a parsed rank body; raises ApiError (422) naming the field that is wrong."""
+    if type(body) is not dict:
+        raise _invalid("body must be a JSON object")
+    unknown = body.keys() - _RANK_FIELDS
+    if unknown:
+        raise _invalid(f"unknown field(s): {', '.join(sorted(unknown))}")
+
+    event_id = body.get("event_id")
+    if event_id is not None:
+        _check_id(event_id, "event_id", settings)
+
+    context = body.get("context", {})
+    if context is None:
+        context = {}
+    n = count_features(context, "context")
+    if n > settings.max_features:
+        raise _limit(f"context has {n} features; the limit is {settings.max_features}")
+
+    raw_actions = body.get("actions")
+    if type(raw_actions) is not list or not raw_actions:
+        raise _invalid("actions must be a non-empty list of {id, features} objects")
+    if len(raw_actions) > settings.max_actions:
+        raise _limit(f"{len(raw_actions)} actions; the limit is {settings.max_actions} per request")
+    actions: list[Action] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_actions):
+        if type(raw) is not dict:
+            raise _invalid(f"actions[{i}] must be an object with id and features")
+        if not raw.keys() <= _ACTION_FIELDS:
+            extra = ", ".join(sorted(raw.keys() - _ACTION_FIELDS))
+            raise _invalid(f"actions[{i}]: unknown field(s): {extra}")
+        action_id = _check_id(raw.get("id"), f"actions[{i}].id", settings)
+        if action_id in seen:
+            raise ApiError(422, "duplicate_action", f"action id {action_id!r} appears twice")
+        seen.add(action_id)
+        features = raw.get("features", {})
+        if features is None:
+            features = {}
+        n = count_features(features, f"actions[{i}].features")
+        if n > settings.max_features:
+            raise _limit(f"actions[{i}] has {n} features; the limit is {settings.max_features}")
+        actions.append(Action(action_id, features))
+
+    excluded = body.get("excluded_actions", [])
+    if excluded is None:
+        excluded = []
+    if type(excluded) is not list or any(type(x) is not str for x in excluded):
+        raise _invalid("excluded_actions must be a list of action ids")
+    unknown_ex = [x for x in excluded if x not in seen]
+    if unknown_ex:
+        raise ApiError(
+            422, "unknown_excluded_action", f"excluded_actions not among actions: {unknown_ex[:5]}"
+        )
+    available = len(seen - set(excluded))
+    if available == 0:
+        raise ApiError(422, "all_actions_excluded", "every action is excluded; nothing to serve")
+
+    slots = body.get("slots")
+    if slots is not None:
+        if type(slots) is not int or slots < 1:
+            raise _invalid("slots must be an integer >= 1")
+        if slots > settings.max_slots:
+            raise _limit(f"{slots} slots; the limit is {settings.max_slots}")
+        if slots > available:
+            raise ApiError(
+                422, "too_many_slots", f"{slots} slots but only {available} actions can be served"
+            )
+
+    defer = body.get("defer_activation", False)
+    if type(defer) is not bool:
+        raise _invalid("defer_activation must be true or false")
+    return RankInput(event_id, context, actions, list(excluded), slots, defer)
