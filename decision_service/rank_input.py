@@ -98,23 +98,36 @@ def parse_rank(body: Any, settings: Settings) -> RankInput:
         raise _limit(f"{len(raw_actions)} actions; the limit is {settings.max_actions} per request")
     actions: list[Action] = []
     seen: set[str] = set()
+    max_id, max_features = settings.max_id_length, settings.max_features
     for i, raw in enumerate(raw_actions):
         if type(raw) is not dict:
             raise _invalid(f"actions[{i}] must be an object with id and features")
-        if not raw.keys() <= _ACTION_FIELDS:
+        if len(raw) > 2 or not raw.keys() <= _ACTION_FIELDS:
             extra = ", ".join(sorted(raw.keys() - _ACTION_FIELDS))
             raise _invalid(f"actions[{i}]: unknown field(s): {extra}")
-        action_id = _check_id(raw.get("id"), f"actions[{i}].id", settings)
+        action_id: str = raw.get("id")  # type: ignore[assignment]  # checked just below
+        if type(action_id) is not str or not action_id or len(action_id) > max_id:
+            _check_id(action_id, f"actions[{i}].id", settings)
         if action_id in seen:
             raise ApiError(422, "duplicate_action", f"action id {action_id!r} appears twice")
         seen.add(action_id)
-        features = raw.get("features", {})
+        features = raw.get("features")
         if features is None:
             features = {}
-        n = count_features(features, f"actions[{i}].features")
-        if n > settings.max_features:
-            raise _limit(f"actions[{i}] has {n} features; the limit is {settings.max_features}")
-        actions.append(Action(action_id, features))
+        elif type(features) is not dict:
+            raise _invalid(f"actions[{i}].features must be an object")
+        # fast path: flat features of scalars; anything else is counted (and checked) in full
+        n = 0
+        for value in features.values():
+            t = type(value)
+            if t is str or t is float or t is int or t is bool or value is None:
+                n += 1
+            else:
+                n = count_features(features, f"actions[{i}].features")
+                break
+        if n > max_features:
+            raise _limit(f"actions[{i}] has {n} features; the limit is {max_features}")
+        actions.append(Action.validated(action_id, features))
 
     excluded = body.get("excluded_actions", [])
     if excluded is None:

@@ -34,6 +34,15 @@ class Action:
         check_non_empty_str(self.id, "id")
         _check_features(self.features, "features")
 
+    @classmethod
+    def validated(cls, id: str, features: dict[str, Any]) -> Action:
+        """Build without re-checking: for callers that have already validated id and features
+        (the service's request parser does, on the hot path)."""
+        action = object.__new__(cls)
+        object.__setattr__(action, "id", id)
+        object.__setattr__(action, "features", features)
+        return action
+
 
 @dataclass(frozen=True)
 class Context:

@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import vowpalwabbit
 import pylibvw  # VW's C++ bindings, shipped inside the vowpalwabbit wheel
+import vowpalwabbit
 
 from explore.types import Action
 from policies.vw_text import example_lines
