@@ -12,7 +12,7 @@ import orjson
 
 from decision_service.rank_input import RankInput
 from decision_service.runtime import LoopRuntime
-from explore import rank_order, rng_for, sample_index, sample_slate
+from explore import event_stream, rank_order, sample_index, sample_slate
 
 
 def request_digest(body: dict[str, Any]) -> str:
@@ -34,7 +34,7 @@ def decide(
     policy = runtime.policy
     scores_c = policy.scores(req.context, candidates)
     explorer = runtime.explorer
-    rng = rng_for(runtime.config.seed, event_id)
+    rng = event_stream(runtime.config.seed, event_id)
     pmf_c = explorer.pmf(scores_c)
     if req.slots is None:
         k = sample_index(pmf_c, rng)
@@ -54,10 +54,10 @@ def decide(
     n = len(actions)
     pmf = np.zeros(n)
     pmf[allowed] = pmf_c
-    scores = np.full(n, -np.inf)
+    scores = np.full(n, np.finfo(float).min)  # excluded actions rank last
     scores[allowed] = scores_c
     chosen = [int(allowed[i]) for i, _ in choices]
-    order = rank_order(pmf, np.where(np.isfinite(scores), scores, np.finfo(float).min), chosen)
+    order = rank_order(pmf, scores, chosen)
 
     slots = [
         {"slot": s, "action_id": actions[idx].id, "probability": p}

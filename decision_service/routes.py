@@ -20,6 +20,7 @@ from log.store import loop_counts
 from policies import check_vw_args
 
 router = APIRouter()
+LOOP_PARAMETER = {"name": "loop", "in": "path", "required": True, "schema": {"type": "string"}}
 LOOP_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
 
@@ -130,15 +131,18 @@ async def put_one_loop(loop: str, request: Request) -> Response:
     "/v1/loops/{loop}/rank",
     status_code=201,
     openapi_extra={
+        "parameters": [LOOP_PARAMETER],
         "requestBody": {
             "content": {"application/json": {"schema": RankRequest.model_json_schema()}}
-        }
+        },
     },
 )
-async def rank(loop: str, request: Request) -> Response:
+async def rank(request: Request) -> Response:
+    # The loop is read from path_params directly: the hot route has no parameters for FastAPI
+    # to resolve per request (it is still documented through openapi_extra).
     service = _service(request)
     body = await read_json(request)
-    response, replayed = await service.rank(loop, body)
+    response, replayed = await service.rank(request.path_params["loop"], body)
     return _json(response, 201, {"Idempotent-Replay": "true"} if replayed else None)
 
 

@@ -1,7 +1,16 @@
 """The decision path without I/O: scores -> pmf -> seeded sample of an action or a slate."""
 
 from explore.ranking import rank_order
-from explore.sampling import mask_pmf, rng_for, sample_index, sample_slate, slate_probability
+from explore.sampling import (
+    EventStream,
+    UniformSource,
+    event_stream,
+    mask_pmf,
+    rng_for,
+    sample_index,
+    sample_slate,
+    slate_probability,
+)
 from explore.strategies import (
     EpsilonGreedy,
     Explorer,
@@ -19,14 +28,17 @@ __all__ = [
     "Context",
     "Decision",
     "EpsilonGreedy",
+    "EventStream",
     "Explorer",
     "Greedy",
     "SlotChoice",
     "Softmax",
+    "UniformSource",
     "check_pmf",
     "check_probability",
     "check_scores",
     "epsilon_greedy",
+    "event_stream",
     "make_explorer",
     "mask_pmf",
     "rank_order",
