@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from decision_service import errors
 from decision_service.routes import router
+from decision_service.routes_evaluations import router as evaluations_router
 from decision_service.service import Service
 from decision_service.settings import Settings, get_settings
 
@@ -42,4 +43,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.include_router(router)
+    app.include_router(evaluations_router)
     return app

@@ -62,5 +62,39 @@ def join(
     typer.echo(orjson.dumps({k: vars(v) for k, v in stats.items()}).decode())
 
 
+@app.command()
+def demo(
+    events: int = typer.Option(20_000, min=100, help="Simulated decisions to drive."),
+    chunk: int = typer.Option(2_000, min=50, help="Join and learn every this many events."),
+    concurrency: int = typer.Option(16, min=1, help="Concurrent simulated users."),
+    seed: int = typer.Option(7, help="Seed of the simulator and the loop."),
+    plot: str = typer.Option("demo_learning_curve.png", help="Where to write the PNG."),
+    database_url: str = typer.Option(
+        None, help="Event store (default: DS_DATABASE_URL, i.e. the SQLite file)."
+    ),
+) -> None:
+    """Run the whole loop against a simulator over HTTP and show that it learns."""
+    from decision_service.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(
+        events=events,
+        chunk=chunk,
+        concurrency=concurrency,
+        seed=seed,
+        plot=plot,
+        database_url=database_url or get_settings().database_url,
+    )
+    run_demo(cfg, echo=typer.echo)
+
+
+def _register_subcommands() -> None:
+    from decision_service.cli_evaluate import evaluate
+
+    app.command("evaluate")(evaluate)
+
+
+_register_subcommands()
+
+
 def main() -> None:
     app()

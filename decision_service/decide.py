@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from decision_service.errors import ApiError
 from decision_service.rank_input import RankInput
 from decision_service.runtime import LoopRuntime
 from explore import event_stream, rank_order, sample_index, sample_slate
@@ -33,6 +34,13 @@ def decide(
 
     policy = runtime.policy
     scores_c = policy.scores(req.context, candidates)
+    if not np.isfinite(scores_c).all():
+        raise ApiError(
+            422,
+            "invalid_request",
+            "feature values overflow the model's 32-bit floats: keep numbers (and the products "
+            "of interacted features) below 3.4e38 in magnitude",
+        )
     explorer = runtime.explorer
     rng = event_stream(runtime.config.seed, event_id)
     pmf_c = explorer.pmf(scores_c)

@@ -7,6 +7,7 @@ applies the same rules plus the settings' limits in a single pass over the parse
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,9 @@ from decision_service.settings import Settings
 from explore import Action
 
 _SCALARS = (str, int, float, bool)
+# Control characters (NUL above all) are not valid in ids: PostgreSQL text refuses NUL.
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+LOOP_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")  # use with fullmatch
 _RANK_FIELDS = frozenset(
     ("event_id", "context", "actions", "excluded_actions", "slots", "defer_activation")
 )
@@ -69,6 +73,8 @@ def _check_id(value: Any, where: str, settings: Settings) -> str:
         raise _invalid(f"{where} must be a non-empty string")
     if len(value) > settings.max_id_length:
         raise _limit(f"{where} is {len(value)} characters; the limit is {settings.max_id_length}")
+    if CONTROL.search(value):
+        raise _invalid(f"{where} must not contain control characters")
     return value
 
 
@@ -106,7 +112,12 @@ def parse_rank(body: Any, settings: Settings) -> RankInput:
             extra = ", ".join(sorted(raw.keys() - _ACTION_FIELDS))
             raise _invalid(f"actions[{i}]: unknown field(s): {extra}")
         action_id: str = raw.get("id")  # type: ignore[assignment]  # checked just below
-        if type(action_id) is not str or not action_id or len(action_id) > max_id:
+        if (
+            type(action_id) is not str
+            or not action_id
+            or len(action_id) > max_id
+            or CONTROL.search(action_id)
+        ):
             _check_id(action_id, f"actions[{i}].id", settings)
         if action_id in seen:
             raise ApiError(422, "duplicate_action", f"action id {action_id!r} appears twice")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 from typing import Any
 
@@ -13,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from decision_service.errors import ApiError, describe_validation
+from decision_service.rank_input import LOOP_NAME
 from decision_service.schemas import LoopConfigIn, RankRequest, RewardRequest
 from decision_service.service import Service
 from log.loops import LoopConfig, StoredLoop, get_loop, list_loops, put_loop
@@ -21,7 +21,6 @@ from policies import check_vw_args
 
 router = APIRouter()
 LOOP_PARAMETER = {"name": "loop", "in": "path", "required": True, "schema": {"type": "string"}}
-LOOP_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -54,10 +53,14 @@ async def read_json(request: Request) -> Any:
         ) from None
 
 
-def check_loop_name(loop: str) -> None:
-    if not LOOP_NAME.match(loop):
+def check_loop_name(loop: str, max_length: int) -> None:
+    if not LOOP_NAME.fullmatch(loop):
         raise ApiError(
             422, "invalid_loop_name", "loop names are 1-128 characters of A-Z a-z 0-9 _ . -"
+        )
+    if len(loop) > max_length:
+        raise ApiError(
+            422, "limit_exceeded", f"loop name is {len(loop)} characters; the limit is {max_length}"
         )
 
 
@@ -88,7 +91,7 @@ async def get_loops(request: Request) -> Response:
 
 @router.get("/v1/loops/{loop}")
 async def get_one_loop(loop: str, request: Request) -> Response:
-    check_loop_name(loop)
+    check_loop_name(loop, _service(request).settings.max_id_length)
     service = _service(request)
     stored = await run_in_threadpool(get_loop, service.engine, loop)
     if stored is None:
@@ -106,7 +109,7 @@ async def get_one_loop(loop: str, request: Request) -> Response:
     },
 )
 async def put_one_loop(loop: str, request: Request) -> Response:
-    check_loop_name(loop)
+    check_loop_name(loop, _service(request).settings.max_id_length)
     service = _service(request)
     body = await read_json(request)
     try:

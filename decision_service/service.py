@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from decision_service.decide import decide
 from decision_service.errors import ApiError, describe_validation
-from decision_service.rank_input import parse_rank
+from decision_service.rank_input import CONTROL, LOOP_NAME, parse_rank
 from decision_service.runtime import LoopRegistry, LoopRuntime
 from decision_service.schemas import RewardRequest
 from decision_service.settings import Settings
@@ -92,6 +92,8 @@ class Service:
     async def runtime(self, loop: str) -> LoopRuntime:
         runtime = self.loops.loops.get(loop)
         if runtime is None:
+            if not LOOP_NAME.fullmatch(loop):  # such a loop cannot exist: no database lookup
+                raise ApiError(404, "loop_not_found", f"loop {loop!r} does not exist")
             runtime = await run_in_threadpool(self.loops.load, loop)
             if runtime is None:
                 raise ApiError(404, "loop_not_found", f"loop {loop!r} does not exist")
@@ -128,6 +130,8 @@ class Service:
                 422, "limit_exceeded", f"event_id longer than {self.settings.max_id_length}"
             )
         runtime = await self.runtime(loop)
+        if CONTROL.search(event_id):  # cannot have been stored
+            raise ApiError(404, "event_not_found", f"no decision {event_id!r} in loop {loop!r}")
         info = await run_in_threadpool(find_event, self.engine, self.writer.spool, loop, event_id)
         if info is None:
             raise ApiError(404, "event_not_found", f"no decision {event_id!r} in loop {loop!r}")
@@ -168,11 +172,14 @@ class Service:
             "late": late,
         }
         await self.writer.write([InsertReward(row)])
+        pending = info.deferred and info.activated_at is None
         return {
             "event_id": event_id,
             "slot": slot,
-            "status": "late" if late else "accepted",
-            "joined": not late,
+            # late: stored and counted, never joined; pending_activation: joined only if the
+            # deferred decision is activated (and the reward falls inside its window)
+            "status": "late" if late else ("pending_activation" if pending else "accepted"),
+            "joined": not late and not pending,
         }
 
     async def activate(self, loop: str, event_id: str) -> tuple[dict[str, Any], int]:

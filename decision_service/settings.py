@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     group_commit_max_rows: int = Field(1024, ge=1, description="Most rows in one group.")
     max_actions: int = Field(1000, ge=1, description="Most actions in one rank request.")
     max_slots: int = Field(50, ge=1, description="Most slots in one slate request.")
-    max_id_length: int = Field(256, ge=1, le=256, description="Longest event, action, loop id.")
+    max_id_length: int = Field(256, ge=1, le=256, description="Longest event, action or loop id.")
     max_features: int = Field(
         256, ge=1, description="Most features in a context or an action (nested counted)."
     )

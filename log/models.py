@@ -158,3 +158,24 @@ class ModelRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
 
     __table_args__ = (Index("ix_models_loop_status", "loop", "status"),)
+
+
+class EvaluationRow(Base):
+    """An offline evaluation run of a loop: its request, status, progress and result (JSON)."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    loop: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    # queued -> running -> succeeded | failed
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    # 0..1, updated while running.
+    progress: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_evaluations_loop_created", "loop", "created_at"),)

@@ -92,6 +92,12 @@ class Spool:
             return None
         return fd
 
+    def quarantine(self, path: Path) -> None:
+        """Move a segment the database refuses out of the shipping queue (kept for inspection)."""
+        target = self.directory / "quarantine"
+        target.mkdir(parents=True, exist_ok=True)
+        path.rename(target / path.name)
+
     @staticmethod
     def release(fd: int, path: Path, *, shipped: bool) -> None:
         if shipped:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine, exc, update
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -71,6 +72,7 @@ class WriterStats:
     pending: int = 0
     max_group: int = 0
     lost_fast_ops: int = 0
+    quarantined_segments: int = 0
     last_error: str | None = None
     group_sizes: list[int] = field(default_factory=list)
 
@@ -285,11 +287,27 @@ class GroupCommitWriter:
                 self._commit_db(ops)
                 shipped = True
                 self.stats.shipped_ops += len(ops)
-            except Exception as err:  # still unreachable (or a bad row): keep the segment
+            except Exception as err:
                 self._note_error(err)
-                Spool.release(fd, path, shipped=False)
+                if _is_data_error(err):
+                    # The database answered but refuses this segment's content: set it aside
+                    # (kept on disk for an operator) so it cannot block everything after it.
+                    self.spool.quarantine(path)
+                    self.stats.quarantined_segments += 1
+                    logger.error("spool segment %s quarantined: %s", path.name, err)
+                    Spool.release(fd, path, shipped=False)
+                    continue
+                Spool.release(fd, path, shipped=False)  # still unreachable: retry later
                 return
             Spool.release(fd, path, shipped=shipped)
+
+
+def _is_data_error(err: BaseException) -> bool:
+    """True when the database rejected the content (not when it could not be reached)."""
+    if isinstance(err, exc.DBAPIError) and err.orig is not None:
+        err = err.orig
+    refused = (psycopg.DataError, psycopg.IntegrityError, exc.DataError, exc.IntegrityError)
+    return isinstance(err, (*refused, ValueError, TypeError))
 
 
 def apply_ops(conn: Connection, ops: list[Op], *, optimistic: bool = False) -> list[bool]:

@@ -26,38 +26,52 @@ BASE_ARGS = "--cb_adf --quiet"
 _predict_multi = pylibvw.vw.predict_multi
 _learn_multi = pylibvw.vw.learn_multi
 _finish_multi = pylibvw.vw._finish_example_multi_ex
-# Arguments the service controls itself; a loop's configuration may not set them.
-FORBIDDEN = {
-    "--cb_explore_adf",
-    "--cb_adf",
-    "--cb_explore",
-    "--cb",
-    "--ccb_explore_adf",
-    "--slates",
-    "--epsilon",
-    "--softmax",
-    "--first",
-    "--bag",
-    "--cover",
-    "--squarecb",
-    "-i",
-    "--initial_regressor",
-    "-f",
-    "--final_regressor",
-    "-d",
-    "--data",
-    "--dsjson",
-    "--json",
-    "-c",
-    "--cache",
-    "--daemon",
-    "--port",
-    "-p",
-    "--predictions",
-    "--quiet",
-    "--save_resume",
-    "--preserve_performance_counters",
-}
+# The learning options a loop may set (an allowlist: VW has options that read or write files
+# on the server, which a configuration must never reach). name -> takes a value.
+ALLOWED: dict[str, bool] = {
+    "-q": True, "--quadratic": True, "--cubic": True, "--interactions": True,
+    "--ignore": True, "--ignore_linear": True, "--keep": True, "--noconstant": False,
+    "--permutations": False, "--leave_duplicate_interactions": False,
+    "-l": True, "--learning_rate": True, "--power_t": True, "--initial_t": True,
+    "--decay_learning_rate": True, "--l1": True, "--l2": True, "--initial_weight": True,
+    "-b": True, "--bit_precision": True, "--cb_type": True, "--clip_p": True,
+    "--hash": True, "--hash_seed": True, "--random_seed": True, "--loss_function": True,
+    "--quantile_tau": True, "--adaptive": False, "--normalized": False, "--invariant": False,
+    "--sgd": False, "--coin": False, "--ftrl": False, "--ftrl_alpha": True, "--ftrl_beta": True,
+    "--pistol": False, "--ngram": True, "--skips": True, "--affix": True, "--spelling": True,
+    "--lrq": True, "--lrqdropout": False, "--nn": True, "--inpass": False, "--dropout": False,
+}  # fmt: skip
+MAX_BITS = 24  # 2**24 weights per model: bounds the memory a configuration can ask for
+
+
+def _options(tokens: list[str]) -> list[tuple[str, str | None]]:
+    """(option, value) pairs; attached forms (-qca, -l0.5, --l2=1e-6) are split."""
+    out: list[tuple[str, str | None]] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        i += 1
+        if not token.startswith("-") or token == "-":
+            raise ValueError(f"vw_args: unexpected argument {token!r}")
+        if token.startswith("--"):
+            name, eq, attached = token.partition("=")
+            value: str | None = attached if eq else None
+        else:
+            name, value = token[:2], (token[2:] or None)
+        if name not in ALLOWED:
+            raise ValueError(
+                f"vw_args may not set {name}: allowed are learning options such as -q, "
+                "--interactions, -l, --power_t, --l1, --l2, -b, --cb_type"
+            )
+        if ALLOWED[name] and value is None:
+            if i >= len(tokens):
+                raise ValueError(f"vw_args: {name} needs a value")
+            value = tokens[i]
+            i += 1
+        elif not ALLOWED[name] and value is not None:
+            raise ValueError(f"vw_args: {name} takes no value")
+        out.append((name, value))
+    return out
 
 
 def check_vw_args(args: str) -> str:
@@ -66,10 +80,15 @@ def check_vw_args(args: str) -> str:
         tokens = shlex.split(args)
     except ValueError as err:
         raise ValueError(f"vw_args could not be parsed: {err}") from None
-    bad = sorted({t.split("=")[0] for t in tokens} & FORBIDDEN)
-    if bad:
-        raise ValueError(f"vw_args must not set {', '.join(bad)}: the service sets them itself")
-    normalised = " ".join(shlex.quote(t) for t in tokens)
+    options = _options(tokens)
+    for name, value in options:
+        bits = name in ("-b", "--bit_precision")
+        if bits and (value is None or not value.isdigit() or not 1 <= int(value) <= MAX_BITS):
+            raise ValueError(f"vw_args: {name} must be an integer in [1, {MAX_BITS}]")
+    normalised = " ".join(
+        shlex.quote(name) if value is None else f"{shlex.quote(name)} {shlex.quote(value)}"
+        for name, value in options
+    )
     try:
         ws = vowpalwabbit.Workspace(f"{BASE_ARGS} {normalised}")
     except Exception as err:

@@ -10,7 +10,9 @@ from sqlalchemy import inspect
 
 from log.schema import make_engine, migrate
 
-SCRIPT = "import sys; from log.schema import make_engine, migrate; migrate(make_engine(sys.argv[1]))"
+SCRIPT = (
+    "import sys; from log.schema import make_engine, migrate; migrate(make_engine(sys.argv[1]))"
+)
 
 
 def test_concurrent_migrations(db_url: str) -> None:

@@ -133,3 +133,22 @@ def test_stop_drains_queued_writes(engine: Engine, tmp_path: Path) -> None:
     writer.stop()
     assert all(f.result(1).inserted == [True] for f in futures)
     assert count(engine, DecisionRow) == 100
+
+
+def test_refused_segment_is_quarantined(engine: Engine, tmp_path: Path) -> None:
+    """A segment the database refuses (here: malformed) is set aside, the rest still ships."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    (spool_dir / "00000000000000000001-1-1.seg").write_bytes(b'{"op": "nonsense", "row": {}}\n')
+    good = Spool(spool_dir)
+    good._seq = 5
+    good.append([InsertDecision(decision_row("after"))])
+    good.seal()
+    writer = GroupCommitWriter(engine, spool_dir, delay_s=0.0)
+    writer.start()
+    writer.stop()
+    assert writer.stats.quarantined_segments == 1
+    assert [p.name for p in (spool_dir / "quarantine").iterdir()] == [
+        "00000000000000000001-1-1.seg"
+    ]
+    assert count(engine, DecisionRow) == 1 and not list(spool_dir.glob("*.seg"))
