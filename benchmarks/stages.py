@@ -25,8 +25,8 @@ import orjson
 from benchmarks.loadgen import rank_body
 from benchmarks.rank import DEFAULT_DATABASE_URL, premigrate, scratch_database
 from decision_service.decide import decide, request_digest
+from decision_service.rank_input import parse_rank
 from decision_service.runtime import LoopRuntime, explorer_for
-from decision_service.schemas import RankRequest, check_rank_limits
 from decision_service.settings import Settings
 from explore import Action, rank_order, rng_for, sample_index
 from log.loops import LoopConfig
@@ -54,8 +54,8 @@ def hot_path(n_actions: int, n: int) -> dict[str, Any]:
         "default", config, datetime.now(UTC), explorer_for(config), VWPolicy(config.vw_args)
     )
     parsed = [orjson.loads(b) for b in bodies]
-    reqs = [RankRequest.model_validate(p) for p in parsed]
-    actions = [[Action(a.id, a.features) for a in r.actions] for r in reqs]
+    reqs = [parse_rank(p, settings) for p in parsed]
+    actions = [r.actions for r in reqs]
     lines = [example_lines(r.context, a) for r, a in zip(reqs, actions, strict=True)]
     scores = [runtime.policy.scores(r.context, a) for r, a in zip(reqs, actions, strict=True)]
     pmfs = [runtime.explorer.pmf(s) for s in scores]
@@ -66,12 +66,11 @@ def hot_path(n_actions: int, n: int) -> dict[str, Any]:
     def one_decide(i: int) -> Any:
         body = dict(parsed[i % k])
         body["event_id"] = f"x-{i}"
-        return decide(RankRequest.model_validate(body), body, runtime, now)
+        return decide(parse_rank(body, settings), body, runtime, now)
 
     stages = {
         "orjson_loads": timed(lambda i: orjson.loads(bodies[i % k]), n),
-        "pydantic_validate": timed(lambda i: RankRequest.model_validate(parsed[i % k]), n),
-        "check_rank_limits": timed(lambda i: check_rank_limits(reqs[i % k], settings), n),
+        "parse_rank": timed(lambda i: parse_rank(parsed[i % k], settings), n),
         "actions_to_Action": timed(
             lambda i: [Action(a.id, a.features) for a in reqs[i % k].actions], n
         ),
@@ -152,7 +151,7 @@ def writer_groups(database_url: str, n_actions: int, sizes: list[int]) -> dict[s
                         for _ in range(size):
                             counter += 1
                             body = dict(template, event_id=f"w-{counter}")
-                            req = RankRequest.model_validate(body)
+                            req = parse_rank(body, Settings(database_url="sqlite://"))
                             rows.append(decide(req, body, runtime, datetime.now(UTC)))
                         t0, c0, p0 = time.perf_counter(), time.thread_time(), _backend_cpu(backend)
                         with conn.begin():

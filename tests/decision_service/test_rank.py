@@ -334,7 +334,12 @@ def test_deferred_decision_lifecycle(client: TestClient, engine: Engine) -> None
 
     r = client.post("/v1/loops/deferred/events/d1/reward", json={"value": 0.7})
     assert r.status_code == 202
-    assert r.json() == {"event_id": "d1", "slot": 0, "status": "pending_activation", "joined": False}
+    assert r.json() == {
+        "event_id": "d1",
+        "slot": 0,
+        "status": "pending_activation",
+        "joined": False,
+    }
     join_later(client, hours=5)  # not activated: never joined
     assert outcomes(engine, "deferred", "d1") == []
 

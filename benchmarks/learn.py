@@ -1,0 +1,285 @@
+"""Training throughput from the store against raw Vowpal Wabbit, and the learner's peak memory.
+
+Fills a store (a SQLite file in a temporary directory, or a scratch schema of the PostgreSQL
+database at ``--database-url``) with simulated joined decisions (10 to 20 actions each, uniform
+logging, clicks as rewards), then times, in the same run:
+
+- ``learn_once(mode="batch", workers=W)`` from the store, in a fresh subprocess (streaming,
+  parsing, text building, learning, saving and registering), whose peak RSS is reported
+  (VmHWM; with workers, plus an upper bound of theirs): the fill does not count;
+- raw VW (same arguments) learning the same examples from text lines prebuilt in memory
+  (the first ``--raw-events`` events) through ``VWPolicy.learn_lines``, before and after the
+  training; the mean is reported.
+
+Prints one JSON line per ``--workers`` value on stdout; progress goes to stderr::
+
+    .venv/bin/python -m benchmarks.learn --events 100000 --workers 0,2
+    .venv/bin/python -m benchmarks.learn --events 1000000 --database-url postgresql://...
+
+``cpu_ratio`` compares CPU time of the learner process instead (steadier on a busy host; the
+PostgreSQL server's and the workers' CPU are not counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import resource
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import psycopg
+from sqlalchemy import insert
+
+from evaluation.simulator import Simulator, SimulatorConfig
+from explore.types import Action
+from log.loops import LoopConfig, put_loop
+from log.models import DecisionRow, OutcomeRow
+from log.schema import make_engine, migrate
+from policies.vw import VWPolicy
+from policies.vw_text import example_lines
+
+ROOT = Path(__file__).resolve().parent.parent
+LOOP = "bench"
+VW_ARGS = LoopConfig().vw_args
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+MIN_ACTIONS, MAX_ACTIONS = 10, 20
+FILL_CHUNK = 5000
+
+
+def log(msg: str) -> None:
+    print(f"[learn] {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def scratch_store(database_url: str | None) -> Iterator[str]:
+    """A SQLite file in a temporary directory, or a scratch PostgreSQL schema (dropped after)."""
+    if database_url is None:
+        with tempfile.TemporaryDirectory(prefix="bench-learn-") as tmp:
+            yield f"sqlite:///{Path(tmp) / 'store.db'}"
+        return
+    admin = database_url.replace("postgresql+psycopg://", "postgresql://")
+    schema = f"bench_{secrets.token_hex(6)}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    sep = "&" if "?" in admin else "?"
+    try:
+        yield f"{admin}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def fill(url: str, n: int, n_raw: int, seed: int) -> list[list[str]]:
+    """Write `n` joined decisions; return the VW text of the first `n_raw` (prebuilt)."""
+    engine = make_engine(url)
+    migrate(engine)
+    put_loop(engine, LOOP, LoopConfig(vw_args=VW_ARGS))
+    sim = Simulator(SimulatorConfig(n_actions_per_request=MAX_ACTIONS, seed=seed))
+    rng = np.random.default_rng(seed)
+    raw: list[list[str]] = []
+    started = time.perf_counter()
+    for lo in range(0, n, FILL_CHUNK):
+        size = min(FILL_CHUNK, n - lo)
+        batch = sim.sample_batch(size, rng)
+        q = sim.expected_reward(batch)
+        sizes = rng.integers(MIN_ACTIONS, MAX_ACTIONS + 1, size)
+        decisions, outcomes = [], []
+        for i in range(size):
+            k = int(sizes[i])
+            items = sim.batch_items(batch, i)[:k]
+            context = dict(sim.batch_context(batch, i).features)
+            actions = [{"id": it.id, "features": dict(it.features)} for it in items]
+            chosen = int(rng.integers(k))
+            reward = float(rng.random() < q[i, chosen])
+            decided_at = T0 + timedelta(milliseconds=10 * (lo + i))
+            joined_at = decided_at + timedelta(seconds=600)
+            event_id = f"ev{lo + i:08d}"
+            decisions.append(
+                {
+                    "loop": LOOP,
+                    "event_id": event_id,
+                    "decided_at": decided_at,
+                    "model_version": "untrained",
+                    "policy_arm": "live",
+                    "request_digest": "0" * 64,
+                    "context": context,
+                    "actions": actions,
+                    "pmf": [1.0 / k] * k,
+                    "excluded": [],
+                    "chosen": items[chosen].id,
+                    "slots": [{"slot": 0, "action_id": items[chosen].id, "probability": 1.0 / k}],
+                    "n_slots": 1,
+                    "is_slate": False,
+                    "deferred": False,
+                    "activated_at": None,
+                    "reward_deadline": joined_at,
+                    "response": {"event_id": event_id},
+                    "joined_at": joined_at,
+                }
+            )
+            outcomes.append(
+                {
+                    "loop": LOOP,
+                    "event_id": event_id,
+                    "slot": 0,
+                    "reward": reward,
+                    "default_applied": False,
+                    "n_rewards": 1,
+                    "decided_at": decided_at,
+                    "joined_at": joined_at,
+                }
+            )
+            if lo + i < n_raw:
+                acts = [Action(it.id, it.features) for it in items]
+                raw.append(example_lines(context, acts, label=(chosen, -reward, 1.0 / k)))
+        with engine.begin() as conn:
+            conn.execute(insert(DecisionRow), decisions)
+            conn.execute(insert(OutcomeRow), outcomes)
+        done = lo + size
+        if done % (10 * FILL_CHUNK) == 0 or done == n:
+            log(f"filled {done}/{n} events ({time.perf_counter() - started:.0f} s)")
+    engine.dispose()
+    return raw
+
+
+def raw_vw(examples: list[list[str]]) -> tuple[float, float]:
+    """(events/s by wall time, by CPU time) of a fresh workspace learning prebuilt examples
+    through ``VWPolicy.learn_lines``, the call training makes."""
+    policy = VWPolicy(VW_ARGS)
+    learn = policy.learn_lines
+    wall, cpu = time.perf_counter(), time.process_time()
+    for lines in examples:
+        learn(lines)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    policy.close()
+    return len(examples) / wall, len(examples) / cpu
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. Linux: VmHWM of /proc/self/status (ru_maxrss would carry
+    the parent's peak over fork+exec); elsewhere ru_maxrss."""
+    with contextlib.suppress(OSError), open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
+def train_only(url: str, workers: int) -> dict[str, Any]:
+    """Run in the subprocess: one batch training from the store."""
+    import deploy.registry as registry
+    from learn import learn_once
+
+    engine = make_engine(url)
+    cpu = time.process_time()
+    result = learn_once(
+        engine, LOOP, registry=registry, mode="batch", progress=False, workers=workers
+    )
+    cpu = time.process_time() - cpu
+    engine.dispose()
+    # workers: each one's peak is at most the largest child's (an upper bound: a spawned
+    # child's ru_maxrss starts from its parent's RSS)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {
+        "events": result.n_events,
+        "seconds": result.seconds,
+        "cpu_seconds": cpu,
+        "peak_rss_mb": peak_rss_mb() + workers * children,
+    }
+
+
+def train_in_subprocess(url: str, workers: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.learn", "--train-only", url, "--workers", str(workers)],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.PIPE,
+    )
+    result: dict[str, Any] = orjson.loads(out.stdout.splitlines()[-1])
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=100_000, help="joined events in the store")
+    parser.add_argument(
+        "--raw-events",
+        type=int,
+        default=100_000,
+        help="events raw VW learns from prebuilt lines (at most --events)",
+    )
+    parser.add_argument("--database-url", default=None, help="PostgreSQL (default: SQLite)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--workers",
+        default="0",
+        help="processes building examples (learn_once workers); a comma list runs each",
+    )
+    parser.add_argument("--train-only", metavar="URL", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.train_only:
+        print(orjson.dumps(train_only(args.train_only, int(args.workers))).decode(), flush=True)
+        return
+    if args.events < 1 or args.raw_events < 1:
+        parser.error("--events and --raw-events must be >= 1")
+    try:
+        workers = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        parser.error(f"--workers must be integers separated by commas, got {args.workers!r}")
+    if any(w < 0 for w in workers):
+        parser.error("--workers must be >= 0")
+    n_raw = min(args.raw_events, args.events)
+    with scratch_store(args.database_url) as url:
+        log(f"filling {args.events} events into {'PostgreSQL' if args.database_url else 'SQLite'}")
+        examples = fill(url, args.events, n_raw, args.seed)
+        for w in workers:
+            log(f"raw VW on {n_raw} prebuilt examples")
+            before = raw_vw(examples)
+            log(f"training from the store ({args.events} events, {w} workers)")
+            trained = train_in_subprocess(url, w)
+            after = raw_vw(examples)
+            report(args, w, trained, before, after)
+
+
+def report(
+    args: argparse.Namespace,
+    workers: int,
+    trained: dict[str, Any],
+    before: tuple[float, float],
+    after: tuple[float, float],
+) -> None:
+    raw, raw_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+    events_per_s = trained["events"] / trained["seconds"]
+    cpu_events_per_s = trained["events"] / trained["cpu_seconds"]
+    print(
+        orjson.dumps(
+            {
+                "bench": "learn",
+                "events_per_s": round(events_per_s, 1),
+                "raw_vw_events_per_s": round(raw, 1),
+                "ratio": round(events_per_s / raw, 3),
+                "peak_rss_mb": round(trained["peak_rss_mb"], 1),
+                "events": trained["events"],
+                "database": "postgresql" if args.database_url else "sqlite",
+                "workers": workers,
+                "raw_vw_runs": [round(before[0], 1), round(after[0], 1)],
+                "cpu_ratio": round(cpu_events_per_s / raw_cpu, 3),
+            }
+        ).decode(),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""Offline evaluations over HTTP: ``/v1/loops/{loop}/evaluations``.
+
+``POST`` validates the request (nothing is written when it is refused), inserts a `queued` row
+and starts the job in a process of its own (``python -m decision_service.cli_evaluate --job
+ID``, with ``DS_DATABASE_URL`` from the service's settings): the serving worker only inserts and
+spawns, the job trains and evaluates outside it (DESIGN §6). It answers 202 with the row and a
+``Location`` to poll. ``GET .../{id}`` gives status, progress and, once succeeded, the result;
+``GET .../{id}/report`` the self-contained HTML report; ``GET`` on the collection lists runs.
+
+A thread of the worker waits for each job process; a process that exits with an error before
+recording its end (a crash, a kill) leaves its row `failed` with the exit status and the tail
+of its stderr.
+
+| what | status | code |
+| --- | --- | --- |
+| unknown loop (or a name no loop can have) | 404 | loop_not_found |
+| unknown evaluation (or one of another loop) | 404 | evaluation_not_found |
+| body not JSON / too large | 400 / 413 | invalid_json / payload_too_large |
+| wrong shape, unknown fields, bad estimator, alpha, interval | 422 | invalid_request |
+| two policies with one name | 422 | duplicate_policy |
+| since >= until, naive or unparsable timestamps, train_until >= until | 422 | invalid_window |
+| model version unknown in this loop | 422 | unknown_version |
+| VW arguments refused (forbidden, touching files, rejected by VW) | 422 | invalid_vw_args |
+| report of a run not succeeded | 409 | evaluation_not_ready |
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+)
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+import deploy.registry as registry
+from decision_service.errors import ApiError, describe_validation
+from decision_service.routes import LOOP_NAME, _json, _service, read_json
+from decision_service.settings import Settings
+from learn.offline_eval import resolve_spec
+from learn.offline_eval_spec import EvaluationSpec, SpecError
+from learn.report import render_html
+from log.evaluations import (
+    EvaluationRecord,
+    create_evaluation,
+    fail_evaluation,
+    get_evaluation,
+    list_evaluations,
+)
+from log.loops import get_loop
+
+__all__ = ["EvaluationRequest", "router", "spawn_job"]
+
+logger = logging.getLogger(__name__)
+router = APIRouter()
+MAX_LIST = 500
+EVALUATION_ID = re.compile(r"[0-9a-f]{32}")
+_STDERR_TAIL = 2000
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class PolicyIn(_Body):
+    kind: Literal["live", "uniform", "first_action", "model", "vw_args"]
+    name: str | None = Field(default=None, min_length=1, max_length=128)
+    version: str | None = Field(default=None, min_length=1, max_length=256)
+    args: str | None = Field(default=None, min_length=1, max_length=2000)
+    explore: StrictBool | None = None
+    train_since: str | None = None
+    train_until: str | None = None
+
+
+class EvaluationRequest(_Body):
+    """Body of ``POST /v1/loops/{loop}/evaluations``; every field optional."""
+
+    policies: list[PolicyIn] | None = Field(default=None, min_length=1, max_length=32)
+    since: str | None = None
+    until: str | None = None
+    estimators: list[str] | None = Field(default=None, min_length=1, max_length=7)
+    alpha: StrictFloat | StrictInt = 0.05
+    interval: str = "bootstrap"
+    slates: Literal["skip", "slot0"] = "skip"
+    seed: StrictInt = 0
+
+
+def _links(record: EvaluationRecord) -> dict[str, str]:
+    base = f"/v1/loops/{record.loop}/evaluations/{record.id}"
+    return {"self": base, "report": f"{base}/report"}
+
+
+def _record_json(record: EvaluationRecord, *, with_result: bool = True) -> dict[str, Any]:
+    return {**record.to_json(with_result=with_result), "links": _links(record)}
+
+
+async def _existing_loop(request: Request, loop: str) -> Engine:
+    engine = _service(request).engine
+    if not LOOP_NAME.match(loop) or await run_in_threadpool(get_loop, engine, loop) is None:
+        raise ApiError(404, "loop_not_found", f"loop {loop!r} does not exist")
+    return engine
+
+
+def _watch(engine: Engine, proc: subprocess.Popen[bytes], evaluation_id: str) -> None:
+    try:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            tail = (err or b"").decode(errors="replace")[-_STDERR_TAIL:]
+            fail_evaluation(
+                engine,
+                evaluation_id,
+                f"the evaluation process exited with status {proc.returncode}: {tail}",
+                include_queued=True,
+            )
+    except Exception:  # a watcher must never take the worker down
+        logger.exception("watching evaluation %s failed", evaluation_id)
+
+
+def spawn_job(engine: Engine, settings: Settings, evaluation_id: str) -> bool:
+    """Start the job process of a queued run and a thread that waits for it. False when the
+    process could not be started (the run is then `failed`)."""
+    env = dict(os.environ)
+    env["DS_DATABASE_URL"] = settings.database_url
+    cmd = [sys.executable, "-m", "decision_service.cli_evaluate", "--job", evaluation_id]
+    try:
+        proc = subprocess.Popen(
+            [*cmd, "--no-progress"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as err:
+        fail_evaluation(
+            engine, evaluation_id, f"could not start the job: {err}", include_queued=True
+        )
+        logger.exception("could not start evaluation %s", evaluation_id)
+        return False
+    threading.Thread(
+        target=_watch,
+        args=(engine, proc, evaluation_id),
+        name=f"evaluation-{evaluation_id[:8]}",
+        daemon=True,
+    ).start()
+    return True
+
+
+@router.post(
+    "/v1/loops/{loop}/evaluations",
+    status_code=202,
+    openapi_extra={
+        "requestBody": {
+            "content": {"application/json": {"schema": EvaluationRequest.model_json_schema()}}
+        }
+    },
+)
+async def create(loop: str, request: Request) -> Response:
+    engine = await _existing_loop(request, loop)
+    service = _service(request)
+    body = await read_json(request)
+    try:
+        parsed = EvaluationRequest.model_validate(body)
+    except ValidationError as err:
+        raise ApiError(422, "invalid_request", describe_validation(err.errors())) from None
+    try:
+        spec = EvaluationSpec.from_json(parsed.model_dump(exclude_none=True))
+        spec = await run_in_threadpool(lambda: resolve_spec(engine, loop, spec, registry=registry))
+    except SpecError as err:
+        raise ApiError(422, err.code, err.message) from None
+    except LookupError as err:
+        raise ApiError(404, "loop_not_found", str(err)) from None
+    record = await run_in_threadpool(create_evaluation, engine, loop, spec.to_json())
+    if not await run_in_threadpool(spawn_job, engine, service.settings, record.id):
+        failed = await run_in_threadpool(get_evaluation, engine, record.id)
+        record = failed if failed is not None else record
+    return _json(_record_json(record, with_result=False), 202, {"Location": _links(record)["self"]})
+
+
+@router.get("/v1/loops/{loop}/evaluations")
+async def list_runs(loop: str, request: Request) -> Response:
+    engine = await _existing_loop(request, loop)
+    raw = request.query_params.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST:
+        raise ApiError(422, "invalid_request", f"limit must be an integer in [1, {MAX_LIST}]")
+    records = await run_in_threadpool(lambda: list_evaluations(engine, loop, limit=int(raw)))
+    return _json({"evaluations": [_record_json(r, with_result=False) for r in records]})
+
+
+async def _run(request: Request, loop: str, evaluation_id: str) -> EvaluationRecord:
+    engine = await _existing_loop(request, loop)
+    record = None
+    if EVALUATION_ID.fullmatch(evaluation_id):
+        record = await run_in_threadpool(lambda: get_evaluation(engine, evaluation_id, loop=loop))
+    if record is None:
+        raise ApiError(
+            404, "evaluation_not_found", f"no evaluation {evaluation_id!r} in loop {loop!r}"
+        )
+    return record
+
+
+@router.get("/v1/loops/{loop}/evaluations/{evaluation_id}")
+async def get_run(loop: str, evaluation_id: str, request: Request) -> Response:
+    return _json(_record_json(await _run(request, loop, evaluation_id)))
+
+
+@router.get("/v1/loops/{loop}/evaluations/{evaluation_id}/report")
+async def get_report(loop: str, evaluation_id: str, request: Request) -> Response:
+    record = await _run(request, loop, evaluation_id)
+    if record.status != "succeeded" or record.result is None:
+        detail = f": {record.error}" if record.error else ""
+        raise ApiError(
+            409,
+            "evaluation_not_ready",
+            f"evaluation {evaluation_id!r} is {record.status}{detail}; the report exists once it "
+            "succeeded",
+        )
+    page = await run_in_threadpool(render_html, record.result)
+    return Response(page, media_type="text/html; charset=utf-8")

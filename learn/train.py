@@ -1,0 +1,275 @@
+"""Vowpal Wabbit training from joined events: online continuation and batch retraining.
+
+Online: the loop's live model continued on the events joined after its checkpoint (the join
+watermark), in (joined_at, event_id) order; without a live model, a fresh workspace with the
+loop's VW arguments. Batch: a fresh workspace trained on the events decided in [since, until),
+in (decided_at, event_id) order. Either way the result is registered as a candidate in one
+transaction (live directly with `promote`), or nothing is registered when there was nothing new.
+Interrupting training (an exception, Ctrl-C) registers nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import Engine
+from tqdm import tqdm
+
+from learn.events import EventWindow, Order, count_training_events, iter_training_events
+from learn.examples import LineBuilder, Prepared, TrainingEvent, prepare
+from learn.parallel import iter_prepared
+from learn.registry import ModelInfo, Registry
+from log.loops import get_loop
+from policies.vw import VWPolicy
+
+__all__ = ["LearnResult", "Mode", "TrainStats", "learn_once", "train"]
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["online", "batch"]
+MODES: tuple[str, ...] = ("online", "batch")
+_PROGRESS_EVERY = 512
+_MAX_WARNINGS = 10
+
+
+@dataclass
+class TrainStats:
+    """What one training pass saw: events learned, examples (slots), events skipped, ranges."""
+
+    n_events: int = 0
+    n_examples: int = 0
+    n_skipped: int = 0
+    decided_from: datetime | None = None
+    decided_until: datetime | None = None
+    # The largest join watermark seen (skipped events included: they are never retried).
+    checkpoint: datetime | None = None
+
+
+def train(
+    policy: VWPolicy,
+    events: Iterable[TrainingEvent],
+    *,
+    progress: bool = False,
+    total: int | None = None,
+    desc: str = "learn",
+    on_event: Callable[[int], None] | None = None,
+    builder: LineBuilder | None = None,
+) -> TrainStats:
+    """Learn `events` in the order given. `on_event(n)` is called after the n-th event learned.
+
+    Events that cannot be learned (chosen action missing, probability out of range...) are
+    skipped, counted and logged.
+    """
+    return learn_prepared(
+        policy,
+        prepare(events, builder or LineBuilder()),
+        progress=progress,
+        total=total,
+        desc=desc,
+        on_event=on_event,
+    )
+
+
+def learn_prepared(
+    policy: VWPolicy,
+    prepared: Iterable[Prepared],
+    *,
+    progress: bool = False,
+    total: int | None = None,
+    desc: str = "learn",
+    on_event: Callable[[int], None] | None = None,
+) -> TrainStats:
+    """Learn prepared events in the order given (see :func:`train`)."""
+    stats = TrainStats()
+    learn = policy.learn_lines
+    pending = 0
+    with tqdm(
+        total=total,
+        desc=desc,
+        unit="event",
+        file=sys.stderr,
+        disable=not progress,
+        mininterval=0.5,
+        smoothing=0.1,
+    ) as bar:
+        for _event_id, decided, joined, blocks in prepared:
+            if stats.checkpoint is None or joined > stats.checkpoint:
+                stats.checkpoint = joined
+            pending += 1
+            if pending >= _PROGRESS_EVERY:
+                bar.update(pending)
+                pending = 0
+            if isinstance(blocks, str):
+                stats.n_skipped += 1
+                if stats.n_skipped <= _MAX_WARNINGS:
+                    logger.warning("skipping event: %s", blocks)
+                continue
+            for lines in blocks:
+                learn(lines)
+            stats.n_examples += len(blocks)
+            stats.n_events += 1
+            if stats.decided_from is None or decided < stats.decided_from:
+                stats.decided_from = decided
+            if stats.decided_until is None or decided > stats.decided_until:
+                stats.decided_until = decided
+            if on_event is not None:
+                on_event(stats.n_events)
+        bar.update(pending)
+    if stats.n_skipped > _MAX_WARNINGS:
+        logger.warning("skipped %d events that could not be learned", stats.n_skipped)
+    return stats
+
+
+@dataclass(frozen=True)
+class LearnResult:
+    """The outcome of one training job: the registered version, or None with the reason."""
+
+    loop: str
+    mode: str
+    version: ModelInfo | None
+    n_events: int
+    n_examples: int
+    n_skipped: int
+    seconds: float
+    message: str
+
+    @property
+    def events_per_s(self) -> float:
+        return self.n_events / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "loop": self.loop,
+            "mode": self.mode,
+            "version": None if self.version is None else self.version.to_json(),
+            "n_events": self.n_events,
+            "n_examples": self.n_examples,
+            "n_skipped": self.n_skipped,
+            "seconds": round(self.seconds, 3),
+            "events_per_s": round(self.events_per_s, 1),
+            "message": self.message,
+        }
+
+
+def learn_once(
+    engine: Engine,
+    loop: str,
+    *,
+    registry: Registry,
+    mode: Mode = "online",
+    promote: bool = False,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    joined_before: datetime | None = None,
+    progress: bool = True,
+    chunk_size: int = 1000,
+    workers: int = 0,
+    on_event: Callable[[int], None] | None = None,
+) -> LearnResult:
+    """Train one candidate for `loop` and register it (live directly with `promote`).
+
+    `registry` is ``deploy.registry`` (passed in: `learn` does not import `deploy`).
+
+    `since`/`until` bound decided_at in batch mode (default: everything joined).
+    `joined_before` leaves out events joined later (the scheduled learner uses it so that a
+    join still committing cannot slip under the new checkpoint). `workers` > 0 reads and
+    builds the examples in that many processes (:mod:`learn.parallel`; the same model, faster
+    where cores are free). Raises LookupError for an unknown loop, ValueError for bad arguments.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "online" and (since is not None or until is not None):
+        raise ValueError("since/until apply to batch mode only (online resumes at the checkpoint)")
+    for name, value in (("since", since), ("until", until), ("joined_before", joined_before)):
+        if value is not None and value.tzinfo is None:
+            raise ValueError(f"{name} must be a timezone-aware datetime, got {value.isoformat()}")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if since is not None and until is not None and since >= until:
+        raise ValueError(f"since ({since.isoformat()}) must be before until ({until.isoformat()})")
+    stored = get_loop(engine, loop)
+    if stored is None:
+        raise LookupError(f"loop {loop!r} does not exist")
+    started = time.perf_counter()
+
+    parent: ModelInfo | None = None
+    if mode == "online":
+        parent = registry.live_version(engine, loop)
+        window = EventWindow(
+            joined_after=None if parent is None else parent.checkpoint,
+            joined_before=joined_before,
+        )
+    else:
+        window = EventWindow(joined_before=joined_before, since=since, until=until)
+    total = count_training_events(engine, loop, window) if progress else None
+    if parent is not None:
+        policy = VWPolicy(parent.vw_args, model=registry.load_artifact(engine, parent.version))
+    else:
+        policy = VWPolicy(stored.config.vw_args)
+    try:
+        order: Order = "joined" if mode == "online" else "decided"
+        prepared: Generator[Prepared, None, None]
+        if workers > 0:
+            prepared = iter_prepared(
+                engine, loop, window, order=order, chunk_size=chunk_size, workers=workers
+            )
+        else:
+            events = iter_training_events(engine, loop, window, order=order, chunk_size=chunk_size)
+            prepared = prepare(events, LineBuilder())
+        with contextlib.closing(prepared):
+            stats = learn_prepared(
+                policy,
+                prepared,
+                progress=progress,
+                total=total,
+                desc=f"learn {loop} ({mode})",
+                on_event=on_event,
+            )
+        version = None
+        if stats.n_events == 0:
+            if mode == "batch":
+                where = " in the window"
+            elif parent is not None:
+                where = f" after version {parent.version}'s checkpoint"
+            else:
+                where = ""
+            message = f"no new joined events for loop {loop!r}{where}: nothing registered"
+            if stats.n_skipped:
+                message += f" ({stats.n_skipped} events could not be learned)"
+        else:
+            version = registry.register(
+                engine,
+                loop=loop,
+                kind=mode,
+                vw_args=policy.vw_args,
+                artifact=policy.save(),
+                parent=None if parent is None else parent.version,
+                trained_from=stats.decided_from,
+                trained_until=stats.decided_until,
+                n_events=stats.n_events,
+                checkpoint=stats.checkpoint,
+                promote_now=promote,
+            )
+            message = (
+                f"registered {version.version} ({version.status}) for loop {loop!r}: "
+                f"{stats.n_events} events"
+            )
+    finally:
+        policy.close()
+    return LearnResult(
+        loop=loop,
+        mode=mode,
+        version=version,
+        n_events=stats.n_events,
+        n_examples=stats.n_examples,
+        n_skipped=stats.n_skipped,
+        seconds=time.perf_counter() - started,
+        message=message,
+    )

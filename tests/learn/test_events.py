@@ -1,0 +1,74 @@
+"""Streaming joined events from the store: which ones, in which order, chunk by chunk."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine
+
+from evaluation.simulator import Simulator, SimulatorConfig
+from learn import EventWindow, count_training_events, iter_training_events
+from log.joiner import join_loop
+from log.ops import InsertDecision, InsertReward
+from log.writer import GroupCommitWriter
+from tests.learn.conftest import LOOP
+from tests.learn.helpers import T0, deadline, sim_events, write
+
+SIM = Simulator(SimulatorConfig(seed=5))
+
+
+def _join(engine: Engine, now: datetime) -> None:
+    join_loop(engine, LOOP, default_reward=0.0, aggregation="earliest", now=now)
+
+
+def test_only_joined_events_in_join_then_decision_order(
+    engine: Engine, writer: GroupCommitWriter
+) -> None:
+    ops = sim_events(SIM, 30, seed=1)
+    late = sim_events(SIM, 3, seed=2, prefix="late", start=T0 - timedelta(hours=1))
+    deferred = sim_events(SIM, 1, seed=3, prefix="deferred")
+    assert isinstance(deferred[0], InsertDecision)
+    deferred[0].row.update(deferred=True, reward_deadline=None)
+    write(writer, ops + deferred)
+    _join(engine, deadline(19))  # events 0..19
+    write(writer, late)  # decided an hour earlier, arriving (and joined) later
+    _join(engine, deadline(29))
+
+    ids = [e.event_id for e in iter_training_events(engine, LOOP)]
+    first = [f"e{i:06d}" for i in range(20)]
+    second = sorted(
+        [f"e{i:06d}" for i in range(20, 30)] + ["late000000", "late000001", "late000002"]
+    )
+    assert ids == first + second
+    by_decided = [e.event_id for e in iter_training_events(engine, LOOP, order="decided")]
+    assert by_decided == ["late000000", "late000001", "late000002"] + [
+        f"e{i:06d}" for i in range(30)
+    ]
+    assert count_training_events(engine, LOOP) == 33
+
+    after_first = EventWindow(joined_after=deadline(19))
+    assert [e.event_id for e in iter_training_events(engine, LOOP, after_first)] == second
+    assert count_training_events(engine, LOOP, after_first) == 13
+    before_second = EventWindow(joined_before=deadline(28))
+    assert [e.event_id for e in iter_training_events(engine, LOOP, before_second)] == first
+    decided = EventWindow(since=T0 + timedelta(seconds=5), until=T0 + timedelta(seconds=8))
+    got = [e.event_id for e in iter_training_events(engine, LOOP, decided, order="decided")]
+    assert got == ["e000005", "e000006", "e000007"]
+
+
+def test_events_carry_the_logged_row_and_rewards(engine: Engine, writer: GroupCommitWriter) -> None:
+    ops = sim_events(SIM, 40, seed=4, n_slots=3, n_excluded=2)
+    write(writer, ops)
+    _join(engine, deadline(39))
+    rows = {op.row["event_id"]: op.row for op in ops if isinstance(op, InsertDecision)}
+    clicked = {(op.row["event_id"], op.row["slot"]) for op in ops if isinstance(op, InsertReward)}
+    small = list(iter_training_events(engine, LOOP, chunk_size=7))
+    assert small == list(iter_training_events(engine, LOOP))
+    assert len(small) == 40
+    for ev in small:
+        row = rows[ev.event_id]
+        assert ev.decided_at == row["decided_at"]
+        assert ev.joined_at == deadline(39)
+        for name in ("context", "actions", "pmf", "excluded", "chosen", "slots", "is_slate"):
+            assert getattr(ev, name) == row[name], name
+        assert ev.rewards == {s: float((ev.event_id, s) in clicked) for s in range(3)}
