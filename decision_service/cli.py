@@ -121,7 +121,7 @@ def learn(
         else:
             results = learn_round(
                 engine, loop or None, registry=registry, mode=learn_mode, promote=promote,
-                join_grace_s=settings.join_grace_s, progress=True,
+                join_grace_s=settings.join_grace_s, progress=True, raise_errors=True,
             )  # fmt: skip
     except LookupError as err:
         raise typer.BadParameter(str(err)) from None

@@ -75,6 +75,8 @@ def join_loop(
                 )
                 .order_by(DecisionRow.reward_deadline)
                 .limit(batch_size)
+                # concurrent joiners (every serving worker, the learner) take disjoint batches
+                .with_for_update(skip_locked=True)
             ).all()
             if not decisions:
                 return stats
@@ -112,7 +114,11 @@ def join_loop(
             conn.execute(_dialect_insert(conn, OutcomeRow).on_conflict_do_nothing(), rows)
             conn.execute(
                 update(DecisionRow)
-                .where(DecisionRow.loop == loop, DecisionRow.event_id.in_(ids))
+                .where(
+                    DecisionRow.loop == loop,
+                    DecisionRow.event_id.in_(ids),
+                    DecisionRow.joined_at.is_(None),  # the first join's watermark is kept
+                )
                 .values(joined_at=now)
             )
             stats.decisions += len(decisions)

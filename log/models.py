@@ -100,6 +100,7 @@ class DecisionRow(Base):
             postgresql_where=text("joined_at IS NULL"),
         ),
         Index("ix_decisions_loop_decided", "loop", "decided_at"),
+        Index("ix_decisions_loop_joined", "loop", "joined_at"),
     )
 
 

@@ -178,3 +178,41 @@ def test_loops_are_separate(engine: Engine, writer: GroupCommitWriter) -> None:
     with engine.connect() as conn:
         rows = conn.execute(select(OutcomeRow.loop, OutcomeRow.reward)).all()
     assert sorted(rows) == [("default", 0.0), ("other", 1.0)]
+
+
+def test_concurrent_joiners_join_each_decision_once(
+    engine: Engine, writer: GroupCommitWriter
+) -> None:
+    """Every serving worker and the learner run the joiner: batches must not overlap, and a
+    decision's join watermark (`joined_at`, which online training reads) never moves."""
+    import threading
+
+    writer.write_sync([InsertDecision(decision_row(f"c{i:03d}")) for i in range(200)])
+    results = []
+
+    def run(seconds: int) -> None:
+        results.append(
+            join_loop(
+                engine,
+                "default",
+                default_reward=0.0,
+                aggregation="sum",
+                now=T0 + timedelta(seconds=seconds),
+                batch_size=20,
+            )
+        )
+
+    threads = [threading.Thread(target=run, args=(100 + k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(r.decisions for r in results) >= 200
+    with engine.connect() as conn:
+        stamps = dict(conn.execute(select(DecisionRow.event_id, DecisionRow.joined_at)).all())
+    assert len(outcomes(engine)) == 200 and all(v is not None for v in stamps.values())
+    join(engine, 10_000)  # a later run changes nothing
+    with engine.connect() as conn:
+        assert (
+            dict(conn.execute(select(DecisionRow.event_id, DecisionRow.joined_at)).all()) == stamps
+        )
