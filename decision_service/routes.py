@@ -82,6 +82,32 @@ async def healthz() -> Response:
     return _json({"status": "ok"})
 
 
+@router.get("/v1/status")
+async def status(request: Request) -> Response:
+    """This worker's write path: groups, rows, spool, errors, rows queued but not yet durable."""
+    service = _service(request)
+    stats = service.writer.stats
+    return _json(
+        {
+            "durability": service.settings.durability,
+            "writer": {
+                "groups": stats.groups,
+                "rows": stats.ops,
+                "max_group": stats.max_group,
+                "pending": stats.pending,
+                "spooled_rows": stats.spooled_ops,
+                "shipped_rows": stats.shipped_ops,
+                "spool_segments": len(service.writer.spool.segments()),
+                "quarantined_segments": stats.quarantined_segments,
+                "errors": stats.errors,
+                "last_error": stats.last_error,
+                "lost_fast_rows": stats.lost_fast_ops,
+            },
+            "loops": {name: rt.policy.version for name, rt in service.loops.loops.items()},
+        }
+    )
+
+
 @router.get("/v1/loops")
 async def get_loops(request: Request) -> Response:
     service = _service(request)

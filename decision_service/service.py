@@ -106,8 +106,11 @@ class Service:
         runtime = await self.runtime(loop)
         row = decide(req, body, runtime, datetime.now(UTC))
         op = InsertDecision(row)
-        if self.settings.durability == "fast":
-            self.writer.enqueue([op])
+        if (
+            self.settings.durability == "fast"
+            and self.writer.stats.pending < self.settings.fast_max_pending
+        ):
+            self.writer.enqueue([op])  # at most fast_max_pending rows are ever at risk
             return row["response"], False
         result = await self.writer.write([op])
         if result.inserted[0]:

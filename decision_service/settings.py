@@ -20,6 +20,12 @@ class Settings(BaseSettings):
         "durable",
         description="durable: answer after the decision is durable; fast: after it is queued.",
     )
+    fast_max_pending: int = Field(
+        10_000,
+        ge=1,
+        description="fast mode: most rows queued and not yet durable (the most a crash loses); "
+        "beyond it requests wait for durability",
+    )
     spool_dir: str = Field(
         "./spool", description="Local append-only log used while the database is unreachable."
     )

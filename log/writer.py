@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,6 @@ class WriterStats:
     lost_fast_ops: int = 0
     quarantined_segments: int = 0
     last_error: str | None = None
-    group_sizes: list[int] = field(default_factory=list)
 
 
 class GroupCommitWriter:

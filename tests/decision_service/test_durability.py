@@ -83,3 +83,17 @@ def test_fast_mode_answers_before_commit_and_stores(db_url: str, tmp_path: Path)
             assert r.status_code == 201
     # shutdown drains the queue: every acknowledged decision is stored
     assert counts(db_url)[0] == 50
+
+
+def test_fast_mode_bounds_what_is_at_risk(db_url: str, tmp_path: Path) -> None:
+    """Past `fast_max_pending` queued rows, fast mode waits for durability (backpressure)."""
+    settings = make_settings(db_url, tmp_path, durability="fast", fast_max_pending=1)
+    with TestClient(create_app(settings)) as client:
+        for i in range(30):
+            r = client.post("/v1/loops/default/rank", json={**BODY, "event_id": f"b{i}"})
+            assert r.status_code == 201
+            assert client.app.state.service.writer.stats.pending <= 1  # type: ignore[attr-defined]
+        status = client.get("/v1/status").json()
+    assert counts(db_url)[0] == 30
+    assert status["durability"] == "fast" and status["writer"]["rows"] >= 29
+    assert status["writer"]["spool_segments"] == 0 and status["loops"]["default"] == "untrained"
