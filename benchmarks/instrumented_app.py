@@ -8,9 +8,8 @@ on stderr when it stops. Cyclic garbage collections are timed per generation.
 Experiments, by environment variable: ``BENCH_SWITCH_INTERVAL`` (seconds) sets
 `sys.setswitchinterval` (how much the writer thread waits for the GIL);
 ``BENCH_GC_FREEZE=1`` calls `gc.freeze()` once the service has started (startup objects leave
-the collector's generations); ``BENCH_GC_THRESHOLD=a,b,c`` calls `gc.set_threshold`;
-``BENCH_VW_RAW=1`` scores through VW's raw path (``_parse`` -> ``predict_multi`` -> finish,
-no pyvw `Example` wrappers; same costs as ``Workspace.predict``).
+the collector's generations); ``BENCH_GC_THRESHOLD=a,b,c`` calls `gc.set_threshold`.
+(The service itself now scores through VW's raw path and tunes the GC: see DS_GC_TUNING.)
 """
 
 from __future__ import annotations
@@ -20,20 +19,14 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import orjson
 from fastapi import FastAPI
-from vowpalwabbit import pyvw
 
 from decision_service import create_app as create_service_app
 from decision_service.service import Service
-from explore.types import Action
 from log.writer import GroupCommitWriter
-from policies.vw import VWPolicy
-from policies.vw_text import example_lines
 
 _rec: dict[str, list[float]] = {
     "group_rows": [],
@@ -135,22 +128,6 @@ def _instrument() -> None:
     gc.callbacks.append(_gc_callback)
 
 
-def _raw_vw_scores(
-    self: VWPolicy,
-    context: Mapping[str, Any],
-    actions: Sequence[Action],
-    slot: Mapping[str, Any] | None = None,
-) -> np.ndarray:
-    ws = self._ws
-    examples = ws._parse("\n".join(example_lines(context, actions, slot=slot)))
-    try:
-        pyvw.pylibvw.vw.predict_multi(ws, examples)
-        costs = examples[0].get_action_scores()
-    finally:
-        pyvw.pylibvw.vw._finish_example_multi_ex(ws, examples)
-    return -np.asarray(costs, dtype=np.float64)
-
-
 def create_app() -> FastAPI:
     interval = os.environ.get("BENCH_SWITCH_INTERVAL")
     if interval:
@@ -159,6 +136,4 @@ def create_app() -> FastAPI:
     if threshold:
         gc.set_threshold(*(int(x) for x in threshold.split(",")))
     _instrument()
-    if os.environ.get("BENCH_VW_RAW") == "1":
-        VWPolicy.scores = _raw_vw_scores  # type: ignore[method-assign]
     return create_service_app()
