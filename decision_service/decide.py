@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import orjson
 
-from decision_service.errors import ApiError
 from decision_service.rank_input import RankInput
 from decision_service.runtime import LoopRuntime
 from explore import event_stream, rank_order, sample_index, sample_slate
+from explore.errors import InvalidInput
+from log.records import DecisionRecord
 
 
 def request_digest(body: dict[str, Any]) -> str:
@@ -23,10 +23,9 @@ def request_digest(body: dict[str, Any]) -> str:
 
 
 def decide(
-    req: RankInput, body: dict[str, Any], runtime: LoopRuntime, now: datetime
-) -> dict[str, Any]:
-    """Compute the decision; returns the `decisions` row (its `response` is what is served)."""
-    event_id = req.event_id or uuid.uuid4().hex
+    req: RankInput, body: dict[str, Any], runtime: LoopRuntime, now: datetime, event_id: str
+) -> DecisionRecord:
+    """Compute the decision for `event_id`; its `response` is what is served."""
     actions = req.actions
     excluded = set(req.excluded)
     allowed = np.flatnonzero([a.id not in excluded for a in actions])
@@ -35,14 +34,12 @@ def decide(
     policy = runtime.policy
     scores_c = policy.scores(req.context, candidates)
     if not np.isfinite(scores_c).all():
-        raise ApiError(
-            422,
-            "invalid_request",
+        raise InvalidInput(
             "feature values overflow the model's 32-bit floats: keep numbers (and the products "
-            "of interacted features) below 3.4e38 in magnitude",
+            "of interacted features) below 3.4e38 in magnitude"
         )
     explorer = runtime.explorer
-    rng = event_stream(runtime.config.seed, event_id)
+    rng = event_stream(runtime.config.sampling_key, event_id)
     pmf_c = explorer.pmf(scores_c)
     if req.slots is None:
         k = sample_index(pmf_c, rng)
@@ -87,25 +84,23 @@ def decide(
     if req.slots is not None:
         response["slots"] = slots
     deferred = req.defer_activation
-    return {
-        "loop": runtime.name,
-        "event_id": event_id,
-        "decided_at": now,
-        "model_version": policy.version,
-        "policy_arm": "live",
-        "request_digest": request_digest(body),
-        "context": req.context,
-        "actions": [{"id": a.id, "features": a.features} for a in actions],
-        "pmf": pmf.tolist(),
-        "excluded": req.excluded,
-        "chosen": actions[chosen[0]].id,
-        "slots": logged_slots,
-        "n_slots": len(slots),
-        "is_slate": req.slots is not None,
-        "deferred": deferred,
-        "activated_at": None,
-        "reward_deadline": None
-        if deferred
-        else now + timedelta(seconds=runtime.config.reward_wait_s),
-        "response": response,
-    }
+    return DecisionRecord(
+        loop=runtime.name,
+        event_id=event_id,
+        decided_at=now,
+        model_version=policy.version,
+        policy_arm="live",
+        request_digest=request_digest(body),
+        context=req.context,
+        actions=[{"id": a.id, "features": a.features} for a in actions],
+        pmf=pmf.tolist(),
+        excluded=req.excluded,
+        chosen=actions[chosen[0]].id,
+        slots=logged_slots,
+        n_slots=len(slots),
+        is_slate=req.slots is not None,
+        deferred=deferred,
+        activated_at=None,
+        reward_deadline=None if deferred else now + timedelta(seconds=runtime.config.reward_wait_s),
+        response=response,
+    )

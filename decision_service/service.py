@@ -1,32 +1,51 @@
-"""The composition root's state: engine, writer, loops; and the request-path operations."""
+"""The composition root's state: engine, writer, loops; and the request-path operations.
+
+Raises only domain errors (explore.errors); decision_service.errors maps them to HTTP.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import secrets
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from decision_service.decide import decide
-from decision_service.errors import ApiError, describe_validation
+from decision_service.decide import decide, request_digest
+from decision_service.errors import describe_validation
 from decision_service.rank_input import CONTROL, LOOP_NAME, parse_rank
 from decision_service.runtime import LoopRegistry, LoopRuntime
 from decision_service.schemas import RewardRequest
 from decision_service.settings import Settings
+from explore.errors import Conflict, InvalidInput, NotFound, Unavailable
 from log.joiner import JoinStats, join_loop
 from log.loops import ensure_default_loop, list_loops
-from log.ops import Activate, InsertDecision, InsertReward
+from log.records import (
+    ActivationRecord,
+    RewardRecord,
+    is_generated_id,
+    new_event_id,
+    reward_id_for,
+)
+from log.ops import Op
 from log.schema import make_engine, migrate
-from log.store import find_event, get_stored_decision
+from log.store import (
+    EventInfo,
+    StoreUnreachable,
+    find_event,
+    get_stored_decision,
+    get_stored_reward,
+)
 from log.writer import GroupCommitWriter
 
 logger = logging.getLogger(__name__)
+
+
+def _unavailable(err: StoreUnreachable) -> Unavailable:
+    return Unavailable(f"the event store is unreachable; retry shortly ({err})")
 
 
 class Service:
@@ -45,8 +64,7 @@ class Service:
     # -- lifecycle -------------------------------------------------------------------------
     def start_sync(self) -> None:
         migrate(self.engine)
-        seed = self.settings.default_seed
-        ensure_default_loop(self.engine, secrets.randbits(31) if seed is None else seed)
+        ensure_default_loop(self.engine)
         self.loops.refresh()
         self.writer.start()
 
@@ -93,117 +111,173 @@ class Service:
         runtime = self.loops.loops.get(loop)
         if runtime is None:
             if not LOOP_NAME.fullmatch(loop):  # such a loop cannot exist: no database lookup
-                raise ApiError(404, "loop_not_found", f"loop {loop!r} does not exist")
-            runtime = await run_in_threadpool(self.loops.load, loop)
+                raise NotFound(f"loop {loop!r} does not exist", "loop_not_found")
+            try:
+                runtime = await run_in_threadpool(self.loops.load, loop)
+            except Exception as err:  # the store did not answer: the loop cannot be known
+                logger.warning("loading loop %s failed: %s", loop, err)
+                raise Unavailable(f"loop {loop!r} cannot be loaded right now; retry") from None
             if runtime is None:
-                raise ApiError(404, "loop_not_found", f"loop {loop!r} does not exist")
+                raise NotFound(f"loop {loop!r} does not exist", "loop_not_found")
         return runtime
 
     # -- rank ------------------------------------------------------------------------------
     async def rank(self, loop: str, body: Any) -> tuple[dict[str, Any], bool]:
-        """Returns (response, replayed)."""
+        """Returns (response, replayed). The answer for an event id is always the decision
+        stored under it: a replay returns it, a different request is a 409."""
         req = parse_rank(body, self.settings)
         runtime = await self.runtime(loop)
-        row = decide(req, body, runtime, datetime.now(UTC))
-        op = InsertDecision(row)
+        if req.event_id is not None and is_generated_id(req.event_id):
+            # ids of this form are the service's own: a client may only replay them
+            return await self._replay(loop, req.event_id, request_digest(body), missing=True)
+        event_id = req.event_id or new_event_id()
+        record = decide(req, body, runtime, datetime.now(UTC), event_id)
         if (
-            self.settings.durability == "fast"
+            req.event_id is None  # a generated id is unique: no stored decision to answer with
+            and self.settings.durability == "fast"
             and self.writer.stats.pending < self.settings.fast_max_pending
         ):
-            self.writer.enqueue([op])  # at most fast_max_pending rows are ever at risk
-            return row["response"], False
-        result = await self.writer.write([op])
+            self.writer.enqueue([record])  # at most fast_max_pending rows are ever at risk
+            return record.response, False
+        result = await self.writer.write([record])
         if result.inserted[0]:
-            return row["response"], False
-        stored = await run_in_threadpool(get_stored_decision, self.engine, loop, row["event_id"])
-        if stored is None:  # pragma: no cover - conflict implies a stored row
-            raise RuntimeError("decision conflict without a stored row")
-        if stored["request_digest"] != row["request_digest"]:
-            raise ApiError(
-                409,
-                "event_conflict",
-                f"event_id {row['event_id']!r} was already used for a different request",
+            return record.response, False
+        return await self._replay(loop, event_id, record.request_digest, missing=False)
+
+    async def _replay(
+        self, loop: str, event_id: str, digest: str, *, missing: bool
+    ) -> tuple[dict[str, Any], bool]:
+        try:
+            stored = await run_in_threadpool(
+                get_stored_decision, self.engine, self.writer.index, loop, event_id
             )
-        return stored["response"], True
+        except StoreUnreachable as err:
+            raise _unavailable(err) from None
+        if stored is None:
+            if missing:
+                raise InvalidInput(
+                    f"event_id {event_id!r} has the form of the ids the service generates "
+                    "(ds- and 32 hex digits) and no such decision exists: choose another id",
+                    "reserved_event_id",
+                )
+            raise RuntimeError("decision conflict without a stored row")  # a bug: 500
+        if stored.request_digest != digest:
+            raise Conflict(
+                f"event_id {event_id!r} was already used for a different request",
+                "event_conflict",
+            )
+        return stored.response, True
 
     # -- rewards and activation ------------------------------------------------------------
-    async def _event(self, loop: str, event_id: str) -> Any:
+    async def _event(self, loop: str, event_id: str) -> tuple[LoopRuntime, EventInfo | None]:
+        """The loop and the decision; None when the database cannot be reached and the
+        host's spool does not have it (the caller accepts the write unverified)."""
         if len(event_id) > self.settings.max_id_length:
-            raise ApiError(
-                422, "limit_exceeded", f"event_id longer than {self.settings.max_id_length}"
+            raise InvalidInput(
+                f"event_id longer than {self.settings.max_id_length}", "limit_exceeded"
             )
         runtime = await self.runtime(loop)
         if CONTROL.search(event_id):  # cannot have been stored
-            raise ApiError(404, "event_not_found", f"no decision {event_id!r} in loop {loop!r}")
-        info = await run_in_threadpool(find_event, self.engine, self.writer.spool, loop, event_id)
+            raise NotFound(f"no decision {event_id!r} in loop {loop!r}", "event_not_found")
+        try:
+            info = await run_in_threadpool(
+                find_event, self.engine, self.writer.index, loop, event_id
+            )
+        except StoreUnreachable:
+            return runtime, None
         if info is None:
-            raise ApiError(404, "event_not_found", f"no decision {event_id!r} in loop {loop!r}")
+            raise NotFound(f"no decision {event_id!r} in loop {loop!r}", "event_not_found")
         return runtime, info
 
     async def reward(self, loop: str, event_id: str, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
-            raise ApiError(422, "invalid_request", "body must be a JSON object")
+            raise InvalidInput("body must be a JSON object")
         try:
             req = RewardRequest.model_validate(body)
         except ValidationError as err:
-            raise ApiError(422, "invalid_request", describe_validation(err.errors())) from None
+            raise InvalidInput(describe_validation(err.errors())) from None
         runtime, info = await self._event(loop, event_id)
         cfg = runtime.config
         value = float(req.value)
         if not (cfg.min_reward <= value <= cfg.max_reward):
-            raise ApiError(
-                422,
-                "reward_out_of_range",
+            raise InvalidInput(
                 f"value {value} is outside the loop's range [{cfg.min_reward}, {cfg.max_reward}]",
+                "reward_out_of_range",
             )
         slot = req.slot if req.slot is not None else 0
-        if slot >= info.n_slots or (req.slot is not None and not info.is_slate and slot != 0):
-            raise ApiError(
-                422,
-                "unknown_slot",
+        if info is not None and (
+            slot >= info.n_slots or (req.slot is not None and not info.is_slate and slot != 0)
+        ):
+            raise InvalidInput(
                 f"slot {slot} does not exist: the decision has {info.n_slots} slot(s), 0-based",
+                "unknown_slot",
             )
-        now = datetime.now(UTC)
-        late = info.reward_deadline is not None and now > info.reward_deadline
-        row = {
-            "reward_id": str(uuid.uuid4()),
-            "loop": loop,
-            "event_id": event_id,
-            "slot": slot,
-            "value": value,
-            "received_at": now,
-            "late": late,
-        }
-        await self.writer.write([InsertReward(row)])
-        pending = info.deferred and info.activated_at is None
+        reward_id = reward_id_for(loop, event_id, req.reward_id)
+        deadline = None if info is None else info.reward_deadline
+
+        def build(now: datetime) -> list[Op]:
+            late = deadline is not None and now > deadline
+            return [RewardRecord(reward_id, loop, event_id, slot, value, now, late)]
+
+        result = await self.writer.write(build)
+        record = result.ops[0] if result.ops else None
+        assert isinstance(record, RewardRecord)
+        replayed = not result.inserted[0]
+        if replayed:  # the same idempotency key was stored before: that reward stands
+            try:
+                stored = await run_in_threadpool(
+                    get_stored_reward, self.engine, self.writer.index, reward_id
+                )
+            except StoreUnreachable:
+                stored = None
+            if stored is not None:
+                if (stored.value, stored.slot) != (value, slot):
+                    raise Conflict(
+                        f"reward_id {req.reward_id!r} was already used for a different reward",
+                        "reward_conflict",
+                    )
+                record = stored
+        if info is None:
+            status, joined = "accepted_unverified", False
+        else:
+            pending = info.deferred and info.activated_at is None
+            late = deadline is not None and record.received_at > deadline
+            # late: stored and counted, never joined; pending_activation: joined only if the
+            # deferred decision is activated (and the reward falls inside its window)
+            status = "late" if late else ("pending_activation" if pending else "accepted")
+            joined = not late and not pending
         return {
             "event_id": event_id,
             "slot": slot,
-            # late: stored and counted, never joined; pending_activation: joined only if the
-            # deferred decision is activated (and the reward falls inside its window)
-            "status": "late" if late else ("pending_activation" if pending else "accepted"),
-            "joined": not late and not pending,
+            "status": status,
+            "joined": joined,
+            "replayed": replayed,
         }
 
     async def activate(self, loop: str, event_id: str) -> tuple[dict[str, Any], int]:
         runtime, info = await self._event(loop, event_id)
-        if not info.deferred:
-            raise ApiError(
-                409, "not_deferred", f"event {event_id!r} was not deferred; nothing to activate"
+        if info is not None and not info.deferred:
+            raise Conflict(
+                f"event {event_id!r} was not deferred; nothing to activate", "not_deferred"
             )
-        if info.activated_at is not None:
-            return {
-                "event_id": event_id,
-                "status": "already_activated",
-                "reward_deadline": info.reward_deadline.isoformat()
-                if info.reward_deadline
-                else None,
-            }, 200
-        now = datetime.now(UTC)
-        deadline = now + timedelta(seconds=runtime.config.reward_wait_s)
-        await self.writer.write([Activate(loop, event_id, now, deadline)])
+        if info is not None and info.activated_at is not None:
+            return self._activated(event_id, "already_activated", info.reward_deadline), 200
+        record = ActivationRecord.at(
+            loop, event_id, datetime.now(UTC), runtime.config.reward_wait_s
+        )
+        result = await self.writer.write([record])
+        if not result.inserted[0]:  # a concurrent activation was first: it stands
+            stored = self.writer.index.activation(record.key)
+            return self._activated(
+                event_id, "already_activated", stored.reward_deadline if stored else None
+            ), 200
+        status = "activated" if info is not None else "activated_unverified"
+        return self._activated(event_id, status, record.reward_deadline), 202
+
+    @staticmethod
+    def _activated(event_id: str, status: str, deadline: datetime | None) -> dict[str, Any]:
         return {
             "event_id": event_id,
-            "status": "activated",
-            "reward_deadline": deadline.isoformat(),
-        }, 202
+            "status": status,
+            "reward_deadline": deadline.isoformat() if deadline else None,
+        }

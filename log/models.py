@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -90,6 +91,8 @@ class DecisionRow(Base):
     response: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     # Set by the joiner when the window closed and outcomes were written.
     joined_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The join batch that closed the window: commit-ordered per loop (see log/joiner.py).
+    join_seq: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         Index(
@@ -101,6 +104,7 @@ class DecisionRow(Base):
         ),
         Index("ix_decisions_loop_decided", "loop", "decided_at"),
         Index("ix_decisions_loop_joined", "loop", "joined_at"),
+        Index("ix_decisions_loop_join_seq", "loop", "join_seq"),
     )
 
 
@@ -133,6 +137,7 @@ class OutcomeRow(Base):
     n_rewards: Mapped[int] = mapped_column(Integer, nullable=False)
     decided_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     joined_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    join_seq: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (Index("ix_outcomes_loop_decided", "loop", "decided_at"),)
 
@@ -154,11 +159,23 @@ class ModelRow(Base):
     n_events: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     # Online continuation resumes after this join watermark (outcomes joined later are new).
     checkpoint: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # ... and after this join_seq (commit-ordered; the watermark online continuation uses).
+    checkpoint_seq: Mapped[int | None] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
 
-    __table_args__ = (Index("ix_models_loop_status", "loop", "status"),)
+    __table_args__ = (
+        Index("ix_models_loop_status", "loop", "status"),
+        # at most one live version per loop, enforced by the database
+        Index(
+            "ux_models_one_live",
+            "loop",
+            unique=True,
+            sqlite_where=text("status = 'live'"),
+            postgresql_where=text("status = 'live'"),
+        ),
+    )
 
 
 class EvaluationRow(Base):
@@ -180,3 +197,50 @@ class EvaluationRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (Index("ix_evaluations_loop_created", "loop", "created_at"),)
+
+
+class JoinClock(Base):
+    """Per-loop join sequence. The joiner increments it last in each batch's transaction and
+    holds the row lock until commit, so join_seq order is commit order."""
+
+    __tablename__ = "join_clock"
+
+    loop: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class ActivationRow(Base):
+    """A deferred decision's activation, kept whichever of it and its decision lands first;
+    the joiner copies it onto the decision (`applied`)."""
+
+    __tablename__ = "activations"
+
+    loop: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    activated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    reward_deadline: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    applied: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+
+    __table_args__ = (
+        Index(
+            "ix_activations_pending",
+            "loop",
+            sqlite_where=text("NOT applied"),
+            postgresql_where=text("NOT applied"),
+        ),
+    )
+
+
+class WriterRow(Base):
+    """A writer process and its watermark: every row it acknowledged whose timestamp is at or
+    before `watermark` is in the database. The joiner closes no window past the lowest."""
+
+    __tablename__ = "writers"
+
+    writer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    spool_dir: Mapped[str] = mapped_column(Text, nullable=False)
+    watermark: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)

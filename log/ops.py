@@ -1,53 +1,36 @@
-"""The write operations that go through the group-commit path, and their (de)serialisation."""
+"""What the group-commit path writes (the typed records) and their spool encoding.
+
+A spooled line is one JSON object: `{"op": "decision" | "reward" | "activate", "row": {...}}`
+with timestamps as ISO 8601 strings.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-DATETIME_FIELDS = ("decided_at", "activated_at", "reward_deadline", "received_at", "joined_at")
+import orjson
 
+from log.records import ActivationRecord, DecisionRecord, Record, RewardRecord
 
-@dataclass(frozen=True)
-class InsertDecision:
-    row: dict[str, Any]  # columns of `decisions`
+DATETIME_FIELDS = ("decided_at", "activated_at", "reward_deadline", "received_at")
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.row["loop"], self.row["event_id"])
+Op = Record
 
-
-@dataclass(frozen=True)
-class InsertReward:
-    row: dict[str, Any]  # columns of `rewards`
-
-
-@dataclass(frozen=True)
-class Activate:
-    loop: str
-    event_id: str
-    activated_at: datetime
-    reward_deadline: datetime
-
-
-Op = InsertDecision | InsertReward | Activate
+_KIND = {DecisionRecord: "decision", RewardRecord: "reward", ActivationRecord: "activate"}
+_PARSE: dict[str, Any] = {
+    "decision": DecisionRecord.from_row,
+    "reward": RewardRecord.from_row,
+    "activate": ActivationRecord.from_row,
+}
 
 
 def op_to_json(op: Op) -> dict[str, Any]:
-    if isinstance(op, InsertDecision):
-        return {"op": "decision", "row": op.row}
-    if isinstance(op, InsertReward):
-        return {"op": "reward", "row": op.row}
-    return {
-        "op": "activate",
-        "row": {
-            "loop": op.loop,
-            "event_id": op.event_id,
-            "activated_at": op.activated_at,
-            "reward_deadline": op.reward_deadline,
-        },
-    }
+    return {"op": _KIND[type(op)], "row": op.row()}
+
+
+def op_to_line(op: Op) -> bytes:
+    return orjson.dumps(op_to_json(op)) + b"\n"
 
 
 def _parse_times(row: dict[str, Any]) -> dict[str, Any]:
@@ -60,12 +43,8 @@ def _parse_times(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_from_json(data: dict[str, Any]) -> Op:
-    row = _parse_times(data["row"])
-    kind = data["op"]
-    if kind == "decision":
-        return InsertDecision(row)
-    if kind == "reward":
-        return InsertReward(row)
-    if kind == "activate":
-        return Activate(row["loop"], row["event_id"], row["activated_at"], row["reward_deadline"])
-    raise ValueError(f"unknown spooled op {kind!r}")
+    parse = _PARSE.get(data.get("op", ""))
+    if parse is None:
+        raise ValueError(f"unknown spooled op {data.get('op')!r}")
+    op: Op = parse(_parse_times(data["row"]))
+    return op

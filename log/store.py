@@ -1,16 +1,25 @@
-"""Reads of the event store used on the request path."""
+"""Reads of the event store used on the request path.
+
+Every lookup consults the host's spool first (records durable there but not yet shipped), then
+the database: a segment shipped in between is in the database by the time it is asked. A
+database that cannot be reached raises `StoreUnreachable`, which callers turn into an
+unverified-but-durable answer or a 503, never a 500.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, exc, func, select
 
-from log.models import DecisionRow, OutcomeRow, RewardRow
-from log.ops import InsertDecision
-from log.spool import Spool
+from log.models import ActivationRow, DecisionRow, OutcomeRow, RewardRow
+from log.records import DecisionRecord, RewardRecord
+from log.spool import SpoolIndex
+
+
+class StoreUnreachable(Exception):
+    """The database did not answer (connection refused, dropped, timed out)."""
 
 
 @dataclass(frozen=True)
@@ -28,20 +37,6 @@ class EventInfo:
     in_database: bool
 
 
-def _info(row: Any, in_database: bool) -> EventInfo:
-    return EventInfo(
-        loop=row["loop"],
-        event_id=row["event_id"],
-        n_slots=row["n_slots"],
-        is_slate=row["is_slate"],
-        deferred=row["deferred"],
-        activated_at=row["activated_at"],
-        reward_deadline=row["reward_deadline"],
-        decided_at=row["decided_at"],
-        in_database=in_database,
-    )
-
-
 _INFO_COLUMNS = (
     DecisionRow.loop,
     DecisionRow.event_id,
@@ -54,34 +49,108 @@ _INFO_COLUMNS = (
 )
 
 
-def find_event(engine: Engine, spool: Spool, loop: str, event_id: str) -> EventInfo | None:
-    """Look a decision up in the database, then in the not-yet-shipped local spool."""
+def _unreachable(err: Exception) -> StoreUnreachable:
+    return StoreUnreachable(f"{type(err).__name__}: {err}"[:300])
+
+
+def find_event(engine: Engine, index: SpoolIndex, loop: str, event_id: str) -> EventInfo | None:
+    """The decision `event_id` of `loop` with its activation (stored or spooled), or None."""
+    key = (loop, event_id)
+    spooled = index.decision(key)
+    spooled_activation = index.activation(key)
+    activation = (
+        None
+        if spooled_activation is None
+        else (spooled_activation.activated_at, spooled_activation.reward_deadline)
+    )
+    if spooled is not None:
+        activated_at, deadline = spooled.activated_at, spooled.reward_deadline
+        if spooled.deferred and activated_at is None:
+            if activation is None:
+                try:
+                    activation = _stored_activation(engine, loop, event_id)
+                except exc.DBAPIError:
+                    activation = None  # the spool is all we can know: still a sound answer
+            if activation is not None:
+                activated_at, deadline = activation
+        return EventInfo(
+            loop,
+            event_id,
+            spooled.n_slots,
+            spooled.is_slate,
+            spooled.deferred,
+            activated_at,
+            deadline,
+            spooled.decided_at,
+            False,
+        )
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                select(*_INFO_COLUMNS, ActivationRow.activated_at, ActivationRow.reward_deadline)
+                .outerjoin(
+                    ActivationRow,
+                    (ActivationRow.loop == DecisionRow.loop)
+                    & (ActivationRow.event_id == DecisionRow.event_id),
+                )
+                .where(DecisionRow.loop == loop, DecisionRow.event_id == event_id)
+            ).first()
+    except exc.DBAPIError as err:
+        raise _unreachable(err) from err
+    if row is None:
+        return None
+    activated_at, deadline = row[5], row[6]
+    if row[4] and activated_at is None and row[8] is not None:  # activation not applied yet
+        activated_at, deadline = row[8], row[9]
+    if activated_at is None and activation is not None and row[4]:  # activation still spooled
+        activated_at, deadline = activation
+    return EventInfo(row[0], row[1], row[2], row[3], row[4], activated_at, deadline, row[7], True)
+
+
+def _stored_activation(
+    engine: Engine, loop: str, event_id: str
+) -> tuple[datetime, datetime] | None:
     with engine.connect() as conn:
         row = conn.execute(
-            select(*_INFO_COLUMNS).where(DecisionRow.loop == loop, DecisionRow.event_id == event_id)
-        ).first()
-    if row is not None:
-        return _info(row._mapping, True)
-    return find_spooled_event(spool, loop, event_id)
-
-
-def find_spooled_event(spool: Spool, loop: str, event_id: str) -> EventInfo | None:
-    found: EventInfo | None = None
-    for op in spool.iter_ops():
-        if isinstance(op, InsertDecision) and op.key == (loop, event_id):
-            found = _info(op.row, False)
-    return found
-
-
-def get_stored_decision(engine: Engine, loop: str, event_id: str) -> dict[str, Any] | None:
-    """The stored request digest and response of a decision (for idempotent retries)."""
-    with engine.connect() as conn:
-        row = conn.execute(
-            select(DecisionRow.request_digest, DecisionRow.response).where(
-                DecisionRow.loop == loop, DecisionRow.event_id == event_id
+            select(ActivationRow.activated_at, ActivationRow.reward_deadline).where(
+                ActivationRow.loop == loop, ActivationRow.event_id == event_id
             )
         ).first()
-    return None if row is None else {"request_digest": row[0], "response": row[1]}
+    return None if row is None else (row[0], row[1])
+
+
+def get_stored_decision(
+    engine: Engine, index: SpoolIndex, loop: str, event_id: str
+) -> DecisionRecord | None:
+    """The decision stored (or spooled) under this key: a replay answers with it."""
+    spooled = index.decision((loop, event_id))
+    if spooled is not None:
+        return spooled
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                select(DecisionRow).where(
+                    DecisionRow.loop == loop, DecisionRow.event_id == event_id
+                )
+            ).scalar_one_or_none()
+    except exc.DBAPIError as err:
+        raise _unreachable(err) from err
+    return None if row is None else DecisionRecord.from_row(vars(row))
+
+
+def get_stored_reward(engine: Engine, index: SpoolIndex, reward_id: str) -> RewardRecord | None:
+    """The reward stored (or spooled) under this id (for idempotent reward retries)."""
+    spooled = index.reward(reward_id)
+    if spooled is not None:
+        return spooled
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                select(RewardRow).where(RewardRow.reward_id == reward_id)
+            ).scalar_one_or_none()
+    except exc.DBAPIError as err:
+        raise _unreachable(err) from err
+    return None if row is None else RewardRecord.from_row(vars(row))
 
 
 def loop_counts(engine: Engine, loop: str) -> dict[str, int]:

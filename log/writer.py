@@ -1,10 +1,21 @@
-"""The single group-commit write path (DESIGN §5).
+"""The single group-commit write path (docs/architecture.md, "Guarantees").
 
-Requests hand their ops to one writer thread per process. The thread gathers what arrives
-within a few milliseconds and makes the whole group durable at once: one database
-transaction (PostgreSQL: binary COPY into a staging table, then one INSERT .. ON CONFLICT),
-or, while the database is unreachable, one fdatasync'd append to the local spool, which is
-shipped into the database when it answers again.
+Requests hand their records to one writer thread per process. The thread gathers what arrives
+within a few milliseconds and makes the whole group durable at once: one database transaction
+(PostgreSQL: binary COPY), or, while the database is unreachable, one fdatasync'd append to the
+host's spool, shipped into the database when it answers again. Every record is keyed, so a
+group written twice (a retry, a re-shipped segment) is stored once, and duplicates inside a
+group keep the first.
+
+What may go to the spool: rewards, activations, and decisions whose event id the service
+generated (unique by construction). A decision with a client-chosen id is written only to the
+database, whose primary key is the only place its uniqueness can be checked; if the database
+cannot be reached the request fails with `Unavailable` (503) instead of answering a decision
+that could later turn out never to have been logged.
+
+The writer publishes a watermark in `writers`: every reward it acknowledged with a
+`received_at` at or before it is in the database. The joiner closes no window past the lowest
+watermark of all writers, so a reward still in a spool is never passed over.
 """
 
 from __future__ import annotations
@@ -13,33 +24,43 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import queue
+import socket
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Engine, exc, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, exc
 
-from log.models import DecisionRow, RewardRow
-from log.ops import Activate, InsertDecision, InsertReward, Op
-from log.pgcopy import copy_decisions
-from log.spool import Spool
+from explore.errors import Unavailable
+from log.apply import apply_records
+from log.ops import Op
+from log.records import DecisionRecord, RewardRecord, is_generated_id
+from log.spool import Spool, SpoolIndex, SpoolWriteError
+from log.writers import delete_writer, publish_watermark
 
 logger = logging.getLogger(__name__)
 
 _STOP = object()
 
-# A queued item: the ops and what to resolve once they are durable (a thread future for
-# synchronous callers; an asyncio future and its loop for requests).
 Waiter = (
     concurrent.futures.Future["WriteResult"]
     | tuple[asyncio.AbstractEventLoop, asyncio.Future["WriteResult"]]
 )
-Item = tuple[list["Op"], Waiter]
+
+
+@dataclass
+class _Item:
+    ops: list[Op]
+    waiter: Waiter
+    ticket: int
 
 
 def _resolve_async(
@@ -56,10 +77,12 @@ def _resolve_async(
 
 @dataclass
 class WriteResult:
-    """`inserted[i]` is False for a decision whose (loop, event_id) was already stored."""
+    """`inserted[i]` is False for a record whose key was already stored (or earlier in the
+    same group): the first one stands. `ops` are the records as written."""
 
     inserted: list[bool]
     spooled: bool = False
+    ops: list[Op] | None = None
 
 
 @dataclass
@@ -73,11 +96,13 @@ class WriterStats:
     max_group: int = 0
     lost_fast_ops: int = 0
     quarantined_segments: int = 0
+    refused_unverifiable: int = 0
     last_error: str | None = None
+    watermark: datetime | None = None
 
 
 class GroupCommitWriter:
-    """One writer thread per process. `submit` is thread-safe; `write` awaits durability."""
+    """One writer thread per process. `submit`/`write` are thread-safe."""
 
     def __init__(
         self,
@@ -87,26 +112,45 @@ class GroupCommitWriter:
         delay_s: float = 0.002,
         max_group: int = 1024,
         ship_interval_s: float = 0.5,
+        watermark_interval_s: float = 0.5,
     ) -> None:
         self.engine = engine
-        self.spool = Spool(spool_dir)
+        self.writer_id = uuid.uuid4().hex
+        self.spool = Spool(spool_dir, self.writer_id)
+        self.index = SpoolIndex(spool_dir)
         self.delay_s = delay_s
         self.max_group = max_group
         self.ship_interval_s = ship_interval_s
+        self.watermark_interval_s = watermark_interval_s
         self.stats = WriterStats()
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: Connection | None = None
         self._next_ship = 0.0
+        self._next_publish = 0.0
+        self._db_down_until = 0.0
+        self._lock_fd: int | None = None
+        self._started_at = datetime.now(UTC)
+        # Watermark bookkeeping (under _lock): the received_at of rewards not yet in the
+        # database, by ticket while queued, by segment once spooled.
+        self._lock = threading.Lock()
+        self._tickets = 0
+        self._inflight: dict[int, datetime] = {}
+        self._spooled: dict[Path, datetime] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-            self._thread.start()
+        """Register this writer (its lock file and its row in `writers`), then start the
+        thread. Needs the database: a writer that cannot register must not acknowledge."""
+        if self._thread is not None:
+            return
+        self._lock_fd = self.spool.hold_writer_lock()
+        self._publish(force=True, raise_errors=True)
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Drain everything queued, then stop."""
+        """Drain everything queued, ship what can be shipped, then stop."""
         if self._thread is not None:
             self._queue.put(_STOP)
             self._thread.join(timeout)
@@ -114,22 +158,50 @@ class GroupCommitWriter:
                 self.stats.lost_fast_ops += self.stats.pending
             self._thread = None
         self.spool.seal()
+        with contextlib.suppress(Exception):
+            if not self.spool.segments_of(self.writer_id):  # nothing of ours is left
+                conn = self._connection()
+                with conn.begin():
+                    delete_writer(conn, self.writer_id)
         self._close_conn()
+        if self._lock_fd is not None:
+            if not self.spool.segments_of(self.writer_id):
+                self.spool.lock_path(self.writer_id).unlink(missing_ok=True)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     # -- submitting ------------------------------------------------------------------------
-    def submit(self, ops: list[Op]) -> concurrent.futures.Future[WriteResult]:
+    def _put(self, ops: list[Op] | Callable[[datetime], list[Op]], waiter: Waiter) -> list[Op]:
+        if not self.running:
+            raise Unavailable("the write path is not running", "writer_stopped")
+        with self._lock:
+            if callable(ops):
+                ops = ops(datetime.now(UTC))  # stamped under the lock: see `watermark`
+            self._tickets += 1
+            ticket = self._tickets
+            times = [op.received_at for op in ops if isinstance(op, RewardRecord)]
+            if times:
+                self._inflight[ticket] = min(times)
+            self.stats.pending += len(ops)
+        self._queue.put(_Item(ops, waiter, ticket))
+        return ops
+
+    def submit(
+        self, ops: list[Op] | Callable[[datetime], list[Op]]
+    ) -> concurrent.futures.Future[WriteResult]:
         fut: concurrent.futures.Future[WriteResult] = concurrent.futures.Future()
         self._put(ops, fut)
         return fut
 
-    def _put(self, ops: list[Op], waiter: Waiter) -> None:
-        if self._thread is None:
-            raise RuntimeError("writer is not running")
-        self.stats.pending += len(ops)
-        self._queue.put((ops, waiter))
+    async def write(self, ops: list[Op] | Callable[[datetime], list[Op]]) -> WriteResult:
+        """Return once the records are durable (database commit or spool fdatasync).
 
-    async def write(self, ops: list[Op]) -> WriteResult:
-        """Return once the ops are durable (database commit or spool fdatasync)."""
+        `ops` may be a function of the current time that builds them: records stamped so
+        (rewards' received_at) are covered by the watermark from the moment they exist."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[WriteResult] = loop.create_future()
         self._put(ops, (loop, fut))
@@ -139,13 +211,51 @@ class GroupCommitWriter:
         """Fire and forget (fast mode): durable a few milliseconds later."""
         self._put(ops, concurrent.futures.Future())
 
-    def write_sync(self, ops: list[Op], timeout: float = 60.0) -> WriteResult:
+    def write_sync(
+        self, ops: list[Op] | Callable[[datetime], list[Op]], timeout: float = 60.0
+    ) -> WriteResult:
         return self.submit(ops).result(timeout)
 
+    # -- the watermark ---------------------------------------------------------------------
+    def watermark(self) -> datetime:
+        """Every reward this process acknowledged with received_at <= the result is in the
+        database. Rewards are stamped under the same lock, so none stamped later is older."""
+        with self._lock:
+            for path in [p for p in self._spooled if not p.exists()]:
+                del self._spooled[path]  # shipped (by us or another process of the host)
+            pending = [*self._inflight.values(), *self._spooled.values()]
+            now = datetime.now(UTC)
+            return min(pending, default=now)
+
+    def _publish(self, *, force: bool = False, raise_errors: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._next_publish:
+            return
+        self._next_publish = now + self.watermark_interval_s
+        mark = self.watermark()
+        try:
+            conn = self._connection()
+            with conn.begin():
+                publish_watermark(
+                    conn,
+                    writer_id=self.writer_id,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    spool_dir=str(self.spool.directory.resolve()),
+                    watermark=mark,
+                    started_at=self._started_at,
+                )
+            self.stats.watermark = mark
+        except Exception as err:
+            self._close_conn()
+            if raise_errors:
+                raise
+            self._note_error(err)
+
     # -- the writer thread -----------------------------------------------------------------
-    def _gather(self, first: object) -> tuple[list[Item], bool]:
+    def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
         items = [first]
-        n = len(first[0])  # type: ignore[index]
+        n = len(first.ops)
         deadline = time.monotonic() + self.delay_s
         stop = False
         while n < self.max_group:
@@ -161,74 +271,173 @@ class GroupCommitWriter:
             if item is _STOP:
                 stop = True
                 break
+            assert isinstance(item, _Item)
             items.append(item)
-            n += len(item[0])  # type: ignore[index]
-        return items, stop  # type: ignore[return-value]
+            n += len(item.ops)
+        return items, stop
 
     def _run(self) -> None:
         stop = False
         while not stop:
             try:
-                first = self._queue.get(timeout=self.ship_interval_s)
-            except queue.Empty:
-                self._maybe_ship()
-                continue
-            if first is _STOP:
-                break
-            group, stop = self._gather(first)
-            self._commit_group(group)
-            self._maybe_ship()
-        # drain anything still queued after the stop marker
-        leftovers = []
+                try:
+                    first = self._queue.get(timeout=self.ship_interval_s)
+                except queue.Empty:
+                    self._housekeeping()
+                    continue
+                if first is _STOP:
+                    break
+                assert isinstance(first, _Item)
+                group, stop = self._gather(first)
+                self._commit_group(group)
+                self._housekeeping()
+            except Exception as err:  # never let the thread die: every waiter would hang
+                logger.exception("writer loop error")
+                self._note_error(err)
+        leftovers: list[_Item] = []
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not _STOP:
+            if isinstance(item, _Item):
                 leftovers.append(item)
-        if leftovers:
-            self._commit_group(leftovers)  # type: ignore[arg-type]
-        self._maybe_ship(force=True)
+        with contextlib.suppress(Exception):
+            if leftovers:
+                self._commit_group(leftovers)
+            self._ship(force=True)
+            self._publish(force=True)
 
-    def _commit_group(self, group: list[Item]) -> None:
-        ops = [op for item_ops, _ in group for op in item_ops]
+    def _housekeeping(self) -> None:
+        self._ship()
+        self._publish()
+
+    def _commit_group(self, group: list[_Item]) -> None:
+        try:
+            outcomes = self._write_group(group)
+        except BaseException as err:  # resolve every waiter whatever happens
+            self._note_error(err)
+            outcomes = [err] * len(group)
+        n = sum(len(item.ops) for item in group)
+        with self._lock:
+            self.stats.pending -= n
+            for item in group:
+                self._inflight.pop(item.ticket, None)
+        self._resolve(group, outcomes)
+
+    def _write_group(self, group: list[_Item]) -> list[WriteResult | BaseException]:
+        ops = [op for item in group for op in item.ops]
         self.stats.groups += 1
         self.stats.ops += len(ops)
         self.stats.max_group = max(self.stats.max_group, len(ops))
-        spooled = False
+        fresh = self._first_occurrences(ops)
         inserted: list[bool] | None = None
-        if not self.spool.has_pending():
+        if time.monotonic() >= self._db_down_until:
             try:
-                inserted = self._commit_db(ops)
+                stored = self._commit_db([ops[i] for i in fresh])
+                inserted = [False] * len(ops)
+                for i, ok in zip(fresh, stored, strict=True):
+                    inserted[i] = ok
             except Exception as err:  # any failure to commit: the spool keeps the group safe
                 self._note_error(err)
-        if inserted is None:
-            try:
-                self.spool.append(ops)
-            except OSError as err:  # neither database nor disk: fail the requests loudly
-                self._note_error(err)
-                self.stats.pending -= len(ops)
-                self._resolve(group, [err] * len(group))
-                return
-            spooled = True
-            self.stats.spooled_ops += len(ops)
-            inserted = [True] * len(ops)
-        self.stats.pending -= len(ops)
-        outcomes: list[WriteResult | BaseException] = []
+                self._db_down_until = time.monotonic() + self.ship_interval_s
+        if inserted is not None:
+            return self._results(group, inserted, spooled=False)
+        return self._spool_group(group, ops, fresh)
+
+    def _first_occurrences(self, ops: list[Op]) -> list[int]:
+        """Indexes of the records to write: the first of each key in the group that the host's
+        spool does not already hold (those stand; later ones are reported not inserted)."""
+        check_spool = self.index.refresh_if_pending(self.spool)
+        seen: set[Any] = set()
+        out = []
+        for i, op in enumerate(ops):
+            key: Any = op.reward_id if isinstance(op, RewardRecord) else (type(op), *op.key)
+            if key in seen:
+                continue
+            seen.add(key)
+            if check_spool and self._in_spool(op):
+                continue
+            out.append(i)
+        return out
+
+    def _in_spool(self, op: Op) -> bool:
+        if isinstance(op, RewardRecord):
+            return op.reward_id in self.index.rewards
+        if isinstance(op, DecisionRecord):
+            return op.key in self.index.decisions
+        return op.key in self.index.activations
+
+    def _spool_group(
+        self, group: list[_Item], ops: list[Op], fresh: list[int]
+    ) -> list[WriteResult | BaseException]:
+        """The database is unreachable: spool what may be spooled; requests holding a new
+        decision with a client-chosen id fail with Unavailable (nothing of theirs written)."""
+        fresh_set = set(fresh)
+        refused: set[int] = set()
         i = 0
-        for item_ops, _ in group:
-            outcomes.append(WriteResult(inserted[i : i + len(item_ops)], spooled))
-            i += len(item_ops)
-        self._resolve(group, outcomes)
+        for k, item in enumerate(group):
+            for op in item.ops:
+                new = i in fresh_set
+                if new and isinstance(op, DecisionRecord) and not is_generated_id(op.event_id):
+                    refused.add(k)
+                i += 1
+        keep: list[int] = []
+        i = 0
+        for k, item in enumerate(group):
+            for _ in item.ops:
+                if k not in refused and i in fresh_set:
+                    keep.append(i)
+                i += 1
+        to_spool = [ops[i] for i in keep]
+        try:
+            if to_spool:
+                segment = self.spool.append(to_spool)
+                self.index.add(segment, to_spool, self.spool.size)
+                times = [op.received_at for op in to_spool if isinstance(op, RewardRecord)]
+                if times:
+                    with self._lock:
+                        old = self._spooled.get(segment)
+                        self._spooled[segment] = min(times) if old is None else min(old, *times)
+        except SpoolWriteError as err:  # neither database nor disk: fail the requests loudly
+            self._note_error(err)
+            return [Unavailable(f"the event store is unreachable and the spool failed: {err}")] * (
+                len(group)
+            )
+        self.stats.spooled_ops += len(to_spool)
+        inserted = [False] * len(ops)
+        for i in keep:
+            inserted[i] = True
+        results = self._results(group, inserted, spooled=True)
+        for k in refused:
+            self.stats.refused_unverifiable += 1
+            results[k] = Unavailable(
+                "the event store is unreachable, so a client-chosen event_id cannot be checked "
+                "for reuse; retry, or omit event_id to let the service generate one"
+            )
+        return results
 
     @staticmethod
-    def _resolve(group: list[Item], outcomes: list[WriteResult | BaseException]) -> None:
+    def _results(
+        group: list[_Item], inserted: list[bool], *, spooled: bool
+    ) -> list[WriteResult | BaseException]:
+        out: list[WriteResult | BaseException] = []
+        i = 0
+        for item in group:
+            out.append(WriteResult(inserted[i : i + len(item.ops)], spooled, item.ops))
+            i += len(item.ops)
+        return out
+
+    @staticmethod
+    def _resolve(group: list[_Item], outcomes: list[WriteResult | BaseException]) -> None:
         """Resolve thread futures directly and wake each event loop once for its whole share."""
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-        for (_, waiter), outcome in zip(group, outcomes, strict=True):
+        for item, outcome in zip(group, outcomes, strict=True):
+            waiter = item.waiter
             if isinstance(waiter, tuple):
                 by_loop.setdefault(waiter[0], []).append((waiter[1], outcome))
+            elif waiter.done():
+                continue
             elif isinstance(outcome, BaseException):
                 waiter.set_exception(outcome)
             else:
@@ -240,7 +449,7 @@ class GroupCommitWriter:
     def _note_error(self, err: BaseException) -> None:
         self.stats.errors += 1
         self.stats.last_error = f"{type(err).__name__}: {err}"[:500]
-        logger.warning("group commit failed, using the local spool: %s", self.stats.last_error)
+        logger.warning("write path: %s", self.stats.last_error)
         self._close_conn()
 
     def _close_conn(self) -> None:
@@ -255,37 +464,41 @@ class GroupCommitWriter:
         return self._conn
 
     def _commit_db(self, ops: list[Op]) -> list[bool]:
+        """Commit records that are unique by key within `ops`; returns which were new."""
+        if not ops:
+            return []
         conn = self._connection()
         try:
             try:
                 with conn.begin():
-                    return apply_ops(conn, ops, optimistic=True)
+                    return apply_records(conn, ops, optimistic=True)
             except exc.IntegrityError:
-                # A decision already stored (a retry) or twice in this group: redo the group
-                # through the insert-if-absent path, which reports which rows were new.
+                # A decision already stored (a retry): redo the group through the
+                # insert-if-absent path, which reports which rows were new.
                 with conn.begin():
-                    return apply_ops(conn, ops, optimistic=False)
+                    return apply_records(conn, ops, optimistic=False)
         except BaseException:
             self._close_conn()
             raise
 
     # -- shipping the spool ----------------------------------------------------------------
-    def _maybe_ship(self, force: bool = False) -> None:
+    def _ship(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now < self._next_ship:
             return
         self._next_ship = now + self.ship_interval_s
+        if not self.spool.segments():
+            self.spool.seal()
+            self._forget_dead_writers()
+            return
         self.spool.seal()
         for path in self.spool.segments():
             fd = self.spool.claim(path)
             if fd is None:
                 continue
-            shipped = False
             try:
                 ops = self.spool.read(path)
-                self._commit_db(ops)
-                shipped = True
-                self.stats.shipped_ops += len(ops)
+                self._commit_db(self._unique(ops))
             except Exception as err:
                 self._note_error(err)
                 if _is_data_error(err):
@@ -297,8 +510,41 @@ class GroupCommitWriter:
                     Spool.release(fd, path, shipped=False)
                     continue
                 Spool.release(fd, path, shipped=False)  # still unreachable: retry later
+                self._db_down_until = time.monotonic() + self.ship_interval_s
                 return
-            Spool.release(fd, path, shipped=shipped)
+            Spool.release(fd, path, shipped=True)
+            self.stats.shipped_ops += len(ops)
+        self._db_down_until = 0.0
+        self._forget_dead_writers()
+
+    @staticmethod
+    def _unique(ops: list[Op]) -> list[Op]:
+        seen: set[Any] = set()
+        out = []
+        for op in ops:
+            key: Any = op.reward_id if isinstance(op, RewardRecord) else (type(op), *op.key)
+            if key not in seen:
+                seen.add(key)
+                out.append(op)
+        return out
+
+    def _forget_dead_writers(self) -> None:
+        """Writers of this host whose process died: once their segments are shipped, their
+        row no longer holds the joiner back."""
+        for writer_id, fd in list(self.spool.dead_writers()):
+            try:
+                if self.spool.segments_of(writer_id):
+                    os.close(fd)
+                    continue
+                conn = self._connection()
+                with conn.begin():
+                    delete_writer(conn, writer_id)
+                self.spool.forget_writer(writer_id, fd)
+            except Exception as err:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                self._note_error(err)
+                return
 
 
 def _is_data_error(err: BaseException) -> bool:
@@ -306,62 +552,4 @@ def _is_data_error(err: BaseException) -> bool:
     if isinstance(err, exc.DBAPIError) and err.orig is not None:
         err = err.orig
     refused = (psycopg.DataError, psycopg.IntegrityError, exc.DataError, exc.IntegrityError)
-    return isinstance(err, (*refused, ValueError, TypeError))
-
-
-def apply_ops(conn: Connection, ops: list[Op], *, optimistic: bool = False) -> list[bool]:
-    """Apply ops in order inside the caller's transaction; decisions are insert-if-absent.
-
-    With `optimistic` (PostgreSQL), decisions are COPied straight into the table: an existing
-    key raises IntegrityError and the caller retries without it.
-    """
-    inserted = [True] * len(ops)
-    decisions = [(i, op) for i, op in enumerate(ops) if isinstance(op, InsertDecision)]
-    if decisions and optimistic and conn.dialect.name == "postgresql":
-        copy_decisions(conn, [d.row for _, d in decisions], direct=True)
-    elif decisions:
-        stored = _insert_decisions(conn, [d.row for _, d in decisions])
-        seen: set[tuple[str, str]] = set()
-        for i, d in decisions:
-            key = d.key
-            inserted[i] = key in stored and key not in seen
-            seen.add(key)
-    rewards = [op.row for op in ops if isinstance(op, InsertReward)]
-    if rewards:
-        ins = _dialect_insert(conn, RewardRow).on_conflict_do_nothing(index_elements=["reward_id"])
-        conn.execute(ins, rewards)
-    for op in ops:
-        if isinstance(op, Activate):
-            conn.execute(
-                update(DecisionRow)
-                .where(
-                    DecisionRow.loop == op.loop,
-                    DecisionRow.event_id == op.event_id,
-                    DecisionRow.activated_at.is_(None),
-                )
-                .values(activated_at=op.activated_at, reward_deadline=op.reward_deadline)
-            )
-    return inserted
-
-
-def _dialect_insert(conn: Connection, model: type) -> postgresql.Insert | sqlite.Insert:
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(model)
-    return sqlite.insert(model)
-
-
-def _insert_decisions(conn: Connection, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
-    """Insert decisions, skipping keys already stored; returns the keys actually inserted."""
-    if conn.dialect.name == "postgresql":
-        return copy_decisions(conn, rows)
-    stmt = (
-        sqlite.insert(DecisionRow)
-        .on_conflict_do_nothing(index_elements=["loop", "event_id"])
-        .returning(DecisionRow.loop, DecisionRow.event_id)
-    )
-    out: set[tuple[str, str]] = set()
-    for row in rows:
-        hit = conn.execute(stmt, row).first()
-        if hit is not None:
-            out.add((hit[0], hit[1]))
-    return out
+    return isinstance(err, (*refused, ValueError, TypeError, KeyError))

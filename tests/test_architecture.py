@@ -15,7 +15,7 @@ ALLOWED: dict[str, set[str]] = {
     "explore": set(),
     "evaluation": set(),
     "policies": {"explore"},
-    "log": set(),
+    "log": {"explore"},  # explore holds the shared value types and the error hierarchy
     "learn": {"log", "policies", "evaluation", "explore"},
     "deploy": {"evaluation", "log", "policies", "explore"},
     "decision_service": set(PACKAGES) - {"decision_service"},

@@ -15,10 +15,9 @@ from decision_service.demo import DemoConfig, run_demo
 from decision_service.settings import get_settings
 from log.joiner import join_loop
 from log.loops import LoopConfig, put_loop
-from log.ops import InsertDecision, InsertReward
 from log.schema import make_engine, migrate
 from log.writer import GroupCommitWriter
-from tests.log.helpers import T0, decision_row, reward_row
+from tests.log.helpers import T0, decision_rec, reward_rec
 
 runner = CliRunner()
 
@@ -33,10 +32,8 @@ def store(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     put_loop(engine, "default", LoopConfig(seed=3))
     writer = GroupCommitWriter(engine, tmp_path / "spool", delay_s=0.0)
     writer.start()
-    writer.write_sync([InsertDecision(decision_row(f"e{i}")) for i in range(300)])
-    writer.write_sync(
-        [InsertReward(reward_row(f"e{i}", 1.0, received_at=T0)) for i in range(0, 300, 3)]
-    )
+    writer.write_sync([decision_rec(f"e{i}") for i in range(300)])
+    writer.write_sync([reward_rec(f"e{i}", 1.0, received_at=T0) for i in range(0, 300, 3)])
     writer.stop()
     join_loop(engine, "default", default_reward=0.0, aggregation="sum", now=T0 + timedelta(hours=1))
     engine.dispose()

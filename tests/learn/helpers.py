@@ -10,7 +10,8 @@ import numpy as np
 
 from evaluation.simulator import Simulator
 from explore.types import Action
-from log.ops import InsertDecision, InsertReward, Op
+from log.ops import Op
+from log.records import DecisionRecord, RewardRecord
 from log.writer import GroupCommitWriter
 from policies.vw import VWPolicy
 
@@ -52,7 +53,7 @@ def sim_events(
         decided_at = start + timedelta(seconds=i * spacing_s)
         event_id = f"{prefix}{i:06d}"
         ops.append(
-            InsertDecision(
+            DecisionRecord.from_row(
                 {
                     "loop": loop,
                     "event_id": event_id,
@@ -82,7 +83,7 @@ def sim_events(
         for s, outcome in enumerate(outcomes):
             if outcome.value > 0:
                 ops.append(
-                    InsertReward(
+                    RewardRecord.from_row(
                         {
                             "reward_id": f"{event_id}-{s}",
                             "loop": loop,

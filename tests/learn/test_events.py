@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
@@ -9,7 +10,7 @@ from sqlalchemy import Engine
 from evaluation.simulator import Simulator, SimulatorConfig
 from learn import EventWindow, count_training_events, iter_training_events
 from log.joiner import join_loop
-from log.ops import InsertDecision, InsertReward
+from log.records import DecisionRecord, RewardRecord
 from log.writer import GroupCommitWriter
 from tests.learn.conftest import LOOP
 from tests.learn.helpers import T0, deadline, sim_events, write
@@ -27,8 +28,8 @@ def test_only_joined_events_in_join_then_decision_order(
     ops = sim_events(SIM, 30, seed=1)
     late = sim_events(SIM, 3, seed=2, prefix="late", start=T0 - timedelta(hours=1))
     deferred = sim_events(SIM, 1, seed=3, prefix="deferred")
-    assert isinstance(deferred[0], InsertDecision)
-    deferred[0].row.update(deferred=True, reward_deadline=None)
+    assert isinstance(deferred[0], DecisionRecord)
+    deferred[0] = dataclasses.replace(deferred[0], deferred=True, reward_deadline=None)
     write(writer, ops + deferred)
     _join(engine, deadline(19))  # events 0..19
     write(writer, late)  # decided an hour earlier, arriving (and joined) later
@@ -60,8 +61,8 @@ def test_events_carry_the_logged_row_and_rewards(engine: Engine, writer: GroupCo
     ops = sim_events(SIM, 40, seed=4, n_slots=3, n_excluded=2)
     write(writer, ops)
     _join(engine, deadline(39))
-    rows = {op.row["event_id"]: op.row for op in ops if isinstance(op, InsertDecision)}
-    clicked = {(op.row["event_id"], op.row["slot"]) for op in ops if isinstance(op, InsertReward)}
+    rows = {op.event_id: op.row() for op in ops if isinstance(op, DecisionRecord)}
+    clicked = {(op.event_id, op.slot) for op in ops if isinstance(op, RewardRecord)}
     small = list(iter_training_events(engine, LOOP, chunk_size=7))
     assert small == list(iter_training_events(engine, LOOP))
     assert len(small) == 40

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 
 import pytest
@@ -12,7 +13,7 @@ from evaluation.simulator import Simulator, SimulatorConfig
 from learn import EventWindow, WorkerError, learn_once
 from learn.parallel import iter_prepared
 from log.joiner import join_loop
-from log.ops import InsertDecision
+from log.records import DecisionRecord
 from log.schema import make_engine
 from log.writer import GroupCommitWriter
 from tests.learn.conftest import LOOP
@@ -24,8 +25,8 @@ SIM = Simulator(SimulatorConfig(seed=13))
 def _log(engine: Engine, writer: GroupCommitWriter, n: int) -> None:
     ops = sim_events(SIM, n, seed=1) + sim_events(SIM, n // 4, seed=2, n_slots=2, prefix="s")
     # one event that cannot be learned (its chosen action was excluded)
-    bad = next(op for op in ops if isinstance(op, InsertDecision))
-    bad.row["excluded"] = [bad.row["chosen"]]
+    i, bad = next((i, op) for i, op in enumerate(ops) if isinstance(op, DecisionRecord))
+    ops[i] = dataclasses.replace(bad, excluded=[bad.chosen])
     write(writer, ops)
     join_loop(engine, LOOP, default_reward=0.0, aggregation="earliest", now=deadline(n))
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from log.records import DecisionRecord, RewardRecord
+
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
@@ -63,3 +65,13 @@ def reward_row(
         "received_at": received_at,
         "late": late,
     }
+
+
+def decision_rec(event_id: str, model_version: str = "untrained", **kwargs: Any) -> DecisionRecord:
+    return DecisionRecord.from_row(
+        dict(decision_row(event_id, **kwargs), model_version=model_version)
+    )
+
+
+def reward_rec(event_id: str, value: float, **kwargs: Any) -> RewardRecord:
+    return RewardRecord.from_row(reward_row(event_id, value, **kwargs))

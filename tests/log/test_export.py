@@ -22,10 +22,11 @@ from log.export_dsjson import cb_line, export_dsjson, timestamp, vw_features
 from log.export_parquet import SCHEMA, export_parquet
 from log.joiner import join_loop
 from log.models import OutcomeRow
-from log.ops import Activate, InsertDecision, InsertReward, Op
+from log.ops import Op
+from log.records import ActivationRecord, DecisionRecord, RewardRecord
 from log.writer import GroupCommitWriter
 from policies.vw_text import example_lines
-from tests.log.helpers import T0, decision_row, reward_row
+from tests.log.helpers import T0, decision_row, reward_rec, reward_row
 
 ITEMS = ["item0", "item1", "item2", "item3"]
 FAVOURITE = {"u1": "item1", "u2": "item3"}
@@ -101,10 +102,14 @@ def test_dsjson_round_trip_through_vw_learns_the_favourites(
         user = "u1" if rng.random() < 0.5 else "u2"
         item = ITEMS[int(rng.integers(4))]
         eid = f"e{i:05d}"
-        ops.append(InsertDecision(decision(eid, i, context={"user": user}, chosen=((item, 0.25),))))
+        ops.append(
+            DecisionRecord.from_row(
+                decision(eid, i, context={"user": user}, chosen=((item, 0.25),))
+            )
+        )
         if item == FAVOURITE[user]:
             at = T0 + timedelta(seconds=i + 5)
-            ops.append(InsertReward(reward_row(eid, 1.0, received_at=at)))
+            ops.append(reward_rec(eid, 1.0, received_at=at))
     write(writer, ops)
     join_all(engine)
 
@@ -253,15 +258,19 @@ def test_dsjson_leaves_out_unjoined_and_encodes_outcomes(
         # window still open at join time: left out
         "open": decision("open", 10 * 86400),
     }
-    write(writer, [InsertDecision(r) for r in rows.values()])
+    write(writer, [DecisionRecord.from_row(r) for r in rows.values()])
     at = T0 + timedelta(seconds=30)
     write(
         writer,
         [
-            InsertReward(reward_row("joined", 0.5, received_at=at)),
-            InsertReward(reward_row("joined", 0.25, received_at=at + timedelta(seconds=1))),
-            Activate("default", "activated", at, at + timedelta(seconds=60)),
-            InsertReward(reward_row("activated", 2.0, received_at=at + timedelta(seconds=2))),
+            reward_rec("joined", 0.5, received_at=at),
+            RewardRecord.from_row(
+                reward_row("joined", 0.25, received_at=at + timedelta(seconds=1))
+            ),
+            ActivationRecord("default", "activated", at, at + timedelta(seconds=60)),
+            RewardRecord.from_row(
+                reward_row("activated", 2.0, received_at=at + timedelta(seconds=2))
+            ),
         ],
     )
     join_all(engine)
@@ -299,7 +308,7 @@ def test_dsjson_since_until(
     until_s: int | None,
     expected: list[int],
 ) -> None:
-    write(writer, [InsertDecision(decision(f"e{i}", i)) for i in range(4)])
+    write(writer, [DecisionRecord.from_row(decision(f"e{i}", i)) for i in range(4)])
     join_all(engine)
     out = io.BytesIO()
     export_dsjson(
@@ -325,11 +334,11 @@ def test_ccb_export_parses_and_trains(engine: Engine, writer: GroupCommitWriter)
         slate = [ITEMS[j] for j in rng.permutation(4)[:2]]
         truth[eid] = slate
         row = decision(eid, i, chosen=((slate[0], 0.25), (slate[1], 1 / 3)))
-        ops.append(InsertDecision(row))
+        ops.append(DecisionRecord.from_row(row))
         for k, item in enumerate(slate):
             if item == "item2":
                 at = T0 + timedelta(seconds=i + 1)
-                ops.append(InsertReward(reward_row(eid, 1.0, received_at=at, slot=k)))
+                ops.append(reward_rec(eid, 1.0, received_at=at, slot=k))
     write(writer, ops)
     join_all(engine)
 
@@ -377,12 +386,14 @@ def _mixed_log(writer: GroupCommitWriter, engine: Engine) -> dict[str, dict[str,
         "dormant": decision("dormant", 2, deferred=True),
         "open": decision("open", 10 * 86400, context={"user": "u2", "geo": {"c": "FR"}}),
     }
-    write(writer, [InsertDecision(r) for r in rows.values()])
+    write(writer, [DecisionRecord.from_row(r) for r in rows.values()])
     write(
         writer,
         [
-            InsertReward(reward_row("single", 0.5, received_at=T0 + timedelta(seconds=1))),
-            InsertReward(reward_row("slate", 1.0, received_at=T0 + timedelta(seconds=2), slot=1)),
+            reward_rec("single", 0.5, received_at=T0 + timedelta(seconds=1)),
+            RewardRecord.from_row(
+                reward_row("slate", 1.0, received_at=T0 + timedelta(seconds=2), slot=1)
+            ),
         ],
     )
     join_all(engine)
@@ -440,7 +451,7 @@ def test_parquet_since_until_and_empty(
 def test_outcome_with_another_decided_at_is_still_found(
     engine: Engine, writer: GroupCommitWriter
 ) -> None:
-    write(writer, [InsertDecision(decision(f"e{i}", i)) for i in range(3)])
+    write(writer, [DecisionRecord.from_row(decision(f"e{i}", i)) for i in range(3)])
     join_all(engine)
     with engine.begin() as conn:  # the range read misses it; the by-key read finds it
         conn.execute(
@@ -484,7 +495,7 @@ def test_invalid_arguments_write_nothing(
 
 def test_large_export_streams(engine: Engine, writer: GroupCommitWriter, tmp_path: Path) -> None:
     n = 20_000
-    write(writer, [InsertDecision(decision(f"e{i:05d}", i)) for i in range(n)])
+    write(writer, [DecisionRecord.from_row(decision(f"e{i:05d}", i)) for i in range(n)])
     join_all(engine)
 
     cursors: list[Any] = []

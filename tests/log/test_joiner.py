@@ -9,9 +9,9 @@ from sqlalchemy import Engine, select
 
 from log.joiner import aggregate, join_loop
 from log.models import DecisionRow, OutcomeRow
-from log.ops import Activate, InsertDecision, InsertReward
+from log.records import ActivationRecord, RewardRecord
 from log.writer import GroupCommitWriter
-from tests.log.helpers import T0, decision_row, reward_row
+from tests.log.helpers import T0, decision_rec, reward_rec, reward_row
 
 
 def outcomes(engine: Engine) -> dict[tuple[str, int], tuple[float, bool, int]]:
@@ -58,13 +58,13 @@ def test_aggregate_rejects(values: list[float], how: str, match: str) -> None:
 def test_window_aggregation_and_default(
     engine: Engine, writer: GroupCommitWriter, how: str
 ) -> None:
-    writer.write_sync([InsertDecision(decision_row("e1")), InsertDecision(decision_row("e2"))])
+    writer.write_sync([decision_rec("e1"), decision_rec("e2")])
     # arrivals out of order of value: earliest is the first received, not the first written
     writer.write_sync(
         [
-            InsertReward(reward_row("e1", 0.2, received_at=T0 + timedelta(seconds=30))),
-            InsertReward(reward_row("e1", 0.8, received_at=T0 + timedelta(seconds=10))),
-            InsertReward(reward_row("e1", 0.5, received_at=T0 + timedelta(seconds=20))),
+            reward_rec("e1", 0.2, received_at=T0 + timedelta(seconds=30)),
+            reward_rec("e1", 0.8, received_at=T0 + timedelta(seconds=10)),
+            reward_rec("e1", 0.5, received_at=T0 + timedelta(seconds=20)),
         ]
     )
     # the window (60 s) has not closed yet: nothing is joined
@@ -80,17 +80,21 @@ def test_window_aggregation_and_default(
 
 
 def test_late_rewards_are_never_joined(engine: Engine, writer: GroupCommitWriter) -> None:
-    writer.write_sync([InsertDecision(decision_row("e1"))])
+    writer.write_sync([decision_rec("e1")])
     writer.write_sync(
-        [InsertReward(reward_row("e1", 1.0, received_at=T0 + timedelta(seconds=61), late=True))]
+        [
+            RewardRecord.from_row(
+                reward_row("e1", 1.0, received_at=T0 + timedelta(seconds=61), late=True)
+            )
+        ]
     )
     join(engine, 120)
     assert outcomes(engine)[("e1", 0)] == (0.0, True, 0)
 
 
 def test_join_is_idempotent(engine: Engine, writer: GroupCommitWriter) -> None:
-    writer.write_sync([InsertDecision(decision_row(f"e{i}")) for i in range(5)])
-    writer.write_sync([InsertReward(reward_row("e0", 1.0, received_at=T0))])
+    writer.write_sync([decision_rec(f"e{i}") for i in range(5)])
+    writer.write_sync([reward_rec("e0", 1.0, received_at=T0)])
     first = join(engine, 100)
     before = outcomes(engine)
     second = join(engine, 200)
@@ -99,7 +103,7 @@ def test_join_is_idempotent(engine: Engine, writer: GroupCommitWriter) -> None:
 
 
 def test_batches_cover_everything(engine: Engine, writer: GroupCommitWriter) -> None:
-    writer.write_sync([InsertDecision(decision_row(f"e{i:03d}")) for i in range(23)])
+    writer.write_sync([decision_rec(f"e{i:03d}") for i in range(23)])
     stats = join_loop(
         engine,
         "default",
@@ -112,12 +116,14 @@ def test_batches_cover_everything(engine: Engine, writer: GroupCommitWriter) -> 
 
 
 def test_slates_join_per_slot(engine: Engine, writer: GroupCommitWriter) -> None:
-    writer.write_sync([InsertDecision(decision_row("s1", n_slots=3))])
+    writer.write_sync([decision_rec("s1", n_slots=3)])
     writer.write_sync(
         [
-            InsertReward(reward_row("s1", 1.0, slot=0, received_at=T0)),
-            InsertReward(reward_row("s1", 0.5, slot=2, received_at=T0)),
-            InsertReward(reward_row("s1", 0.25, slot=2, received_at=T0 + timedelta(seconds=1))),
+            reward_rec("s1", 1.0, slot=0, received_at=T0),
+            reward_rec("s1", 0.5, slot=2, received_at=T0),
+            RewardRecord.from_row(
+                reward_row("s1", 0.25, slot=2, received_at=T0 + timedelta(seconds=1))
+            ),
         ]
     )
     join(engine, 100, how="sum", default=0.1)
@@ -132,19 +138,21 @@ def test_slates_join_per_slot(engine: Engine, writer: GroupCommitWriter) -> None
 def test_deferred_joins_only_when_activated(engine: Engine, writer: GroupCommitWriter) -> None:
     writer.write_sync(
         [
-            InsertDecision(decision_row("d1", deferred=True)),
-            InsertDecision(decision_row("d2", deferred=True)),
+            decision_rec("d1", deferred=True),
+            decision_rec("d2", deferred=True),
         ]
     )
-    writer.write_sync([InsertReward(reward_row("d1", 1.0, received_at=T0 + timedelta(seconds=5)))])
+    writer.write_sync([reward_rec("d1", 1.0, received_at=T0 + timedelta(seconds=5))])
     # never activated: never joined, however late
     assert join(engine, 10_000).decisions == 0
     activated = T0 + timedelta(seconds=100)
-    writer.write_sync([Activate("default", "d1", activated, activated + timedelta(seconds=60))])
+    writer.write_sync(
+        [ActivationRecord("default", "d1", activated, activated + timedelta(seconds=60))]
+    )
     # activating twice keeps the first activation
     writer.write_sync(
         [
-            Activate(
+            ActivationRecord(
                 "default",
                 "d1",
                 activated + timedelta(seconds=5),
@@ -167,9 +175,12 @@ def test_deferred_joins_only_when_activated(engine: Engine, writer: GroupCommitW
 
 def test_loops_are_separate(engine: Engine, writer: GroupCommitWriter) -> None:
     writer.write_sync(
-        [InsertDecision(decision_row("e1")), InsertDecision(decision_row("e1", loop="other"))]
+        [
+            decision_rec("e1"),
+            decision_rec("e1", loop="other"),
+        ]
     )
-    writer.write_sync([InsertReward(reward_row("e1", 1.0, received_at=T0, loop="other"))])
+    writer.write_sync([reward_rec("e1", 1.0, received_at=T0, loop="other")])
     join(engine, 100)
     assert outcomes(engine) == {("e1", 0): (0.0, True, 0)}
     join_loop(
@@ -187,7 +198,7 @@ def test_concurrent_joiners_join_each_decision_once(
     decision's join watermark (`joined_at`, which online training reads) never moves."""
     import threading
 
-    writer.write_sync([InsertDecision(decision_row(f"c{i:03d}")) for i in range(200)])
+    writer.write_sync([decision_rec(f"c{i:03d}") for i in range(200)])
     results = []
 
     def run(seconds: int) -> None:

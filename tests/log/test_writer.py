@@ -1,22 +1,26 @@
-"""The group-commit writer: grouping, insert-if-absent, the spool and exactly-once shipping."""
+"""The group-commit writer: grouping, first-wins keys, the spool, exactly-once shipping, and
+what may (and may not) be acknowledged while the database is unreachable."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine, func, select
 
-from log.models import DecisionRow, RewardRow
-from log.ops import InsertDecision, InsertReward
-from log.schema import make_engine
-from log.spool import Spool
+from explore.errors import Unavailable
+from log.joiner import join_loop
+from log.models import DecisionRow, OutcomeRow, RewardRow
+from log.records import ActivationRecord, DecisionRecord, new_event_id
+from log.spool import Spool, SpoolIndex
 from log.store import find_event
 from log.writer import GroupCommitWriter
-from tests.log.helpers import T0, decision_row, reward_row
+from tests.log.faults import database_down
+from tests.log.helpers import T0, decision_rec, reward_rec
 
 
 def count(engine: Engine, model: type) -> int:
@@ -24,9 +28,11 @@ def count(engine: Engine, model: type) -> int:
         return int(conn.execute(select(func.count()).select_from(model)).scalar_one())
 
 
-def unreachable(tmp_path: Path) -> Engine:
-    """An engine whose database cannot be opened (a directory that does not exist)."""
-    return make_engine(f"sqlite:///{tmp_path / 'missing' / 'dir' / 'x.db'}")
+def wait_until(cond: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def test_concurrent_writes_are_grouped(engine: Engine, tmp_path: Path) -> None:
@@ -36,7 +42,7 @@ def test_concurrent_writes_are_grouped(engine: Engine, tmp_path: Path) -> None:
 
     def client(k: int) -> None:
         for i in range(20):
-            results.append(writer.write_sync([InsertDecision(decision_row(f"c{k}-{i}"))]))
+            results.append(writer.write_sync([decision_rec(f"c{k}-{i}")]))
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(16)]
     for t in threads:
@@ -46,90 +52,100 @@ def test_concurrent_writes_are_grouped(engine: Engine, tmp_path: Path) -> None:
     writer.stop()
     assert count(engine, DecisionRow) == 320
     assert all(r.inserted == [True] and not r.spooled for r in results)
-    assert writer.stats.ops == 320
+    assert writer.stats.ops == 320 and writer.stats.pending == 0
     assert writer.stats.groups < 320 and writer.stats.max_group > 1
 
 
-def test_duplicate_event_ids_insert_once(engine: Engine, writer: GroupCommitWriter) -> None:
-    row = decision_row("dup")
-    first = writer.submit([InsertDecision(row)])
-    second = writer.submit([InsertDecision(dict(row, model_version="other"))])
-    results = [first.result(10), second.result(10)]
-    assert sorted(r.inserted[0] for r in results) == [False, True]
-    assert writer.write_sync([InsertDecision(row)]).inserted == [False]
-    assert count(engine, DecisionRow) == 1
+def test_duplicates_inside_a_group_keep_the_first(
+    engine: Engine, writer: GroupCommitWriter
+) -> None:
+    """Regression (issue 7, defect 6): 1,000 rows with repeated keys in one group."""
+    writer.write_sync([decision_rec("k0000", model_version="pre")])  # forces the staging path
+    group = [decision_rec(f"k{i % 300:04d}", model_version=f"m{i}") for i in range(1000)]
+    result = writer.write_sync(group)
+    first = {}
+    for i, rec in enumerate(group):
+        first.setdefault(rec.event_id, i)
+    assert result.inserted == [
+        first[r.event_id] == i and r.event_id != "k0000" for i, r in enumerate(group)
+    ]
+    with writer.engine.connect() as conn:
+        stored = dict(conn.execute(select(DecisionRow.event_id, DecisionRow.model_version)).all())
+    wrong = [k for k, i in first.items() if k != "k0000" and stored[k] != f"m{i}"]
+    print(f"FAULT in-group duplicates: keys={len(first)} wrong={len(wrong)}")
+    assert not wrong and stored["k0000"] == "pre" and count(writer.engine, DecisionRow) == 300
 
 
-def test_database_down_spools_then_ships_exactly_once(engine: Engine, tmp_path: Path) -> None:
-    spool_dir = tmp_path / "spool"
-    writer = GroupCommitWriter(unreachable(tmp_path), spool_dir, delay_s=0.0, ship_interval_s=0.05)
-    writer.start()
-    result = writer.write_sync(
-        [InsertDecision(decision_row("s1")), InsertDecision(decision_row("s2"))]
-    )
-    assert result.spooled and result.inserted == [True, True]
-    writer.write_sync([InsertReward(reward_row("s1", 1.0, received_at=T0, reward_id="r1"))])
-    assert writer.stats.spooled_ops == 3 and writer.stats.errors >= 1
-    # a reward route in another worker finds the spooled decision
-    info = find_event(engine, Spool(spool_dir), "default", "s1")
-    assert info is not None and not info.in_database
-    assert info.reward_deadline == T0 + timedelta(seconds=60)
-    writer.stop()  # seals the segment; shipping still fails while the database is down
-    segments = sorted(spool_dir.glob("*.seg"))
-    assert segments
-    backup = tmp_path / "backup.seg"
-    shutil.copy(segments[0], backup)
-
-    # the database answers again: a writer ships the spool
-    writer = GroupCommitWriter(engine, spool_dir, delay_s=0.0, ship_interval_s=0.05)
-    writer.start()
-    writer.stop()
-    assert count(engine, DecisionRow) == 2 and count(engine, RewardRow) == 1
-    assert not list(spool_dir.glob("*.seg"))
-    # the same segment shipped again (e.g. a crash after commit, before unlink) writes nothing
+def test_outage_spools_what_is_safe_and_ships_it_once(
+    engine: Engine, writer: GroupCommitWriter, tmp_path: Path
+) -> None:
+    spool_dir = writer.spool.directory
+    ids = [new_event_id() for _ in range(3)]
+    with database_down(writer, tmp_path):
+        result = writer.write_sync([decision_rec(i) for i in ids])
+        assert result.spooled and result.inserted == [True, True, True]
+        writer.write_sync([reward_rec(ids[0], 1.0, received_at=T0, reward_id="r1")])
+        # a client-chosen id cannot be checked for reuse: refused, nothing written
+        with pytest.raises(Unavailable):
+            writer.write_sync([decision_rec("client-chosen")])
+        # ... unless it replays a decision the spool holds (answered from there, not written)
+        assert writer.write_sync([decision_rec(ids[1])]).inserted == [False]
+        info = find_event(engine, SpoolIndex(spool_dir), "default", ids[0])
+        assert info is not None and not info.in_database
+        assert writer.stats.spooled_ops == 4 and writer.stats.refused_unverifiable == 1
+        segment = next(spool_dir.glob("*.seg"))
+        backup = tmp_path / "backup.seg"
+        shutil.copy(segment, backup)
+    wait_until(lambda: not list(spool_dir.glob("*.seg")))
+    assert count(engine, DecisionRow) == 3 and count(engine, RewardRow) == 1
+    # the same segment shipped again (a crash after commit, before unlink) writes nothing
     shutil.copy(backup, spool_dir / backup.name)
-    writer = GroupCommitWriter(engine, spool_dir, delay_s=0.0)
-    writer.start()
-    writer.stop()
-    assert count(engine, DecisionRow) == 2 and count(engine, RewardRow) == 1
-    info = find_event(engine, Spool(spool_dir), "default", "s1")
+    wait_until(lambda: not list(spool_dir.glob("*.seg")))
+    assert count(engine, DecisionRow) == 3 and count(engine, RewardRow) == 1
+    info = find_event(engine, SpoolIndex(spool_dir), "default", ids[0])
     assert info is not None and info.in_database
 
 
-def test_writes_wait_behind_the_spool(engine: Engine, tmp_path: Path) -> None:
-    """While anything is spooled, new groups go to the spool too, so order is kept."""
-    spool_dir = tmp_path / "spool"
-    writer = GroupCommitWriter(unreachable(tmp_path), spool_dir, delay_s=0.0, ship_interval_s=3600)
-    writer.start()
-    writer.write_sync([InsertDecision(decision_row("first"))])
-    deadline = time.monotonic() + 10
-    while writer.stats.errors < 2 and time.monotonic() < deadline:  # commit, then a shipping try
-        time.sleep(0.01)
-    writer.engine = engine  # the database is back, but the spool is not shipped yet
-    assert writer.write_sync([InsertDecision(decision_row("second"))]).spooled
-    writer.stop()
-    writer = GroupCommitWriter(engine, spool_dir, delay_s=0.0)
-    writer.start()
-    writer.stop()
-    assert count(engine, DecisionRow) == 2
+def test_spooled_activation_shipped_before_its_decision_is_kept(
+    engine: Engine, writer: GroupCommitWriter, tmp_path: Path
+) -> None:
+    """Regression (defect 2): an activation that reaches the database before its decision."""
+    spool_dir = writer.spool.directory
+    event = new_event_id()
+    activated = T0
+    other = Spool(spool_dir, "older")
+    other.append([ActivationRecord.at("default", event, activated, 60)])  # older segment
+    other.seal()
+    later = Spool(spool_dir, "newer")
+    later.append([decision_rec(event, deferred=True)])
+    later.seal()
+    wait_until(lambda: not list(spool_dir.glob("*.seg")))
+    stats = join_loop(
+        engine,
+        "default",
+        default_reward=0.0,
+        aggregation="earliest",
+        now=T0 + __import__("datetime").timedelta(seconds=61),
+    )
+    assert stats.decisions == 1 and count(engine, OutcomeRow) == 1
 
 
 def test_torn_last_line_is_ignored(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    spool.append([InsertDecision(decision_row("ok"))])
+    spool.append([decision_rec("ok")])
     spool.seal()
     (segment,) = spool.segments()
     with segment.open("ab") as fh:
         fh.write(b'{"op": "decision", "row": {"loop"')
     ops = Spool.read(segment)
-    assert len(ops) == 1 and isinstance(ops[0], InsertDecision)
-    assert ops[0].row["decided_at"] == T0
+    assert len(ops) == 1 and isinstance(ops[0], DecisionRecord)
+    assert ops[0].decided_at == T0
 
 
 def test_stop_drains_queued_writes(engine: Engine, tmp_path: Path) -> None:
     writer = GroupCommitWriter(engine, tmp_path / "spool", delay_s=0.01)
     writer.start()
-    futures = [writer.submit([InsertDecision(decision_row(f"q{i}"))]) for i in range(100)]
+    futures = [writer.submit([decision_rec(f"q{i}")]) for i in range(100)]
     writer.stop()
     assert all(f.result(1).inserted == [True] for f in futures)
     assert count(engine, DecisionRow) == 100
@@ -139,16 +155,43 @@ def test_refused_segment_is_quarantined(engine: Engine, tmp_path: Path) -> None:
     """A segment the database refuses (here: malformed) is set aside, the rest still ships."""
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
-    (spool_dir / "00000000000000000001-1-1.seg").write_bytes(b'{"op": "nonsense", "row": {}}\n')
-    good = Spool(spool_dir)
-    good._seq = 5
-    good.append([InsertDecision(decision_row("after"))])
+    (spool_dir / "00000000000000000001-x-1.seg").write_bytes(b'{"op": "nonsense", "row": {}}\n')
+    good = Spool(spool_dir, "y")
+    good.append([decision_rec(new_event_id())])
     good.seal()
     writer = GroupCommitWriter(engine, spool_dir, delay_s=0.0)
     writer.start()
     writer.stop()
     assert writer.stats.quarantined_segments == 1
     assert [p.name for p in (spool_dir / "quarantine").iterdir()] == [
-        "00000000000000000001-1-1.seg"
+        "00000000000000000001-x-1.seg"
     ]
     assert count(engine, DecisionRow) == 1 and not list(spool_dir.glob("*.seg"))
+
+
+def test_the_writer_thread_survives_an_unexpected_error(
+    engine: Engine, writer: GroupCommitWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (defect 16): an error in the thread fails that group, never the thread."""
+    real = writer._write_group
+    calls = {"n": 0}
+
+    def flaky(group: list) -> list:  # type: ignore[type-arg]
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return real(group)
+
+    monkeypatch.setattr(writer, "_write_group", flaky)
+    with pytest.raises(RuntimeError, match="boom"):
+        writer.write_sync([decision_rec("a")])
+    assert writer.write_sync([decision_rec("b")]).inserted == [True]
+    assert writer.running and writer.stats.pending == 0
+
+
+def test_replayed_reward_id_is_stored_once(engine: Engine, writer: GroupCommitWriter) -> None:
+    writer.write_sync([decision_rec("e1")])
+    rec = reward_rec("e1", 1.0, received_at=T0, reward_id="same")
+    assert writer.write_sync([rec, rec]).inserted == [True, False]
+    assert writer.write_sync([dataclasses.replace(rec, value=0.0)]).inserted == [False]
+    assert count(engine, RewardRow) == 1
