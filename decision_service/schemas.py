@@ -1,10 +1,18 @@
-"""Request bodies at the HTTP edge (pydantic). The rank body is checked in rank_input.py."""
+"""Bodies at the HTTP edge (pydantic): requests, responses, the error body.
+
+The rank body is checked in rank_input.py (one pass, with the settings' limits); `RankRequest`
+documents it. Response models document what routes return (the routes build their JSON
+directly); the OpenAPI contract test holds the two together.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+
+from log.loops import AGGREGATIONS, BOUNDS, MAX_VW_ARGS_CHARS, STRATEGIES
 
 Number = StrictInt | StrictFloat
 
@@ -13,6 +21,7 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+# ------------------------------------------------------------------------------------ requests
 class ActionIn(_Body):
     id: str = Field(min_length=1)
     features: dict[str, Any] = Field(default_factory=dict)
@@ -30,18 +39,181 @@ class RankRequest(_Body):
 class RewardRequest(_Body):
     value: Number
     slot: StrictInt | None = Field(default=None, ge=0)
+    reward_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="Idempotency key: a retry with the same key is stored once.",
+    )
+
+
+def _bounded(default: float, name: str, description: str) -> Any:
+    """A loop setting whose bound is documented in the schema and enforced by `LoopConfig`
+    (so that a value outside answers 422 `invalid_config` naming the field and the bound)."""
+    lo, hi = BOUNDS[name]
+    return Field(
+        default,
+        description=f"{description} In [{lo:.10g}, {hi:.10g}].",
+        json_schema_extra={"minimum": lo, "maximum": hi},
+    )
 
 
 class LoopConfigIn(_Body):
-    """Every field optional; PUT replaces the configuration (missing fields take defaults)."""
+    """Every field optional; PUT replaces the configuration (missing fields take defaults).
+    The loop's sampling key is the server's secret: it cannot be set and is never shown."""
 
-    exploration: str = "epsilon_greedy"
-    epsilon: Number = 0.2
-    softmax_lambda: Number = 1.0
-    reward_wait_s: Number = 600.0
-    default_reward: Number = 0.0
-    reward_aggregation: str = "earliest"
-    min_reward: Number = -1.0
-    max_reward: Number = 1.0
-    vw_args: str = "-q ca --cb_type mtr"
-    seed: StrictInt | None = None
+    exploration: str = Field(
+        "epsilon_greedy",
+        description="Exploration strategy.",
+        json_schema_extra={"enum": list(STRATEGIES)},
+    )
+    epsilon: Number = _bounded(0.2, "epsilon", "epsilon_greedy: probability of exploring.")
+    softmax_lambda: Number = _bounded(1.0, "softmax_lambda", "softmax: inverse temperature.")
+    reward_wait_s: Number = _bounded(
+        600.0, "reward_wait_s", "Seconds a decision's reward window stays open (30 days max)."
+    )
+    default_reward: Number = _bounded(
+        0.0, "default_reward", "Reward of a window that closes without one; in [min, max]."
+    )
+    reward_aggregation: str = Field(
+        "earliest",
+        description="How several rewards of one slot are combined.",
+        json_schema_extra={"enum": list(AGGREGATIONS)},
+    )
+    min_reward: Number = _bounded(-1.0, "min_reward", "Smallest accepted reward.")
+    max_reward: Number = _bounded(1.0, "max_reward", "Largest accepted reward (>= min_reward).")
+    vw_args: str = Field(
+        "-q ca --cb_type mtr",
+        description="Vowpal Wabbit learning options from a safe set (interactions of arity <= 3, "
+        "--cb_type, learning rate, regularisation, -b <= 24, ...).",
+        json_schema_extra={"maxLength": MAX_VW_ARGS_CHARS},
+    )
+
+
+# ----------------------------------------------------------------------------------- responses
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(description="Machine-readable reason (stable; listed in the README).")
+    message: str = Field(description="What went wrong and what to fix.")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer."""
+
+    model_config = ConfigDict(extra="forbid")
+    error: ErrorDetail
+
+
+class RankedAction(BaseModel):
+    id: str
+    probability: float = Field(ge=0, le=1)
+
+
+class SlotOut(BaseModel):
+    slot: int = Field(ge=0)
+    action_id: str
+    probability: float = Field(gt=0, le=1)
+
+
+class RankResponse(BaseModel):
+    event_id: str
+    model_version: str
+    ranking: list[RankedAction] = Field(
+        description="Every action, the served one first, with the probability it was served."
+    )
+    reward_action_id: str
+    slots: list[SlotOut] | None = Field(
+        None, description="Slates only: each slot's action and conditional probability."
+    )
+
+
+class RewardResponse(BaseModel):
+    event_id: str
+    slot: int = Field(ge=0)
+    status: Literal["accepted", "late", "pending_activation"]
+    joined: bool
+
+
+class ActivateResponse(BaseModel):
+    event_id: str
+    status: Literal["activated", "already_activated"]
+    reward_deadline: datetime | None
+
+
+class LoopConfigOut(BaseModel):
+    exploration: str
+    epsilon: float
+    softmax_lambda: float
+    reward_wait_s: float
+    default_reward: float
+    reward_aggregation: str
+    min_reward: float
+    max_reward: float
+    vw_args: str
+
+
+class LoopCounts(BaseModel):
+    decisions: int
+    rewards: int
+    late_rewards: int
+    outcomes: int
+
+
+class LoopOut(BaseModel):
+    loop: str
+    config: LoopConfigOut
+    created_at: datetime
+    updated_at: datetime
+    counts: LoopCounts | None = Field(None, description="GET /v1/loops/{loop} only.")
+
+
+class LoopsOut(BaseModel):
+    loops: list[LoopOut]
+
+
+class StatusOut(BaseModel):
+    durability: str
+    writer: dict[str, Any]
+    loops: dict[str, str] = Field(description="Loop -> the model version this worker serves.")
+
+
+# Models of bodies the routes read themselves (no FastAPI body parameter): the app registers
+# them as components so that `$ref`s to them resolve.
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (RankRequest, RewardRequest, LoopConfigIn)
+
+
+def body_ref(model: type[BaseModel]) -> dict[str, Any]:
+    """openapi_extra of a route whose required JSON body is `model` (read by the route)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+            },
+        }
+    }
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` entries: each status answers the error body."""
+    described = {
+        400: "The body is not JSON (or holds NaN/Infinity).",
+        404: "Unknown loop or resource.",
+        409: "Conflicts with what is stored.",
+        413: "The body is larger than DS_MAX_BODY_BYTES.",
+        422: "The request breaks a rule or a limit.",
+        429: "Too many at once; retry after Retry-After seconds.",
+        503: "The store cannot verify the request now; retry after Retry-After seconds.",
+    }
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {"model": ErrorResponse, "description": described[status]}
+        if status in (429, 503):
+            entry["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait before retrying.",
+                    "schema": {"type": "integer", "minimum": 0},
+                }
+            }
+        out[status] = entry
+    return out

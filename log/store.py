@@ -129,13 +129,13 @@ def get_stored_decision(
     try:
         with engine.connect() as conn:
             row = conn.execute(
-                select(DecisionRow).where(
+                select(DecisionRow.__table__).where(
                     DecisionRow.loop == loop, DecisionRow.event_id == event_id
                 )
-            ).scalar_one_or_none()
+            ).first()
     except exc.DBAPIError as err:
         raise _unreachable(err) from err
-    return None if row is None else DecisionRecord.from_row(vars(row))
+    return None if row is None else DecisionRecord.from_row(row._mapping)
 
 
 def get_stored_reward(engine: Engine, index: SpoolIndex, reward_id: str) -> RewardRecord | None:
@@ -146,11 +146,11 @@ def get_stored_reward(engine: Engine, index: SpoolIndex, reward_id: str) -> Rewa
     try:
         with engine.connect() as conn:
             row = conn.execute(
-                select(RewardRow).where(RewardRow.reward_id == reward_id)
-            ).scalar_one_or_none()
+                select(RewardRow.__table__).where(RewardRow.reward_id == reward_id)
+            ).first()
     except exc.DBAPIError as err:
         raise _unreachable(err) from err
-    return None if row is None else RewardRecord.from_row(vars(row))
+    return None if row is None else RewardRecord.from_row(row._mapping)
 
 
 def loop_counts(engine: Engine, loop: str) -> dict[str, int]:
