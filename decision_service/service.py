@@ -23,6 +23,7 @@ from decision_service.settings import Settings
 from explore.errors import Conflict, InvalidInput, NotFound, Unavailable
 from log.joiner import JoinStats, join_loop
 from log.loops import ensure_default_loop, list_loops
+from log.ops import Op
 from log.records import (
     ActivationRecord,
     RewardRecord,
@@ -30,7 +31,6 @@ from log.records import (
     new_event_id,
     reward_id_for,
 )
-from log.ops import Op
 from log.schema import make_engine, migrate
 from log.store import (
     EventInfo,
