@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 
 import pytest
@@ -227,3 +228,32 @@ def test_concurrent_joiners_join_each_decision_once(
         assert (
             dict(conn.execute(select(DecisionRow.event_id, DecisionRow.joined_at)).all()) == stamps
         )
+
+
+def test_each_batch_gets_the_next_join_seq(engine: Engine, writer: GroupCommitWriter) -> None:
+    """join_seq is per batch, increasing, and the same on a decision and its outcomes: the
+    watermark online learning resumes after (never a wall-clock time)."""
+    writer.write_sync([decision_rec(f"s{i:02d}") for i in range(23)])
+    stats = join_loop(
+        engine,
+        "default",
+        default_reward=0.0,
+        aggregation="earliest",
+        now=T0 + timedelta(hours=1),
+        batch_size=5,
+    )
+    assert stats.decisions == 23 and stats.last_seq == 5
+    with engine.connect() as conn:
+        seqs = dict(conn.execute(select(DecisionRow.event_id, DecisionRow.join_seq)).all())
+        outcome_seqs = dict(conn.execute(select(OutcomeRow.event_id, OutcomeRow.join_seq)).all())
+    assert seqs == outcome_seqs
+    assert sorted(Counter(seqs.values()).items()) == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 3)]
+    again = join_loop(
+        engine, "default", default_reward=0.0, aggregation="earliest", now=T0 + timedelta(hours=2)
+    )
+    assert again.decisions == 0
+
+
+def test_huge_rewards_aggregate_to_finite_values() -> None:
+    assert aggregate([1e308, 1e308], "sum") == 1.7976931348623157e308
+    assert aggregate([1e308, 1e308], "mean") == 1e308
