@@ -42,7 +42,10 @@ def aggregate(values: Sequence[float], how: str) -> float:
     if how == "earliest":
         out = float(values[0])
     elif how == "sum":
-        out = math.fsum(values)
+        try:
+            out = math.fsum(values)
+        except OverflowError:  # past the largest float: saturate (its sign is the scaled sum's)
+            out = math.copysign(_FLOAT_MAX, math.fsum(v / 1024 for v in values))
     elif how == "mean":
         out = math.fsum(v / len(values) for v in values)
     elif how == "max":
