@@ -11,11 +11,10 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine
-
 from deploy.registry import ModelVersion, live_versions, load_artifact
 from explore import Explorer, make_explorer
 from log.loops import LoopConfig, StoredLoop, get_loop, list_loops
+from log.schema import Engine
 from policies import VWPolicy
 
 logger = logging.getLogger(__name__)
