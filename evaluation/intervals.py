@@ -27,11 +27,25 @@ and returns ``(low, high)`` arrays of shape ``terms.shape[1:]``. What each one g
     every event and the evaluation stopped at any time. :func:`confidence_sequence` returns the
     whole sequence (events in logged order); as an interval, the value at the last event.
 
-``bernstein`` and ``cs`` need bounds on the terms, known before seeing the data (for IPS with
-rewards in [0, 1]: ``(0, max importance weight)``). Without ``bounds`` the observed range is used,
-which makes their guarantee approximate. Linearised self-normalised terms and terms from a reward
-model fitted on the same events are not exactly i.i.d.; the intervals are asymptotically valid for
-them, the finite-sample and time-uniform guarantees are not exact.
+``bernstein`` and ``cs`` require ``bounds``: a priori bounds on every term, known before seeing
+the data, never the observed range of the sample (with the observed range a heavy-tailed sample
+that happens to miss its rare large terms gets a range, hence an interval, far too small: about
+80% coverage at nominal 95%; and all-equal terms got a zero-width interval). For IPS with rewards
+in ``[r_min, r_max]`` the terms lie in ``[min(0, W r_min), max(0, W r_max)]`` where ``W`` bounds
+the importance weights (the target's largest probability over the logging policy's smallest
+propensity); :func:`evaluation.ope.term_bounds` gives them for every estimator. The width then
+comes from the a priori range as well as the data: never 0 unless the bounds are a single point
+(then the mean is known). Linearised self-normalised terms have no a priori bounds (they depend
+on the sample's mean weight), and terms from a reward model fitted on the same events are not
+exactly i.i.d.; for those the finite-sample and time-uniform guarantees are not exact.
+
+Drift: the running intersection of ``cs`` is empty only when some interval of the sequence missed
+the mean, which has probability <= alpha when the terms' conditional mean is constant. On data
+that violate that (e.g. a mean that drifts) it can happen; then the sequence keeps, from that
+event on, the last non-empty intersection (already inside the bounds) instead of failing. On the
+event that every interval of the sequence contains the mean (probability >= 1 - alpha under the
+model) the intersection never empties, so this changes nothing there and the guarantee stands; on
+drifting data no mean is constant and no interval can promise coverage of one.
 """
 
 from __future__ import annotations
@@ -193,28 +207,48 @@ def bootstrap_interval(
     return _out(*_bootstrap(t, alpha, n_boot, rng, max_units), squeeze)
 
 
-def _range(t: FloatArray, bounds: tuple[float, float] | None) -> tuple[FloatArray, FloatArray]:
-    """(low, span) per row: the a priori bounds, or the observed range without them."""
+_BOUNDS_RTOL = 1e-9  # terms this far (relative to the span) outside the bounds are rounding
+
+
+def _range(
+    t: FloatArray, bounds: tuple[float, float] | None
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """(terms, low, span): the terms clipped into the a priori ``bounds`` (a copy only when some
+    are outside by rounding error), and the bounds' low end and span per row.
+
+    Terms outside the bounds by more than rounding error raise: the bounds were not a priori
+    bounds of these terms.
+    """
     if bounds is None:
-        low, high = t.min(axis=1), t.max(axis=1)
-    else:
+        raise ValueError(
+            "bounds must be given for the bernstein and cs intervals: a priori (low, high) bounds "
+            "on every term, known before seeing the data (see evaluation.ope.term_bounds), got None"
+        )
+    try:
         lo, hi = (float(b) for b in bounds)
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
-            raise ValueError(f"bounds must be finite (low, high) with low <= high, got {bounds}")
-        if t.min() < lo or t.max() > hi:
-            raise ValueError(
-                f"bounds must contain every term, got bounds {bounds} for terms in "
-                f"[{t.min()}, {t.max()}]"
-            )
-        low, high = np.full(t.shape[0], lo), np.full(t.shape[0], hi)
-    return low, high - low
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"bounds must be finite (low, high) with low <= high, got {bounds!r}"
+        ) from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise ValueError(f"bounds must be finite (low, high) with low <= high, got {bounds}")
+    slack = _BOUNDS_RTOL * max(hi - lo, abs(lo), abs(hi), 1.0)
+    t_min, t_max = float(t.min()), float(t.max())
+    if t_min < lo - slack or t_max > hi + slack:
+        raise ValueError(
+            f"bounds must contain every term, got bounds {bounds} for terms in [{t_min}, {t_max}]"
+        )
+    if t_min < lo or t_max > hi:
+        t = np.clip(t, lo, hi)
+    return t, np.full(t.shape[0], lo), np.full(t.shape[0], hi - lo)
 
 
 def _bernstein(
     t: FloatArray, alpha: float, bounds: tuple[float, float] | None
 ) -> tuple[FloatArray, FloatArray]:
     a = _check_alpha(alpha)
-    low, span = _range(t, bounds)
+    t, low, span = _range(t, bounds)
+    # span is 0 only for point bounds: every term equals low, the mean is known exactly.
     safe = np.where(span > 0.0, span, 1.0)
     n = t.shape[1]
     log_term = math.log(4.0 / a)
@@ -228,9 +262,12 @@ def _bernstein(
 
 
 def bernstein_interval(
-    terms: Any, *, alpha: float = 0.05, bounds: tuple[float, float] | None = None
+    terms: Any, *, alpha: float = 0.05, bounds: tuple[float, float]
 ) -> tuple[FloatArray, FloatArray]:
-    """Empirical Bernstein interval (Maurer & Pontil 2009), alpha/2 per side."""
+    """Empirical Bernstein interval (Maurer & Pontil 2009), alpha/2 per side.
+
+    ``bounds``: a priori (low, high) bounds on every term (required; see the module docstring).
+    """
     t, squeeze = _rows(terms)
     return _out(*_bernstein(t, alpha, bounds), squeeze)
 
@@ -241,17 +278,20 @@ def _sequence(
     """Blocks of the (k, n) lower and upper confidence sequences of the rows of ``t``.
 
     Predictable plug-in empirical Bernstein (Waudby-Smith & Ramdas 2023, Thm 2) on the terms
-    rescaled to [0, 1], computed over blocks of events with the running sums carried over, so
-    memory does not grow with n.
+    rescaled to [0, 1] by the a priori ``bounds``, computed over blocks of events with the running
+    sums carried over, so memory does not grow with n. Running intersection, starting from the
+    bounds themselves; once it would be empty (the data are not in the model: see the module
+    docstring) a row keeps its last non-empty intersection for the rest of the events.
     """
     a = _check_alpha(alpha)
-    low, span = _range(t, bounds)
+    t, low, span = _range(t, bounds)
     safe = np.where(span > 0.0, span, 1.0)[:, None]
     k, n = t.shape
     log_term = math.log(2.0 / a)
     sum_x, sum_sq, sum_lam, sum_lam_x, sum_v_psi = (np.zeros((k, 1)) for _ in range(5))
     mu_last, sigma2_last = np.full((k, 1), 0.5), np.full((k, 1), 0.25)
     lo_last, hi_last = np.zeros((k, 1)), np.ones((k, 1))
+    frozen = np.zeros((k, 1), dtype=bool)  # rows whose intersection would have been empty
     for start in range(0, n, _CS_BLOCK):
         x = (t[:, start : start + _CS_BLOCK] - low[:, None]) / safe
         time = np.arange(start + 1, start + x.shape[1] + 1, dtype=np.float64)
@@ -269,8 +309,20 @@ def _sequence(
         cum_lam_x = sum_lam_x + np.cumsum(lam * x, axis=1)
         centre = cum_lam_x / cum_lam
         radius = (log_term + cum_v_psi) / cum_lam
-        lo = np.maximum.accumulate(np.hstack([lo_last, centre - radius]), axis=1)[:, 1:]
-        hi = np.minimum.accumulate(np.hstack([hi_last, centre + radius]), axis=1)[:, 1:]
+        # Frozen rows intersect with nothing new: their raw intervals are replaced by the whole
+        # range, which leaves the carried intersection as it is.
+        raw_lo = np.where(frozen, 0.0, centre - radius)
+        raw_hi = np.where(frozen, 1.0, centre + radius)
+        run_lo = np.maximum.accumulate(np.hstack([lo_last, raw_lo]), axis=1)
+        run_hi = np.minimum.accumulate(np.hstack([hi_last, raw_hi]), axis=1)
+        # run_lo only rises and run_hi only falls, so once empty a row stays empty: take, at
+        # every event, the intersection at the last index where it was not (index 0, the carried
+        # state, never is).
+        nonempty = run_lo <= run_hi
+        last = np.maximum.accumulate(np.where(nonempty, np.arange(x.shape[1] + 1), 0), axis=1)
+        lo = np.take_along_axis(run_lo, last, axis=1)[:, 1:]
+        hi = np.take_along_axis(run_hi, last, axis=1)[:, 1:]
+        frozen |= ~nonempty[:, -1:]
         sum_x, sum_sq, sum_v_psi = cum_x[:, -1:], cum_sq[:, -1:], cum_v_psi[:, -1:]
         sum_lam, sum_lam_x = cum_lam[:, -1:], cum_lam_x[:, -1:]
         mu_last, sigma2_last = mu[:, -1:], sigma2[:, -1:]
@@ -279,13 +331,14 @@ def _sequence(
 
 
 def confidence_sequence(
-    terms: Any, *, alpha: float = 0.05, bounds: tuple[float, float] | None = None
+    terms: Any, *, alpha: float = 0.05, bounds: tuple[float, float]
 ) -> tuple[FloatArray, FloatArray]:
     """Anytime-valid confidence sequence for the mean, one (low, high) per prefix of the events.
 
     Returns arrays of shape ``terms.shape``: entry t is the interval after the first t + 1 events
-    (running intersection, so the intervals are nested). With probability >= 1 - alpha every one
-    contains the mean (see the module docstring for the conditions).
+    (running intersection, so the intervals are nested, always with low <= high). With probability
+    >= 1 - alpha every one contains the mean (see the module docstring for the conditions, and for
+    what happens on drifting data). ``bounds``: a priori bounds on every term (required).
     """
     t, squeeze = _rows(terms)
     blocks = list(_sequence(t, alpha, bounds))
@@ -304,9 +357,12 @@ def _cs_last(
 
 
 def cs_interval(
-    terms: Any, *, alpha: float = 0.05, bounds: tuple[float, float] | None = None
+    terms: Any, *, alpha: float = 0.05, bounds: tuple[float, float]
 ) -> tuple[FloatArray, FloatArray]:
-    """The confidence sequence at the last event (valid even if this look was chosen by peeking)."""
+    """The confidence sequence at the last event (valid even if this look was chosen by peeking).
+
+    ``bounds``: a priori bounds on every term (required).
+    """
     t, squeeze = _rows(terms)
     return _out(*_cs_last(t, alpha, bounds), squeeze)
 
@@ -340,6 +396,10 @@ def confidence_interval(
     n_boot: int = DEFAULT_N_BOOT,
     bounds: tuple[float, float] | None = None,
 ) -> tuple[FloatArray, FloatArray]:
-    """The interval named ``kind`` (one of :data:`INTERVALS`) of the mean of ``terms``."""
+    """The interval named ``kind`` (one of :data:`INTERVALS`) of the mean of ``terms``.
+
+    ``bounds`` (a priori bounds on every term) are required by ``bernstein`` and ``cs`` and
+    ignored by the others.
+    """
     t, squeeze = _rows(terms)
     return _out(*dispatch_interval(t, kind, alpha, rng, n_boot, bounds), squeeze)

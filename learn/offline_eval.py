@@ -201,7 +201,16 @@ def run_evaluation(
                 if ev is not None:
                     reward_model.learn(ev)
         result = _score_and_estimate(
-            engine, loop, window, spec, targets, notes, reward_model, progress, chunk_size
+            engine,
+            loop,
+            window,
+            spec,
+            targets,
+            notes,
+            reward_model,
+            progress,
+            chunk_size,
+            reward_range=(config.min_reward, config.max_reward),
         )
     finally:
         for target in targets.values():
@@ -338,8 +347,10 @@ def _score_and_estimate(
     reward_model: RewardModel | None,
     progress: _Progress,
     chunk_size: int,
+    *,
+    reward_range: tuple[float, float],
 ) -> dict[str, Any]:
-    acc = Accumulator(list(targets))
+    acc = Accumulator(list(targets), reward_range)
     skipped = _Skipped()
     first: datetime | None = None
     last: datetime | None = None

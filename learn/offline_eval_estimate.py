@@ -7,6 +7,13 @@ its probability on actions the logging policy never takes. A target covers a suf
 events (they come in decided_at order and its time split is a cutoff time), so per target only
 its first index is kept. :func:`policy_result` turns them into estimates with intervals,
 diagnostics and the paired difference against the live policy on the same events.
+
+The bernstein and cs intervals get a priori bounds on the terms: the loop's reward range (also
+the reward model's, whose predictions are clipped to it) and, per target, the largest importance
+weight it could get: per event the largest ``pi(a) / p(a)`` over the actions the logging policy
+could take, which the logged pmf gives whichever action was drawn and whatever its reward (see
+:func:`evaluation.ope.term_bounds`). Self-normalised estimators have no such bounds: with these
+intervals they report an error, the others their estimates.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from numpy.typing import NDArray
 
 from evaluation import Diagnostics, EventStats, estimate_many, paired_difference
 from evaluation.estimators import estimator_ess, terms_from_stats
+from evaluation.ope import BOUNDED_INTERVALS, term_bounds
 from learn.offline_eval_spec import EvaluationSpec, PolicySpec
 from learn.offline_eval_targets import EvalEvent
 
@@ -38,12 +46,18 @@ class _Column:
         self.pi_logged = array("d")
         self.q_target = array("d")
         self.unsupported = array("d")
+        self.max_weight = array("d")
 
 
 class Accumulator:
-    """Per-event terms of every target, appended event by event (a few floats per event)."""
+    """Per-event terms of every target, appended event by event (a few floats per event).
 
-    def __init__(self, names: Sequence[str]) -> None:
+    ``reward_range``: the loop's (min_reward, max_reward), the a priori range of the rewards and
+    of the reward model's predictions.
+    """
+
+    def __init__(self, names: Sequence[str], reward_range: tuple[float, float]) -> None:
+        self.reward_range = (float(reward_range[0]), float(reward_range[1]))
         self.reward = array("d")
         self.pscore = array("d")
         self.q_logged = array("d")
@@ -63,7 +77,10 @@ class Accumulator:
         model's predictions for its candidates (None without a reward model)."""
         n = self.n
         a = event.action
-        unsupported = event.logged_pmf == 0.0
+        logged = event.logged_pmf
+        unsupported = logged == 0.0
+        # The weight is pi[a] / pscore; pscore is the logged pmf before normalisation.
+        scale = event.pscore / float(logged[a])
         for name, pi in pmfs:
             col = self.columns[name]
             if col.start is None:
@@ -71,6 +88,10 @@ class Accumulator:
             col.pi_logged.append(float(pi[a]))
             col.q_target.append(float(pi @ q_hat) if q_hat is not None else 0.0)
             col.unsupported.append(float(pi[unsupported].sum()))
+            # The largest weight of any action this event could have logged (the taken one's
+            # included, so that rounding cannot put the observed weight above the bound).
+            ratio = np.divide(pi, logged, out=np.zeros_like(pi), where=~unsupported)
+            col.max_weight.append(max(float(ratio.max()) / scale, float(pi[a]) / event.pscore))
         self.reward.append(event.reward)
         self.pscore.append(event.pscore)
         self.q_logged.append(float(q_hat[a]) if q_hat is not None else 0.0)
@@ -90,6 +111,28 @@ class Accumulator:
 
     def unsupported_mass(self, name: str) -> float:
         return float(_arr(self.columns[name].unsupported).mean())
+
+    def weight_bound(self, name: str, start: int) -> float:
+        """The largest weight target `name` could get on the events from index `start` on."""
+        col = self.columns[name]
+        return float(_arr(col.max_weight)[start - (col.start or 0) :].max())
+
+    def bounds(self, estimator: str, name: str, start: int) -> tuple[float, float]:
+        """A priori bounds on the terms of `estimator` for target `name` from index `start` on.
+
+        ValueError when a reward lies outside the loop's range (then it is no a priori range).
+        """
+        lo, hi = self.reward_range
+        reward = _arr(self.reward)[start:]
+        if reward.min() < lo or reward.max() > hi:
+            raise ValueError(
+                f"rewards must lie in the loop's range [{lo}, {hi}] for a priori bounds of the "
+                f"{estimator} terms, got rewards in [{reward.min()}, {reward.max()}] (was the "
+                "range changed after they were logged?): use the bootstrap or normal interval"
+            )
+        return term_bounds(
+            estimator, reward_range=self.reward_range, weight_bound=self.weight_bound(name, start)
+        )
 
 
 def policy_result(
@@ -123,11 +166,14 @@ def policy_result(
         try:
             terms = terms_from_stats(name, stats)
             ess = estimator_ess(name, stats)
+            bounded = spec.interval in BOUNDED_INTERVALS
+            bounds = acc.bounds(name, p.name, start) if bounded else None
             est = estimate_many(
                 {name: terms},
                 interval=spec.interval,
                 alpha=spec.alpha,
                 rng=spec.seed,
+                bounds=None if bounds is None else {name: bounds},
                 ess={name: ess},
             )[name]
             out["estimates"][name] = est.to_dict()
@@ -140,6 +186,8 @@ def policy_result(
                 interval=spec.interval,
                 alpha=spec.alpha,
                 rng=spec.seed,
+                bounds=bounds,
+                incumbent_bounds=acc.bounds(name, live, start) if bounded else None,
                 candidate_ess=ess,
                 incumbent_ess=estimator_ess(name, live_stats),
             )

@@ -9,7 +9,6 @@ import pytest
 from numpy.typing import NDArray
 
 from evaluation import (
-    INTERVALS,
     EventStats,
     bernstein_interval,
     bootstrap_interval,
@@ -18,10 +17,13 @@ from evaluation import (
     cs_interval,
     estimate,
     estimate_many,
+    evaluate,
+    evaluate_many,
     normal_interval,
     terms_from_stats,
 )
 from evaluation.intervals import bootstrap_replicates
+from evaluation.ope import max_importance_weight, term_bounds
 from tests.evaluation.synth import make_world, sample
 
 RNG = np.random.default_rng(0)
@@ -64,11 +66,18 @@ def test_columns_share_resampling_weights() -> None:
     np.testing.assert_allclose(both[0][0], bootstrap_interval(x, rng=5)[0], rtol=1e-6)
 
 
-def test_constant_terms_give_a_zero_width_interval() -> None:
+def test_constant_terms_give_zero_width_only_without_a_priori_range() -> None:
     x = np.full(50, 0.3)
-    for kind in INTERVALS:
+    for kind in ("normal", "bootstrap"):
         lo, hi = confidence_interval(x, kind, rng=0)
         assert lo == pytest.approx(0.3) and hi == pytest.approx(0.3), kind
+    # bernstein and cs take their width from the a priori range too: 50 equal terms do not prove
+    # that the mean is 0.3 when the terms may lie anywhere in [0, 1].
+    for kind in ("bernstein", "cs"):
+        lo, hi = confidence_interval(x, kind, bounds=(0.0, 1.0))
+        assert 0.0 <= lo <= 0.3 <= hi <= 1.0 and hi - lo > 0.05, kind
+        # Point bounds: the terms are known to be constant, so is the mean.
+        assert confidence_interval(x, kind, bounds=(0.3, 0.3)) == (0.3, 0.3), kind
 
 
 def test_bernstein_respects_bounds_and_shrinks_with_n() -> None:
@@ -108,6 +117,16 @@ def test_confidence_sequence_is_nested_and_ends_at_cs_interval() -> None:
         (lambda: bootstrap_interval(SKEWED, n_boot=5), "n_boot must be an integer >= 10"),
         (lambda: bootstrap_interval(SKEWED, max_units=1), "max_units must be an integer >= 100"),
         (lambda: confidence_interval(SKEWED, "magic"), "interval must be one of"),
+        (lambda: confidence_interval(SKEWED, "bernstein"), "bounds must be given for the bern"),
+        (lambda: confidence_interval(SKEWED, "cs", bounds=None), "bounds must be given for"),
+        (lambda: cs_interval(SKEWED, bounds=(0.0, np.nan)), "bounds must be finite"),
+        (lambda: estimate(SKEWED, method="ips", interval="cs"), r"bounds must map every method"),
+        (
+            lambda: estimate_many(
+                {"a": SKEWED, "b": SKEWED}, interval="bernstein", bounds={"a": (0, 20)}
+            ),
+            r"bounds must map every method .* got none for \['b'\]",
+        ),
         (lambda: estimate(SKEWED, method="x", interval="magic"), "interval must be one of"),
         (lambda: estimate_many({}), "terms must map at least one method"),
         (
@@ -180,3 +199,145 @@ def test_bernstein_and_confidence_sequence_are_conservative(
     truth = WORLD.true_value
     # Time-uniform: the truth is inside the interval at every one of the 5000 looks.
     assert np.mean(np.all((lo <= truth) & (truth <= hi), axis=0)) >= 0.95
+
+
+# ---- a priori bounds of the terms -----------------------------------------------------------
+
+
+def test_term_bounds_contain_every_estimators_terms() -> None:
+    s = sample(WORLD, 4000, seed=11)
+    q_hat = np.clip(0.8 * s.q_true + 0.05, 0.0, 1.0)
+    stats = EventStats.from_arrays(**s.kwargs(q_hat))
+    exact = max_importance_weight(action_dist=s.action_dist, logging_dist=s.logging_dist)
+    floor = max_importance_weight(pscore=s.pscore, action_dist=s.action_dist)
+    # The exact per-context bound is at most the floor-based one, and both hold every weight.
+    assert stats.weight.max() <= exact <= floor <= 1.0 / s.pscore.min()
+    assert exact == pytest.approx(float(np.max(WORLD.target / WORLD.logging)), rel=0.5)
+    for name, params in [
+        ("ips", {}),
+        ("clipped_ips", {"max_weight": 3.0}),
+        ("dm", {}),
+        ("dr", {}),
+        ("switch_dr", {"threshold": 4.0}),
+    ]:
+        lo, hi = term_bounds(
+            name,
+            reward_range=(0.0, 1.0),
+            action_dist=s.action_dist,
+            logging_dist=s.logging_dist,
+            **params,
+        )
+        terms = terms_from_stats(name, stats, **params)
+        assert lo <= terms.min() and terms.max() <= hi, name
+    w = exact
+    assert term_bounds("ips", reward_range=(0.0, 1.0), weight_bound=w) == (0.0, w)
+    assert term_bounds("ips", reward_range=(-1.0, 2.0), weight_bound=w) == (-w, 2.0 * w)
+    assert term_bounds("ips", reward_range=(0.5, 2.0), weight_bound=w) == (0.0, 2.0 * w)
+    assert term_bounds("clipped_ips", reward_range=(0.0, 1.0), weight_bound=w, max_weight=2.0) == (
+        0.0,
+        2.0,
+    )
+    assert term_bounds("dm", reward_range=(0.0, 1.0), weight_bound=w, q_range=(0.2, 0.7)) == (
+        0.2,
+        0.7,
+    )
+    assert term_bounds("dr", reward_range=(0.0, 1.0), weight_bound=w) == (-w, 1.0 + w)
+    assert term_bounds("switch_dr", reward_range=(0.0, 1.0), weight_bound=w, threshold=0.0) == (
+        0.0,
+        1.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda: term_bounds("snips", reward_range=(0.0, 1.0), weight_bound=5.0),
+            "snips has no a priori bounds on its terms",
+        ),
+        (
+            lambda: term_bounds("sndr", reward_range=(0.0, 1.0), weight_bound=5.0),
+            "sndr has no a priori bounds",
+        ),
+        (lambda: term_bounds("magic", reward_range=(0, 1), weight_bound=5.0), "name must be one"),
+        (
+            lambda: term_bounds("ips", reward_range=(1.0, 0.0), weight_bound=5.0),
+            r"reward_range must be finite \(low, high\) with low <= high",
+        ),
+        (
+            lambda: term_bounds("dr", reward_range=(0, 1), q_range=(0, np.inf), weight_bound=5.0),
+            "q_range must be finite",
+        ),
+        (
+            lambda: term_bounds("ips", reward_range=(0.0, 1.0), weight_bound=-1.0),
+            "weight_bound must be a finite number >= 0",
+        ),
+        (
+            lambda: term_bounds("ips", reward_range=(0.0, 1.0), weight_bound=5.0, pscore=[0.5]),
+            "weight_bound must be given alone",
+        ),
+        (
+            lambda: term_bounds("ips", reward_range=(0.0, 1.0)),
+            r"pscore \(or logging_dist with action_dist\) must be given",
+        ),
+        (
+            lambda: term_bounds("ips", reward_range=(0, 1), weight_bound=5.0, threshold=1.0),
+            r"params of ips must be among \[\], got \['threshold'\]",
+        ),
+        (
+            lambda: max_importance_weight(logging_dist=np.full((3, 2), 0.5)),
+            "action_dist must be given with logging_dist",
+        ),
+        (
+            lambda: max_importance_weight(
+                logging_dist=np.full((3, 2), 0.5), action_dist=np.full((3, 4), 0.25)
+            ),
+            r"action_dist must have the shape of logging_dist \(3, 2\)",
+        ),
+        (lambda: max_importance_weight(pscore=[0.5, 0.0]), "pscore must be .*probabilities"),
+    ],
+)
+def test_term_bounds_inputs_are_validated(call: Callable[[], object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_evaluate_derives_the_bounds_from_the_reward_range() -> None:
+    s = sample(WORLD, 3000, seed=12)
+    q_hat = np.clip(0.8 * s.q_true + 0.05, 0.0, 1.0)
+    for kind in ("bernstein", "cs"):
+        many = evaluate_many(**s.kwargs(q_hat), interval=kind, reward_range=(0.0, 1.0))
+        # The self-normalised estimators have no a priori bounds: not chosen by default.
+        assert sorted(many) == ["clipped_ips", "dm", "dr", "ips", "switch_dr"], kind
+        for name, e in many.items():
+            assert e.ci_low < e.value < e.ci_high, (kind, name)
+        one = evaluate("dr", **s.kwargs(q_hat), interval=kind, reward_range=(0.0, 1.0))
+        assert one == many["dr"]
+    # The logging policy's known floor (epsilon / n_actions) may be given instead.
+    w_floor = WORLD.n_actions / 0.2
+    floor = evaluate(
+        "ips", **s.kwargs(), interval="cs", reward_range=(0.0, 1.0), weight_bound=w_floor
+    )
+    assert floor.ci_low < floor.value < floor.ci_high
+    # Or the full logging pmf: the largest weight any logged context could have given.
+    exact = max_importance_weight(action_dist=s.action_dist, logging_dist=s.logging_dist)
+    by_pmf = evaluate(
+        "ips", **s.kwargs(), interval="cs", reward_range=(0, 1), logging_dist=s.logging_dist
+    )
+    assert by_pmf == evaluate(
+        "ips", **s.kwargs(), interval="cs", reward_range=(0, 1), weight_bound=exact
+    )
+    with pytest.raises(ValueError, match=r"reward_range \(or bounds\) must be given for interval"):
+        evaluate("ips", **s.kwargs(), interval="cs")
+    with pytest.raises(ValueError, match="snips has no a priori bounds"):
+        evaluate("snips", **s.kwargs(), interval="bernstein", reward_range=(0.0, 1.0))
+    stats = EventStats.from_arrays(**s.kwargs())
+    with pytest.raises(ValueError, match="weight_bound must be given with stats"):
+        evaluate_many(["ips"], stats=stats, interval="cs", reward_range=(0.0, 1.0))
+    with_bound = evaluate_many(
+        ["ips"], stats=stats, interval="cs", reward_range=(0.0, 1.0), weight_bound=w_floor
+    )
+    assert with_bound["ips"] == floor
+    # Rewards outside the reward range: the bounds were not a priori bounds of the terms.
+    with pytest.raises(ValueError, match="bounds must contain every term"):
+        evaluate("ips", **s.kwargs(), interval="cs", reward_range=(0.0, 0.5))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from numpy.typing import NDArray
@@ -104,6 +106,41 @@ def test_bounds_are_carried_to_the_difference() -> None:
     p = paired_difference(a, b, interval="cs", bounds=(0.0, 1.0))
     assert -1.0 <= p.difference.ci_low < 0.0 < p.difference.ci_high <= 1.0
     assert p.candidate.ci_high <= 1.0 and p.incumbent.ci_low >= 0.0
+
+
+def test_bounded_intervals_need_bounds_and_combine_both_policies_ranges() -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.random(2000), 2.0 * rng.random(2000)
+    with pytest.raises(ValueError, match="bounds must be given for interval 'cs'"):
+        paired_difference(a, b, interval="cs")
+    with pytest.raises(ValueError, match="bounds must contain every term"):
+        paired_difference(a, b, interval="bernstein", bounds=(0.0, 1.0))  # b reaches 2
+    p = paired_difference(a, b, interval="bernstein", bounds=(0.0, 1.0), incumbent_bounds=(0, 2))
+    assert p.incumbent.ci_high <= 2.0 and p.candidate.ci_high <= 1.0
+    assert -2.0 <= p.difference.ci_low < p.difference.value < p.difference.ci_high <= 1.0
+    assert p.difference.ci_low < -0.5 < p.difference.ci_high  # the true difference
+
+
+def test_evaluate_paired_derives_each_policys_bounds_from_the_reward_range() -> None:
+    kw: dict[str, Any] = _paired_inputs(4000, 4)
+    with pytest.raises(ValueError, match=r"reward_range \(or bounds\) must be given"):
+        evaluate_paired("dr", **kw, interval="cs")
+    for kind in ("bernstein", "cs"):
+        p = evaluate_paired("dr", **kw, interval=kind, reward_range=(0.0, 1.0))
+        assert p.difference.ci_low <= TRUE_DIFFERENCE <= p.difference.ci_high, kind
+        assert p.candidate.ci_low <= WORLD.true_value <= p.candidate.ci_high, kind
+    logging = sample(WORLD, 4000, seed=4).logging_dist  # the same events' logging pmfs
+    by_pmf = evaluate_paired("dr", **kw, interval="cs", reward_range=(0, 1), logging_dist=logging)
+    assert by_pmf.difference.ci_low <= TRUE_DIFFERENCE <= by_pmf.difference.ci_high
+    # Against itself the difference terms are all 0, and the interval is still not a point:
+    # 4000 zeros do not prove a zero difference when the terms could have been anything in the
+    # a priori range (the observed range gave a zero-width interval here).
+    kw["incumbent_dist"] = kw["candidate_dist"]
+    for kind in ("bernstein", "cs"):
+        same = evaluate_paired("ips", **kw, interval=kind, reward_range=(0.0, 1.0))
+        assert same.difference.value == 0.0
+        assert same.difference.ci_low < -0.01 and same.difference.ci_high > 0.01, kind
+        assert not same.exceeds(0.0)
 
 
 @pytest.mark.slow
