@@ -87,7 +87,7 @@ def _instrument() -> None:
             gc.collect()
             gc.freeze()
 
-    def timed_gather(self: GroupCommitWriter, first: object) -> Any:
+    def timed_gather(self: GroupCommitWriter, first: Any) -> Any:
         t0 = time.perf_counter()
         out = gather(self, first)
         _rec["gather_ms"].append((time.perf_counter() - t0) * 1e3)

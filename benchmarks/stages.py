@@ -30,6 +30,7 @@ from decision_service.runtime import LoopRuntime, explorer_for
 from decision_service.settings import Settings
 from explore import Action, rank_order, rng_for, sample_index
 from log.loops import LoopConfig
+from log.records import DecisionRecord
 from policies import VWPolicy
 from policies.vw_text import example_lines
 
@@ -49,7 +50,7 @@ def hot_path(n_actions: int, n: int) -> dict[str, Any]:
     rng = random.Random(1)
     bodies = [orjson.dumps(rank_body(n_actions, rng, f"ev-{i:08d}")) for i in range(64)]
     settings = Settings(database_url="sqlite://")
-    config = LoopConfig(seed=7)
+    config = LoopConfig(sampling_key=bytes(32))
     runtime = LoopRuntime(
         "default", config, datetime.now(UTC), explorer_for(config), VWPolicy(config.vw_args)
     )
@@ -60,13 +61,16 @@ def hot_path(n_actions: int, n: int) -> dict[str, Any]:
     scores = [runtime.policy.scores(r.context, a) for r, a in zip(reqs, actions, strict=True)]
     pmfs = [runtime.explorer.pmf(s) for s in scores]
     now = datetime.now(UTC)
-    rows = [decide(r, p, runtime, now) for r, p in zip(reqs, parsed, strict=True)]
+    rows = [
+        decide(r, p, runtime, now, f"s-{i}")
+        for i, (r, p) in enumerate(zip(reqs, parsed, strict=True))
+    ]
     k = len(bodies)
 
     def one_decide(i: int) -> Any:
         body = dict(parsed[i % k])
         body["event_id"] = f"x-{i}"
-        return decide(parse_rank(body, settings), body, runtime, now)
+        return decide(parse_rank(body, settings), body, runtime, now, body["event_id"])
 
     stages = {
         "orjson_loads": timed(lambda i: orjson.loads(bodies[i % k]), n),
@@ -77,12 +81,12 @@ def hot_path(n_actions: int, n: int) -> dict[str, Any]:
         "example_lines": timed(lambda i: example_lines(reqs[i % k].context, actions[i % k]), n),
         "vw_predict_text": timed(lambda i: runtime.policy._ws.predict(lines[i % k]), n),
         "explorer_pmf": timed(lambda i: runtime.explorer.pmf(scores[i % k]), n),
-        "rng_for": timed(lambda i: rng_for(config.seed, f"x-{i}"), n),
+        "rng_for": timed(lambda i: rng_for(config.sampling_key, f"x-{i}"), n),
         "sample_index": timed(lambda i: sample_index(pmfs[i % k], np.random.default_rng(i)), n),
         "default_rng_only": timed(lambda i: np.random.default_rng(i), n),
         "rank_order": timed(lambda i: rank_order(pmfs[i % k], scores[i % k], [0]), n),
         "request_digest": timed(lambda i: request_digest(parsed[i % k]), n),
-        "response_dumps": timed(lambda i: orjson.dumps(rows[i % k]["response"]), n),
+        "response_dumps": timed(lambda i: orjson.dumps(rows[i % k].response), n),
         "decide_total (incl. validate)": timed(one_decide, n),
     }
     return {"bench": "rank_stages", "actions": n_actions, "us_per_request": stages}
@@ -95,25 +99,11 @@ def _backend_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def _direct_copy(conn: Any, rows: list[dict[str, Any]]) -> None:
+def _direct_copy(conn: Any, rows: list[DecisionRecord]) -> None:
     """Variant: binary COPY straight into `decisions` (no staging table, no ON CONFLICT)."""
-    from psycopg.types.json import Json
+    from log.pgcopy import copy_decisions
 
-    from log.pgcopy import _JSON, _NAMES, DECISION_COLUMNS, _dumps
-
-    raw = conn.connection.driver_connection
-    with (
-        raw.cursor() as cur,
-        cur.copy(f"COPY decisions ({_NAMES}) FROM STDIN (FORMAT BINARY)") as copy,
-    ):
-        copy.set_types([kind for _, kind in DECISION_COLUMNS])
-        for row in rows:
-            copy.write_row(
-                [
-                    Json(row[name], dumps=_dumps) if name in _JSON else row.get(name)
-                    for name, _ in DECISION_COLUMNS
-                ]
-            )
+    copy_decisions(conn, rows, direct=True)
 
 
 def writer_groups(database_url: str, n_actions: int, sizes: list[int]) -> dict[str, Any]:
@@ -125,13 +115,13 @@ def writer_groups(database_url: str, n_actions: int, sizes: list[int]) -> dict[s
     from log.schema import make_engine
 
     rng = random.Random(2)
-    config = LoopConfig(seed=7)
+    config = LoopConfig(sampling_key=bytes(32))
     runtime = LoopRuntime(
         "default", config, datetime.now(UTC), explorer_for(config), VWPolicy(config.vw_args)
     )
     template = rank_body(n_actions, rng, "t")
     out: dict[str, Any] = {"bench": "rank_writer", "actions": n_actions}
-    variants: dict[str, Callable[[Any, list[dict[str, Any]]], Any]] = {
+    variants: dict[str, Callable[[Any, list[DecisionRecord]], Any]] = {
         "service": copy_decisions,
         "direct_copy": _direct_copy,
     }
@@ -152,7 +142,9 @@ def writer_groups(database_url: str, n_actions: int, sizes: list[int]) -> dict[s
                             counter += 1
                             body = dict(template, event_id=f"w-{counter}")
                             req = parse_rank(body, Settings(database_url="sqlite://"))
-                            rows.append(decide(req, body, runtime, datetime.now(UTC)))
+                            rows.append(
+                                decide(req, body, runtime, datetime.now(UTC), f"w-{counter}")
+                            )
                         t0, c0, p0 = time.perf_counter(), time.thread_time(), _backend_cpu(backend)
                         with conn.begin():
                             fn(conn, rows)
