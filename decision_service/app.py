@@ -5,14 +5,50 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
 from decision_service import errors
 from decision_service.routes import router
+from decision_service.routes_evaluations import REQUEST_MODELS as EVALUATION_REQUEST_MODELS
 from decision_service.routes_evaluations import router as evaluations_router
+from decision_service.schemas import REQUEST_MODELS
 from decision_service.service import Service
 from decision_service.settings import Settings, get_settings
+from policies.vw_text import configure_text_caches
+
+TITLE = "decision-service"
+VERSION = "0.1.0"
+DESCRIPTION = (
+    "Contextual-bandit decisions with exact probabilities. Every error answers "
+    '`{"error": {"code", "message"}}`; 429 and 503 carry Retry-After.'
+)
+
+
+def openapi_document(app: FastAPI, request_models: tuple[type[BaseModel], ...]) -> dict[str, Any]:
+    """The OpenAPI document, with the request bodies the routes read themselves (no FastAPI
+    body parameter, for speed and for the service's own error codes) registered as components,
+    so that every `$ref` resolves."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    doc = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    _, top = models_json_schema(
+        [(model, "validation") for model in request_models],
+        ref_template="#/components/schemas/{model}",
+    )
+    components = doc.setdefault("components", {}).setdefault("schemas", {})
+    for name, schema in top.get("$defs", {}).items():
+        if name in components and components[name] != schema:
+            raise RuntimeError(f"two different OpenAPI schemas are named {name!r}")
+        components[name] = schema
+    app.openapi_schema = doc
+    return doc
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -20,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_text_caches(settings.text_cache_bytes)
         service = Service(settings)
         await service.start()
         app.state.service = service
@@ -35,13 +72,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await service.stop()
 
-    app = FastAPI(
-        title="decision-service",
-        version="0.1.0",
-        description="Contextual-bandit decisions with exact probabilities.",
-        lifespan=lifespan,
-    )
+    app = FastAPI(title=TITLE, version=VERSION, description=DESCRIPTION, lifespan=lifespan)
     errors.install(app)
     app.include_router(router)
     app.include_router(evaluations_router)
+    models = REQUEST_MODELS + EVALUATION_REQUEST_MODELS
+    app.openapi = lambda: openapi_document(app, models)  # type: ignore[method-assign]
     return app

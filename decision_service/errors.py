@@ -1,7 +1,16 @@
-"""JSON errors: every 4xx is ``{"error": {"code", "message"}}`` (DESIGN §7)."""
+"""JSON errors, mapped to HTTP in one place (DESIGN §7).
+
+Every error answers ``{"error": {"code", "message"}}``. The packages raise the domain errors of
+`explore.errors` (never an HTTP status); `STATUS` below is the only map from those classes to
+statuses. 429 and 503 also say when to retry (``Retry-After``). Anything else that escapes a
+route is a bug: it is logged with its traceback and answered as a JSON 500 ``internal_error``
+(the connection stays open for the client's next request).
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -9,9 +18,52 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from explore.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    InvalidInput,
+    InvalidJson,
+    NotFound,
+    PayloadTooLarge,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+)
+
+__all__ = [
+    "STATUS",
+    "ApiError",
+    "InternalErrors",
+    "describe_validation",
+    "error_response",
+    "install",
+    "status_of",
+]
+
+logger = logging.getLogger(__name__)
+
+# The one map from domain errors to HTTP statuses.
+STATUS: dict[type[DomainError], int] = {
+    InvalidJson: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    PayloadTooLarge: 413,
+    InvalidInput: 422,
+    TooManyRequests: 429,
+    Unavailable: 503,
+}
+INTERNAL_MESSAGE = "the service failed on this request; the error was logged"
 
 
 class ApiError(Exception):
+    """Deprecated: raise a domain error from `explore.errors` instead. Kept until every caller
+    (decision_service/service.py, decide.py) is converted."""
+
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status = status
@@ -19,9 +71,32 @@ class ApiError(Exception):
         self.message = message
 
 
-def error_response(status: int, code: str, message: str) -> Response:
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
     body = orjson.dumps({"error": {"code": code, "message": message}})
-    return Response(body, status_code=status, media_type="application/json")
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def status_of(err: DomainError) -> int:
+    """The HTTP status of a domain error (its nearest mapped class); 500 for an unmapped one."""
+    for cls in type(err).__mro__:
+        status = STATUS.get(cls)
+        if status is not None:
+            return status
+    return 500
+
+
+def domain_error_response(err: DomainError) -> Response:
+    status = status_of(err)
+    if status == 500:
+        logger.error("domain error %s has no HTTP status: %s", type(err).__name__, err.message)
+        return error_response(500, "internal_error", INTERNAL_MESSAGE)
+    headers = None
+    retry_after = getattr(err, "retry_after_s", None)
+    if isinstance(err, TooManyRequests | Unavailable) and retry_after is not None:
+        headers = {"Retry-After": str(max(int(retry_after), 0))}
+    return error_response(status, err.code, err.message, headers)
 
 
 def describe_validation(errors: list[Any]) -> str:
@@ -47,7 +122,43 @@ _STATUS_CODES = {
 }
 
 
+class InternalErrors:
+    """ASGI middleware: an exception that escapes the app becomes a logged JSON 500.
+
+    Starlette's own last-resort handler answers plain text and re-raises, and the server then
+    closes the connection; here the exception stops, so keep-alive connections survive. Once a
+    response has started nothing can be sent any more: the exception is re-raised."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            response = error_response(500, "internal_error", INTERNAL_MESSAGE)
+            await response(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def _domain(_: Request, err: DomainError) -> Response:
+        return domain_error_response(err)
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, err: ApiError) -> Response:
         return error_response(err.status, err.code, err.message)
@@ -59,4 +170,6 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, err: StarletteHTTPException) -> Response:
         code = _STATUS_CODES.get(err.status_code, "error")
-        return error_response(err.status_code, code, str(err.detail))
+        return error_response(err.status_code, code, str(err.detail), err.headers)
+
+    app.add_middleware(InternalErrors)

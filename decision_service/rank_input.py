@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from decision_service.errors import ApiError
 from decision_service.settings import Settings
 from explore import Action
+from explore.errors import InvalidInput
 
 _SCALARS = (str, int, float, bool)
 # Control characters (NUL above all) are not valid in ids: PostgreSQL text refuses NUL.
@@ -35,12 +35,12 @@ class RankInput:
     defer_activation: bool
 
 
-def _invalid(message: str) -> ApiError:
-    return ApiError(422, "invalid_request", message)
+def _invalid(message: str) -> InvalidInput:
+    return InvalidInput(message, "invalid_request")
 
 
-def _limit(message: str) -> ApiError:
-    return ApiError(422, "limit_exceeded", message)
+def _limit(message: str) -> InvalidInput:
+    return InvalidInput(message, "limit_exceeded")
 
 
 def count_features(features: Any, where: str, depth: int = 0) -> int:
@@ -79,7 +79,7 @@ def _check_id(value: Any, where: str, settings: Settings) -> str:
 
 
 def parse_rank(body: Any, settings: Settings) -> RankInput:
-    """Validate a parsed rank body; raises ApiError (422) naming the field that is wrong."""
+    """Validate a parsed rank body; raises InvalidInput (422) naming the field that is wrong."""
     if type(body) is not dict:
         raise _invalid("body must be a JSON object")
     unknown = body.keys() - _RANK_FIELDS
@@ -120,7 +120,7 @@ def parse_rank(body: Any, settings: Settings) -> RankInput:
         ):
             _check_id(action_id, f"actions[{i}].id", settings)
         if action_id in seen:
-            raise ApiError(422, "duplicate_action", f"action id {action_id!r} appears twice")
+            raise InvalidInput(f"action id {action_id!r} appears twice", "duplicate_action")
         seen.add(action_id)
         features = raw.get("features")
         if features is None:
@@ -147,12 +147,12 @@ def parse_rank(body: Any, settings: Settings) -> RankInput:
         raise _invalid("excluded_actions must be a list of action ids")
     unknown_ex = [x for x in excluded if x not in seen]
     if unknown_ex:
-        raise ApiError(
-            422, "unknown_excluded_action", f"excluded_actions not among actions: {unknown_ex[:5]}"
+        raise InvalidInput(
+            f"excluded_actions not among actions: {unknown_ex[:5]}", "unknown_excluded_action"
         )
     available = len(seen - set(excluded))
     if available == 0:
-        raise ApiError(422, "all_actions_excluded", "every action is excluded; nothing to serve")
+        raise InvalidInput("every action is excluded; nothing to serve", "all_actions_excluded")
 
     slots = body.get("slots")
     if slots is not None:
@@ -161,8 +161,8 @@ def parse_rank(body: Any, settings: Settings) -> RankInput:
         if slots > settings.max_slots:
             raise _limit(f"{slots} slots; the limit is {settings.max_slots}")
         if slots > available:
-            raise ApiError(
-                422, "too_many_slots", f"{slots} slots but only {available} actions can be served"
+            raise InvalidInput(
+                f"{slots} slots but only {available} actions can be served", "too_many_slots"
             )
 
     defer = body.get("defer_activation", False)

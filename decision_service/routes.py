@@ -1,26 +1,58 @@
-"""The native HTTP API: /v1/loops, rank, reward, activate."""
+"""The native HTTP API: /v1/loops, rank, reward, activate.
+
+Errors are the domain errors of `explore.errors` (mapped to statuses in errors.py). Bodies are
+read as a stream and cut at `DS_MAX_BODY_BYTES`. Event ids are addressed as the whole path
+between `/events/` and the fixed suffix, so ids holding `/`, `%`, spaces or any Unicode (sent
+percent-encoded) reach the reward and activate routes.
+"""
 
 from __future__ import annotations
 
-import secrets
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from decision_service.errors import ApiError, describe_validation
+from decision_service.errors import describe_validation
 from decision_service.rank_input import LOOP_NAME
-from decision_service.schemas import LoopConfigIn, RankRequest, RewardRequest
+from decision_service.schemas import (
+    ActivateResponse,
+    LoopConfigIn,
+    LoopOut,
+    LoopsOut,
+    RankRequest,
+    RankResponse,
+    RewardRequest,
+    RewardResponse,
+    StatusOut,
+    body_ref,
+    error_responses,
+)
 from decision_service.service import Service
+from explore.errors import InvalidInput, InvalidJson, NotFound, PayloadTooLarge
 from log.loops import LoopConfig, StoredLoop, get_loop, list_loops, put_loop
 from log.store import loop_counts
 from policies import check_vw_args
 
 router = APIRouter()
-LOOP_PARAMETER = {"name": "loop", "in": "path", "required": True, "schema": {"type": "string"}}
+LOOP_PARAMETER = {
+    "name": "loop",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "example": "default",
+}
+LoopName = Annotated[str, Path(description="The loop's name.", examples=["default"])]
+EventId = Annotated[
+    str,
+    Path(
+        description="The decision's event id (percent-encode `/`, `%`, spaces and the like).",
+        examples=["evt-1"],
+    ),
+]
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -34,44 +66,52 @@ def _service(request: Request) -> Service:
     return service
 
 
-async def read_json(request: Request) -> Any:
-    """The body as JSON, within the size limit; NaN and Infinity are not JSON and are refused."""
-    limit = _service(request).settings.max_body_bytes
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, read as a stream and cut as soon as it exceeds `limit` bytes (413): a
+    chunked upload of any size costs the server at most `limit` bytes plus one chunk."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "payload_too_large", f"body exceeds {limit} bytes")
-    body = await request.body()
-    if len(body) > limit:
-        raise ApiError(413, "payload_too_large", f"body exceeds {limit} bytes")
+        raise PayloadTooLarge(f"body exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def read_json(request: Request) -> Any:
+    """The body as JSON, within the size limit; NaN and Infinity are not JSON and are refused."""
+    body = await read_body(request, _service(request).settings.max_body_bytes)
     if not body:
-        raise ApiError(400, "invalid_json", "the request needs a JSON body")
+        raise InvalidJson("the request needs a JSON body")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as err:
-        raise ApiError(
-            400, "invalid_json", f"body is not valid JSON (NaN/Infinity are not JSON): {err}"
-        ) from None
+        raise InvalidJson(f"body is not valid JSON (NaN/Infinity are not JSON): {err}") from None
 
 
 def check_loop_name(loop: str, max_length: int) -> None:
     if not LOOP_NAME.fullmatch(loop):
-        raise ApiError(
-            422, "invalid_loop_name", "loop names are 1-128 characters of A-Z a-z 0-9 _ . -"
+        raise InvalidInput(
+            "loop names are 1-128 characters of A-Z a-z 0-9 _ . -", "invalid_loop_name"
         )
     if len(loop) > max_length:
-        raise ApiError(
-            422, "limit_exceeded", f"loop name is {len(loop)} characters; the limit is {max_length}"
+        raise InvalidInput(
+            f"loop name is {len(loop)} characters; the limit is {max_length}", "limit_exceeded"
         )
 
 
 def loop_json(stored: StoredLoop, counts: dict[str, int] | None = None) -> dict[str, Any]:
+    """A loop as the API shows it: the public configuration only (never the sampling key)."""
     out: dict[str, Any] = {
         "loop": stored.name,
         "config": stored.config.to_json(),
         "created_at": stored.created_at.isoformat(),
         "updated_at": stored.updated_at.isoformat(),
     }
-    out["config"].pop("extra", None)
     if counts is not None:
         out["counts"] = counts
     return out
@@ -82,7 +122,7 @@ async def healthz() -> Response:
     return _json({"status": "ok"})
 
 
-@router.get("/v1/status")
+@router.get("/v1/status", response_model=StatusOut)
 async def status(request: Request) -> Response:
     """This worker's write path: groups, rows, spool, errors, rows queued but not yet durable."""
     service = _service(request)
@@ -108,49 +148,51 @@ async def status(request: Request) -> Response:
     )
 
 
-@router.get("/v1/loops")
+@router.get("/v1/loops", response_model=LoopsOut)
 async def get_loops(request: Request) -> Response:
     service = _service(request)
     loops = await run_in_threadpool(list_loops, service.engine)
     return _json({"loops": [loop_json(s) for s in loops]})
 
 
-@router.get("/v1/loops/{loop}")
-async def get_one_loop(loop: str, request: Request) -> Response:
+@router.get("/v1/loops/{loop}", response_model=LoopOut, responses=error_responses(404, 422))
+async def get_one_loop(request: Request, loop: LoopName) -> Response:
+    """The loop's configuration (without its secret sampling key) and its counts."""
     check_loop_name(loop, _service(request).settings.max_id_length)
     service = _service(request)
     stored = await run_in_threadpool(get_loop, service.engine, loop)
     if stored is None:
-        raise ApiError(404, "loop_not_found", f"loop {loop!r} does not exist")
+        raise NotFound(f"loop {loop!r} does not exist", "loop_not_found")
     counts = await run_in_threadpool(loop_counts, service.engine, loop)
     return _json(loop_json(stored, counts))
 
 
 @router.put(
     "/v1/loops/{loop}",
-    openapi_extra={
-        "requestBody": {
-            "content": {"application/json": {"schema": LoopConfigIn.model_json_schema()}}
-        }
+    response_model=LoopOut,
+    responses={
+        201: {"model": LoopOut, "description": "The loop was created."},
+        **error_responses(400, 413, 422),
     },
+    response_description="The loop's configuration was replaced.",
+    openapi_extra=body_ref(LoopConfigIn),
 )
-async def put_one_loop(loop: str, request: Request) -> Response:
+async def put_one_loop(request: Request, loop: LoopName) -> Response:
+    """Create (201) or replace (200) a loop's configuration. A new loop gets a secret sampling
+    key from the server; an existing loop keeps its key."""
     check_loop_name(loop, _service(request).settings.max_id_length)
     service = _service(request)
     body = await read_json(request)
     try:
         cfg_in = LoopConfigIn.model_validate(body)
     except ValidationError as err:
-        raise ApiError(422, "invalid_request", describe_validation(err.errors())) from None
+        raise InvalidInput(describe_validation(err.errors())) from None
     fields = cfg_in.model_dump()
-    if fields["seed"] is None:
-        existing = await run_in_threadpool(get_loop, service.engine, loop)
-        fields["seed"] = existing.config.seed if existing else secrets.randbits(31)
     try:
-        fields["vw_args"] = check_vw_args(fields["vw_args"])
-        config = LoopConfig(**fields)
+        config = LoopConfig(**fields)  # bounds first: they name the field and the bound
+        config = LoopConfig(**{**fields, "vw_args": check_vw_args(fields["vw_args"])})
     except ValueError as err:
-        raise ApiError(422, "invalid_config", str(err)) from None
+        raise InvalidInput(str(err), "invalid_config") from None
     stored, created = await run_in_threadpool(put_loop, service.engine, loop, config)
     await run_in_threadpool(service.loops.install, stored)
     return _json(loop_json(stored), 201 if created else 200)
@@ -159,16 +201,16 @@ async def put_one_loop(loop: str, request: Request) -> Response:
 @router.post(
     "/v1/loops/{loop}/rank",
     status_code=201,
-    openapi_extra={
-        "parameters": [LOOP_PARAMETER],
-        "requestBody": {
-            "content": {"application/json": {"schema": RankRequest.model_json_schema()}}
-        },
-    },
+    response_model=RankResponse,
+    response_description="The decision (also when it is the replay of a stored one: then the "
+    "header Idempotent-Replay is true and nothing is written).",
+    responses=error_responses(400, 404, 409, 413, 422, 503),
+    openapi_extra={"parameters": [LOOP_PARAMETER], **body_ref(RankRequest)},
 )
 async def rank(request: Request) -> Response:
+    """Rank the actions for a context; the served action is sampled from the logged pmf."""
     # The loop is read from path_params directly: the hot route has no parameters for FastAPI
-    # to resolve per request (it is still documented through openapi_extra).
+    # to resolve per request (it is documented through openapi_extra).
     service = _service(request)
     body = await read_json(request)
     response, replayed = await service.rank(request.path_params["loop"], body)
@@ -176,22 +218,30 @@ async def rank(request: Request) -> Response:
 
 
 @router.post(
-    "/v1/loops/{loop}/events/{event_id}/reward",
+    "/v1/loops/{loop}/events/{event_id:path}/reward",
     status_code=202,
-    openapi_extra={
-        "requestBody": {
-            "content": {"application/json": {"schema": RewardRequest.model_json_schema()}}
-        }
-    },
+    response_model=RewardResponse,
+    responses=error_responses(400, 404, 409, 413, 422, 503),
+    openapi_extra=body_ref(RewardRequest),
 )
-async def reward(loop: str, event_id: str, request: Request) -> Response:
+async def reward(request: Request, loop: LoopName, event_id: EventId) -> Response:
+    """Report a reward for a decision (one slot of it, for slates)."""
     service = _service(request)
     body = await read_json(request)
     return _json(await service.reward(loop, event_id, body), 202)
 
 
-@router.post("/v1/loops/{loop}/events/{event_id}/activate", status_code=202)
-async def activate(loop: str, event_id: str, request: Request) -> Response:
+@router.post(
+    "/v1/loops/{loop}/events/{event_id:path}/activate",
+    status_code=202,
+    response_model=ActivateResponse,
+    responses={
+        200: {"model": ActivateResponse, "description": "It was already activated."},
+        **error_responses(404, 409, 422, 503),
+    },
+)
+async def activate(request: Request, loop: LoopName, event_id: EventId) -> Response:
+    """Activate a deferred decision: its reward window opens now."""
     service = _service(request)
     data, status = await service.activate(loop, event_id)
     return _json(data, status)

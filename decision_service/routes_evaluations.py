@@ -22,6 +22,12 @@ of its stderr.
 | model version unknown in this loop | 422 | unknown_version |
 | VW arguments refused (forbidden, touching files, rejected by VW) | 422 | invalid_vw_args |
 | report of a run not succeeded | 409 | evaluation_not_ready |
+| the loop's `DS_MAX_EVALUATIONS_PER_LOOP` runs already active | 429 | too_many_evaluations |
+
+At most `DS_MAX_EVALUATIONS_PER_LOOP` runs per loop are queued or running at once (checked and
+inserted atomically, across workers); a job still running after `DS_EVALUATION_TIMEOUT_S` is
+killed and failed, and rows older than that no longer count (a worker that died with its job
+cannot block a loop forever).
 """
 
 from __future__ import annotations
@@ -29,12 +35,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
-from typing import Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -46,12 +54,14 @@ from pydantic import (
 )
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 
 import deploy.registry as registry
-from decision_service.errors import ApiError, describe_validation
-from decision_service.routes import LOOP_NAME, _json, _service, read_json
+from decision_service.errors import describe_validation
+from decision_service.routes import LOOP_NAME, LoopName, _json, _service, read_json
+from decision_service.schemas import body_ref, error_responses
 from decision_service.settings import Settings
+from explore.errors import Conflict, InvalidInput, NotFound
 from learn.offline_eval import resolve_spec
 from learn.offline_eval_spec import EvaluationSpec, SpecError
 from learn.report import render_html
@@ -64,7 +74,7 @@ from log.evaluations import (
 )
 from log.loops import get_loop
 
-__all__ = ["EvaluationRequest", "router", "spawn_job"]
+__all__ = ["REQUEST_MODELS", "EvaluationOut", "EvaluationRequest", "router", "spawn_job"]
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -100,6 +110,35 @@ class EvaluationRequest(_Body):
     seed: StrictInt = 0
 
 
+class EvaluationLinks(BaseModel):
+    self: str
+    report: str
+
+
+class EvaluationOut(BaseModel):
+    """An evaluation run; `result` only on GET of one run, once it succeeded."""
+
+    id: str
+    loop: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    progress: float = Field(ge=0, le=1)
+    request: dict[str, Any]
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    links: EvaluationLinks
+    result: dict[str, Any] | None = None
+
+
+class EvaluationsOut(BaseModel):
+    evaluations: list[EvaluationOut]
+
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (EvaluationRequest,)
+EvaluationId = Annotated[str, Path(description="The run's id (32 hex digits).")]
+
+
 def _links(record: EvaluationRecord) -> dict[str, str]:
     base = f"/v1/loops/{record.loop}/evaluations/{record.id}"
     return {"self": base, "report": f"{base}/report"}
@@ -111,14 +150,28 @@ def _record_json(record: EvaluationRecord, *, with_result: bool = True) -> dict[
 
 async def _existing_loop(request: Request, loop: str) -> Engine:
     engine = _service(request).engine
-    if not LOOP_NAME.match(loop) or await run_in_threadpool(get_loop, engine, loop) is None:
-        raise ApiError(404, "loop_not_found", f"loop {loop!r} does not exist")
+    if not LOOP_NAME.fullmatch(loop) or await run_in_threadpool(get_loop, engine, loop) is None:
+        raise NotFound(f"loop {loop!r} does not exist", "loop_not_found")
     return engine
 
 
-def _watch(engine: Engine, proc: subprocess.Popen[bytes], evaluation_id: str) -> None:
+def _watch(
+    engine: Engine, proc: subprocess.Popen[bytes], evaluation_id: str, timeout_s: float
+) -> None:
     try:
-        _, err = proc.communicate()
+        try:
+            _, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the job leads its own session
+            proc.communicate()
+            fail_evaluation(
+                engine,
+                evaluation_id,
+                f"the evaluation ran longer than {timeout_s:g} s (DS_EVALUATION_TIMEOUT_S) and "
+                "was stopped",
+                include_queued=True,
+            )
+            return
         if proc.returncode != 0:
             tail = (err or b"").decode(errors="replace")[-_STDERR_TAIL:]
             fail_evaluation(
@@ -154,7 +207,7 @@ def spawn_job(engine: Engine, settings: Settings, evaluation_id: str) -> bool:
         return False
     threading.Thread(
         target=_watch,
-        args=(engine, proc, evaluation_id),
+        args=(engine, proc, evaluation_id, settings.evaluation_timeout_s),
         name=f"evaluation-{evaluation_id[:8]}",
         daemon=True,
     ).start()
@@ -164,41 +217,57 @@ def spawn_job(engine: Engine, settings: Settings, evaluation_id: str) -> bool:
 @router.post(
     "/v1/loops/{loop}/evaluations",
     status_code=202,
-    openapi_extra={
-        "requestBody": {
-            "content": {"application/json": {"schema": EvaluationRequest.model_json_schema()}}
-        }
-    },
+    response_model=EvaluationOut,
+    response_description="Accepted: the run is queued (poll the Location).",
+    responses=error_responses(400, 404, 413, 422, 429),
+    openapi_extra=body_ref(EvaluationRequest),
 )
-async def create(loop: str, request: Request) -> Response:
+async def create(request: Request, loop: LoopName) -> Response:
+    """Queue an offline evaluation of candidate policies on the loop's joined logs."""
     engine = await _existing_loop(request, loop)
     service = _service(request)
     body = await read_json(request)
     try:
         parsed = EvaluationRequest.model_validate(body)
     except ValidationError as err:
-        raise ApiError(422, "invalid_request", describe_validation(err.errors())) from None
+        raise InvalidInput(describe_validation(err.errors())) from None
     try:
         spec = EvaluationSpec.from_json(parsed.model_dump(exclude_none=True))
         spec = await run_in_threadpool(lambda: resolve_spec(engine, loop, spec, registry=registry))
     except SpecError as err:
-        raise ApiError(422, err.code, err.message) from None
+        raise InvalidInput(err.message, err.code) from None
     except LookupError as err:
-        raise ApiError(404, "loop_not_found", str(err)) from None
-    record = await run_in_threadpool(create_evaluation, engine, loop, spec.to_json())
-    if not await run_in_threadpool(spawn_job, engine, service.settings, record.id):
+        raise NotFound(str(err), "loop_not_found") from None
+    settings = service.settings
+    since = datetime.now(UTC) - timedelta(seconds=settings.evaluation_timeout_s)
+    record = await run_in_threadpool(
+        lambda: create_evaluation(
+            engine,
+            loop,
+            spec.to_json(),
+            max_active=settings.max_evaluations_per_loop,
+            active_since=since,
+        )
+    )
+    if not await run_in_threadpool(spawn_job, engine, settings, record.id):
         failed = await run_in_threadpool(get_evaluation, engine, record.id)
         record = failed if failed is not None else record
     return _json(_record_json(record, with_result=False), 202, {"Location": _links(record)["self"]})
 
 
-@router.get("/v1/loops/{loop}/evaluations")
-async def list_runs(loop: str, request: Request) -> Response:
+@router.get(
+    "/v1/loops/{loop}/evaluations",
+    response_model=EvaluationsOut,
+    responses=error_responses(404, 422),
+)
+async def list_runs(
+    request: Request,
+    loop: LoopName,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST, description="Most runs listed.")] = 50,
+) -> Response:
+    """The loop's latest runs, newest first (without their results)."""
     engine = await _existing_loop(request, loop)
-    raw = request.query_params.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST:
-        raise ApiError(422, "invalid_request", f"limit must be an integer in [1, {MAX_LIST}]")
-    records = await run_in_threadpool(lambda: list_evaluations(engine, loop, limit=int(raw)))
+    records = await run_in_threadpool(lambda: list_evaluations(engine, loop, limit=limit))
     return _json({"evaluations": [_record_json(r, with_result=False) for r in records]})
 
 
@@ -208,27 +277,35 @@ async def _run(request: Request, loop: str, evaluation_id: str) -> EvaluationRec
     if EVALUATION_ID.fullmatch(evaluation_id):
         record = await run_in_threadpool(lambda: get_evaluation(engine, evaluation_id, loop=loop))
     if record is None:
-        raise ApiError(
-            404, "evaluation_not_found", f"no evaluation {evaluation_id!r} in loop {loop!r}"
-        )
+        raise NotFound(f"no evaluation {evaluation_id!r} in loop {loop!r}", "evaluation_not_found")
     return record
 
 
-@router.get("/v1/loops/{loop}/evaluations/{evaluation_id}")
-async def get_run(loop: str, evaluation_id: str, request: Request) -> Response:
+@router.get(
+    "/v1/loops/{loop}/evaluations/{evaluation_id}",
+    response_model=EvaluationOut,
+    responses=error_responses(404),
+)
+async def get_run(request: Request, loop: LoopName, evaluation_id: EvaluationId) -> Response:
+    """One run: status, progress and, once it succeeded, its result."""
     return _json(_record_json(await _run(request, loop, evaluation_id)))
 
 
-@router.get("/v1/loops/{loop}/evaluations/{evaluation_id}/report")
-async def get_report(loop: str, evaluation_id: str, request: Request) -> Response:
+@router.get(
+    "/v1/loops/{loop}/evaluations/{evaluation_id}/report",
+    response_class=HTMLResponse,
+    response_description="The self-contained HTML report.",
+    responses=error_responses(404, 409),
+)
+async def get_report(request: Request, loop: LoopName, evaluation_id: EvaluationId) -> Response:
+    """The run's HTML report, once it succeeded."""
     record = await _run(request, loop, evaluation_id)
     if record.status != "succeeded" or record.result is None:
         detail = f": {record.error}" if record.error else ""
-        raise ApiError(
-            409,
-            "evaluation_not_ready",
+        raise Conflict(
             f"evaluation {evaluation_id!r} is {record.status}{detail}; the report exists once it "
             "succeeded",
+            "evaluation_not_ready",
         )
     page = await run_in_threadpool(render_html, record.result)
     return Response(page, media_type="text/html; charset=utf-8")

@@ -130,13 +130,18 @@ class RankResponse(BaseModel):
 class RewardResponse(BaseModel):
     event_id: str
     slot: int = Field(ge=0)
-    status: Literal["accepted", "late", "pending_activation"]
+    status: Literal["accepted", "late", "pending_activation", "accepted_unverified"] = Field(
+        description="late: stored and counted, never joined; pending_activation: joined only "
+        "once the deferred decision is activated; accepted_unverified: stored durably while the "
+        "store could not be read, checked when it is joined."
+    )
     joined: bool
+    replayed: bool = Field(description="A retry with a known reward_id: nothing new stored.")
 
 
 class ActivateResponse(BaseModel):
     event_id: str
-    status: Literal["activated", "already_activated"]
+    status: Literal["activated", "already_activated", "activated_unverified"]
     reward_deadline: datetime | None
 
 

@@ -46,8 +46,29 @@ class Settings(BaseSettings):
     gc_tuning: bool = Field(
         True, description="Freeze start-up objects and raise GC thresholds (serving latency)."
     )
+    max_evaluations_per_loop: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Most offline evaluations queued or running at once per loop; beyond, a "
+        "POST answers 429 too_many_evaluations.",
+    )
+    evaluation_timeout_s: float = Field(
+        6 * 3600.0,
+        gt=0,
+        description="An evaluation job still running after this long is killed and failed; "
+        "older queued/running rows no longer count against the per-loop limit.",
+    )
+    text_cache_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Memory budget (bytes, per worker) of the memo caches of the VW text "
+        "encoding (least recently used entries are evicted; 0 disables them).",
+    )
     default_seed: int | None = Field(
-        None, description="Seed of the `default` loop when it is first created (random if unset)."
+        None,
+        description="Deprecated and ignored: every loop, `default` included, gets a random "
+        "256-bit sampling key that no route shows.",
     )
 
 

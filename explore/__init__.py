@@ -1,11 +1,14 @@
-"""The decision path without I/O: scores -> pmf -> seeded sample of an action or a slate."""
+"""The decision path without I/O: scores -> pmf -> keyed sample of an action or a slate."""
 
 from explore.ranking import rank_order
 from explore.sampling import (
+    SAMPLING_KEY_BYTES,
     EventStream,
     UniformSource,
+    check_sampling_key,
     event_stream,
     mask_pmf,
+    new_sampling_key,
     rng_for,
     sample_index,
     sample_slate,
@@ -24,6 +27,7 @@ from explore.types import Action, Context, Decision, SlotChoice
 from explore.validation import check_pmf, check_probability, check_scores
 
 __all__ = [
+    "SAMPLING_KEY_BYTES",
     "Action",
     "Context",
     "Decision",
@@ -36,11 +40,13 @@ __all__ = [
     "UniformSource",
     "check_pmf",
     "check_probability",
+    "check_sampling_key",
     "check_scores",
     "epsilon_greedy",
     "event_stream",
     "make_explorer",
     "mask_pmf",
+    "new_sampling_key",
     "rank_order",
     "rng_for",
     "sample_index",

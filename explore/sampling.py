@@ -1,4 +1,4 @@
-"""Seeded sampling of one action or of a slate (slot by slot, without replacement)."""
+"""Keyed sampling of one action or of a slate (slot by slot, without replacement)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import bisect
 import hashlib
 import itertools
 import math
+import secrets
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -19,10 +20,13 @@ from explore.validation import (
 )
 
 __all__ = [
+    "SAMPLING_KEY_BYTES",
     "EventStream",
     "UniformSource",
+    "check_sampling_key",
     "event_stream",
     "mask_pmf",
+    "new_sampling_key",
     "rng_for",
     "sample_index",
     "sample_slate",
@@ -36,36 +40,66 @@ class UniformSource(Protocol):
     def random(self) -> float: ...
 
 
+SAMPLING_KEY_BYTES = 32  # a loop's secret sampling key: 256 bits
+_PERSON = b"ds-sample"  # blake2b personalisation: these hashes serve sampling only
+
+
+def new_sampling_key() -> bytes:
+    """A fresh secret sampling key (256 bits from the OS's CSPRNG)."""
+    return secrets.token_bytes(SAMPLING_KEY_BYTES)
+
+
+def check_sampling_key(key: object, name: str = "key") -> bytes:
+    """`key` if it is a sampling key (exactly 32 bytes); ValueError naming `name` otherwise."""
+    if not isinstance(key, bytes) or len(key) != SAMPLING_KEY_BYTES:
+        got = f"{len(key)} bytes" if isinstance(key, bytes) else type(key).__name__
+        raise ValueError(f"{name} must be {SAMPLING_KEY_BYTES} bytes, got {got}")
+    return key
+
+
 class EventStream:
-    """A deterministic stream of uniforms for one event: the k-th draw is the first 53 bits of
-    blake2b(f"{loop_seed}:{event_id}:{k}"), divided by 2**53. The same (seed, event id) gives the
-    same draws in any process; cheaper to start than a numpy Generator (one hash per draw).
+    """A deterministic stream of uniforms for one event, keyed by the loop's secret key.
+
+    The k-th draw is the first 53 bits of the keyed hash
+    ``blake2b(event_id.encode() + k.to_bytes(8, "big"), key=key, person=b"ds-sample",
+    digest_size=8)``, divided by 2**53 (k has a fixed width, so distinct (event id, k) never
+    hash the same input). blake2b with a secret key is a pseudo-random function: a client who
+    chooses event ids, and sees every decision the service returns, learns nothing about the
+    draws of an event id it has not been served yet, so it cannot steer the sample. The same
+    (key, event id) gives the same draws in any process (replays are deterministic).
     """
 
-    __slots__ = ("_k", "_prefix")
+    __slots__ = ("_event", "_k", "_key")
 
-    def __init__(self, loop_seed: int, event_id: str) -> None:
-        self._prefix = f"{loop_seed}:{event_id}:".encode()
+    def __init__(self, key: bytes, event_id: str) -> None:
+        self._key = key
+        self._event = event_id.encode()
         self._k = 0
 
     def random(self) -> float:
-        digest = hashlib.blake2b(self._prefix + str(self._k).encode(), digest_size=8).digest()
+        digest = hashlib.blake2b(
+            self._event + self._k.to_bytes(8, "big"),
+            key=self._key,
+            person=_PERSON,
+            digest_size=8,
+        ).digest()
         self._k += 1
         return (int.from_bytes(digest, "big") >> 11) / 9007199254740992.0
 
 
-def event_stream(loop_seed: int, event_id: str) -> EventStream:
-    """The uniform stream the service samples an event's decision from (see `EventStream`)."""
-    seed = check_int(loop_seed, "loop_seed", minimum=0)
-    return EventStream(seed, check_non_empty_str(event_id, "event_id"))
+def event_stream(key: bytes, event_id: str) -> EventStream:
+    """The uniform stream the service samples an event's decision from (see `EventStream`);
+    `key` is the loop's 32-byte secret sampling key."""
+    return EventStream(check_sampling_key(key), check_non_empty_str(event_id, "event_id"))
 
 
-def rng_for(loop_seed: int, event_id: str) -> np.random.Generator:
-    """The generator for one event: seeded by the first 8 bytes (big-endian) of
-    blake2b(f"{loop_seed}:{event_id}"), so a replay draws the same numbers in any process."""
-    seed = check_int(loop_seed, "loop_seed")
+def rng_for(key: bytes, event_id: str) -> np.random.Generator:
+    """A numpy generator for one event, seeded by the first 8 bytes (big-endian) of the keyed
+    ``blake2b(event_id.encode(), key=key, person=b"ds-sample")``: deterministic per
+    (key, event id) in any process, unpredictable without the key."""
+    key = check_sampling_key(key)
     event_id = check_non_empty_str(event_id, "event_id")
-    digest = hashlib.blake2b(f"{seed}:{event_id}".encode()).digest()
+    digest = hashlib.blake2b(event_id.encode(), key=key, person=_PERSON).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "big"))
 
 

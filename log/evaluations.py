@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, cast, func, insert, literal, select, update
 
-from log.models import DecisionRow, EvaluationRow
+from explore.errors import TooManyRequests
+from log.models import DecisionRow, EvaluationRow, Loop
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -88,8 +89,22 @@ def _record(row: Any) -> EvaluationRecord:
     return EvaluationRecord(**row._mapping)
 
 
-def create_evaluation(engine: Engine, loop: str, request: dict[str, Any]) -> EvaluationRecord:
-    """Insert a `queued` run of `loop` for `request` (JSON-ready); returns it."""
+def create_evaluation(
+    engine: Engine,
+    loop: str,
+    request: dict[str, Any],
+    *,
+    max_active: int | None = None,
+    active_since: datetime | None = None,
+) -> EvaluationRecord:
+    """Insert a `queued` run of `loop` for `request` (JSON-ready); returns it.
+
+    With `max_active`, the run is inserted only while fewer than `max_active` runs of the loop
+    are queued or running (counting those created at or after `active_since`: older ones are
+    stale); otherwise `TooManyRequests` (code `too_many_evaluations`) and nothing is written.
+    The check and the insert are one statement (SQLite serialises writers); on PostgreSQL the
+    loop's row is locked first, so concurrent requests of any worker cannot exceed the limit.
+    """
     now = datetime.now(UTC)
     row: dict[str, Any] = {
         "id": uuid.uuid4().hex,
@@ -104,7 +119,35 @@ def create_evaluation(engine: Engine, loop: str, request: dict[str, Any]) -> Eva
         "finished_at": None,
     }
     with engine.begin() as conn:
-        conn.execute(insert(EvaluationRow), row)
+        if max_active is None:
+            conn.execute(insert(EvaluationRow), row)
+            return EvaluationRecord(**row)
+        if conn.dialect.name == "postgresql":  # serialise the creators of this loop's runs
+            conn.execute(select(Loop.loop).where(Loop.loop == loop).with_for_update())
+        e = EvaluationRow
+        active = (
+            select(func.count()).select_from(e).where(e.loop == loop, e.status.in_(ACTIVE_STATUSES))
+        )
+        if active_since is not None:
+            active = active.where(e.created_at >= active_since)
+        columns = [c for c in e.__table__.columns if row[c.name] is not None]
+        # PostgreSQL types the parameters of INSERT ... SELECT by their casts (not the target
+        # columns); SQLite must not cast (CAST(x AS JSON) would make a number of x).
+        pg = conn.dialect.name == "postgresql"
+        exprs = [literal(row[c.name], type_=c.type) for c in columns]
+        values = select(*(cast(x, x.type) if pg else x for x in exprs)).where(
+            active.scalar_subquery() < max_active
+        )
+        conn.execute(insert(e).from_select([c.name for c in columns], values))
+        # (rowcount is not reliable for INSERT ... SELECT across drivers: look the row up)
+        inserted = conn.execute(select(e.id).where(e.id == row["id"])).first() is not None
+    if not inserted:
+        raise TooManyRequests(
+            f"loop {loop!r} already has {max_active} evaluation(s) queued or running; retry once "
+            "one of them ends",
+            "too_many_evaluations",
+            retry_after_s=30,
+        )
     return EvaluationRecord(**row)
 
 

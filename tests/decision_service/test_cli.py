@@ -29,7 +29,7 @@ def store(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     get_settings.cache_clear()
     engine = make_engine(db_url)
     migrate(engine)
-    put_loop(engine, "default", LoopConfig(seed=3))
+    put_loop(engine, "default", LoopConfig())
     writer = GroupCommitWriter(engine, tmp_path / "spool", delay_s=0.0)
     writer.start()
     writer.write_sync([decision_rec(f"e{i}") for i in range(300)])

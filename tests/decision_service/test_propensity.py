@@ -2,14 +2,14 @@
 
 Over many requests with a fixed context and candidate set, the frequency of each served action
 (and of each slot of a slate, and of each whole slate) matches the probabilities the service
-returned and logged: chi-square against the logged pmf, p > 1e-4. Everything is seeded (loop
-seed, event ids e0, e1, ...; the policy is trained on a seeded synthetic sample), so the
-outcome is deterministic.
+returned and logged: chi-square against the logged pmf, p > 1e-4. Everything is fixed (the
+loop's sampling key, stored directly in the store since no route can set it; event ids e0, e1,
+...; the policy is trained on a seeded synthetic sample), so the outcome is deterministic.
 
 The policy is made non-uniform by training the worker's VW policy in-process, and the loop
 explores with softmax, so the pmf is not uniform and a sampler that ignored it would fail.
 
-Sizes: sampling depends only on (loop seed, event id) and the policy, not on the database, so
+Sizes: sampling depends only on (loop key, event id) and the policy, not on the database, so
 the full statistical run (20,000 decisions per scenario, 10,000 with exclusions) is done on
 PostgreSQL, the production store, and a smaller run (4,000 / 2,000 / 4,000) on SQLite. On both,
 every decision's logged row (pmf, chosen, per-slot probabilities) is read back and must equal
@@ -34,11 +34,12 @@ from sqlalchemy import select
 
 from decision_service import Settings
 from explore import Action
+from log.loops import LoopConfig, put_loop
 from log.models import DecisionRow
 from log.schema import make_engine
 
 LOOP = "prop"
-SEED = 20240601
+KEY = bytes.fromhex("20240601" * 8)  # the loop's sampling key (32 bytes)
 LAMBDA = 2.0
 CONTEXT = {"user": "u1", "hour": 9}
 ACTIONS: list[dict[str, Any]] = [{"id": f"a{i}", "features": {"kind": f"k{i}"}} for i in range(5)]
@@ -55,12 +56,11 @@ def size(settings: Settings, scenario: int) -> int:
 
 def setup_loop(client: TestClient) -> None:
     """A softmax loop whose VW policy has learnt that a0 > a1 > a2 > a3 > a4."""
-    r = client.put(
-        f"/v1/loops/{LOOP}",
-        json={"exploration": "softmax", "softmax_lambda": LAMBDA, "seed": SEED},
-    )
-    assert r.status_code == 201, r.text
-    policy = client.app.state.service.loops.loops[LOOP].policy  # type: ignore[attr-defined]
+    service = client.app.state.service  # type: ignore[attr-defined]
+    config = LoopConfig(exploration="softmax", softmax_lambda=LAMBDA, sampling_key=KEY)
+    stored, created = put_loop(service.engine, LOOP, config)
+    assert created
+    policy = service.loops.install(stored).policy
     actions = [Action(a["id"], a["features"]) for a in ACTIONS]
     rng = np.random.default_rng(3)
     for _ in range(400):

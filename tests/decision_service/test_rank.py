@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -10,10 +11,13 @@ from typing import Any
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from decision_service import Settings
-from log.models import DecisionRow, OutcomeRow
+from log.loops import PUBLIC_FIELDS, LoopConfig
+from log.loops import get_loop as get_stored_loop
+from log.loops import put_loop as store_put_loop
+from log.models import DecisionRow, OutcomeRow, WriterRow
 from log.schema import make_engine
 
 ACTIONS = [{"id": f"a{i}", "features": {"kind": f"k{i}", "price": i + 0.5}} for i in range(5)]
@@ -69,8 +73,13 @@ def outcomes(engine: Engine, loop: str, event_id: str) -> list[Any]:
 
 
 def join_later(client: TestClient, hours: float) -> None:
+    """Run the joiner as if `hours` had passed. The writers' watermarks (the joiner never closes
+    a window past them) are moved to that time as well: every write of this test is durable."""
     service = client.app.state.service  # type: ignore[attr-defined]
-    service.join_due(datetime.now(UTC) + timedelta(hours=hours))
+    later = datetime.now(UTC) + timedelta(hours=hours)
+    with service.engine.begin() as conn:
+        conn.execute(update(WriterRow).values(watermark=later))
+    service.join_due(later)
 
 
 # -------------------------------------------------------------------------------- rank
@@ -263,7 +272,13 @@ def test_reward_inside_window_is_joined(client: TestClient, engine: Engine) -> N
     rank(client, "ontime", event_id="e1")
     r = client.post("/v1/loops/ontime/events/e1/reward", json={"value": 0.5})
     assert r.status_code == 202
-    assert r.json() == {"event_id": "e1", "slot": 0, "status": "accepted", "joined": True}
+    assert r.json() == {
+        "event_id": "e1",
+        "slot": 0,
+        "status": "accepted",
+        "joined": True,
+        "replayed": False,
+    }
     assert counts(client, "ontime") == {
         "decisions": 1,
         "rewards": 1,
@@ -289,7 +304,13 @@ def test_late_reward_is_counted_and_not_joined(client: TestClient, engine: Engin
     rank(client, "late", event_id="e1")
     r = client.post("/v1/loops/late/events/e1/reward", json={"value": 1.0})
     assert r.status_code == 202
-    assert r.json() == {"event_id": "e1", "slot": 0, "status": "late", "joined": False}
+    assert r.json() == {
+        "event_id": "e1",
+        "slot": 0,
+        "status": "late",
+        "joined": False,
+        "replayed": False,
+    }
     assert counts(client, "late") == {
         "decisions": 1,
         "rewards": 0,
@@ -339,6 +360,7 @@ def test_deferred_decision_lifecycle(client: TestClient, engine: Engine) -> None
         "slot": 0,
         "status": "pending_activation",
         "joined": False,
+        "replayed": False,
     }
     join_later(client, hours=5)  # not activated: never joined
     assert outcomes(engine, "deferred", "d1") == []
@@ -383,28 +405,29 @@ def test_default_loop_exists(client: TestClient) -> None:
     names = [item["loop"] for item in r.json()["loops"]]
     assert "default" in names
     one = client.get("/v1/loops/default").json()
-    assert one["config"]["seed"] == 7  # make_settings' default_seed
+    assert set(one["config"]) == set(PUBLIC_FIELDS)  # no seed, no sampling key, no extra
     assert one["counts"] == {"decisions": 0, "rewards": 0, "late_rewards": 0, "outcomes": 0}
 
 
-def test_loop_crud(client: TestClient) -> None:
-    created = put_loop(client, "shop", 201, epsilon=0.5, seed=42, reward_wait_s=30)
+def test_loop_crud(client: TestClient, engine: Engine) -> None:
+    created = put_loop(client, "shop", 201, epsilon=0.5, reward_wait_s=30)
     assert created["loop"] == "shop"
     assert created["config"]["epsilon"] == 0.5
-    assert created["config"]["seed"] == 42
     assert created["config"]["reward_wait_s"] == 30
-    assert "extra" not in created["config"]
+    assert set(created["config"]) == set(PUBLIC_FIELDS)
     assert created["created_at"] == created["updated_at"]
+    key = stored_key(engine, "shop")
 
     replaced = put_loop(client, "shop", 200, epsilon=0.3)
     assert replaced["config"]["epsilon"] == 0.3
-    assert replaced["config"]["seed"] == 42  # the seed persists when omitted
     assert replaced["config"]["reward_wait_s"] == 600.0  # PUT replaces: omitted -> default
     assert replaced["created_at"] == created["created_at"]
     assert replaced["updated_at"] >= created["updated_at"]
+    assert stored_key(engine, "shop") == key  # the sampling key persists
 
     again = put_loop(client, "shop", 200)
-    assert again["config"]["seed"] == 42 and again["config"]["epsilon"] == 0.2
+    assert again["config"]["epsilon"] == 0.2
+    assert stored_key(engine, "shop") == key
 
     one = client.get("/v1/loops/shop")
     assert one.status_code == 200
@@ -418,17 +441,43 @@ def test_loop_crud(client: TestClient) -> None:
     assert listed[1]["config"] == again["config"]
 
 
-def test_new_loop_without_seed_gets_one(client: TestClient) -> None:
-    seed = put_loop(client, "noseed")["config"]["seed"]
-    assert isinstance(seed, int) and 0 <= seed < 2**31
-    assert put_loop(client, "noseed", 200, epsilon=0.1)["config"]["seed"] == seed
+def stored_key(engine: Engine, loop: str) -> bytes:
+    found = get_stored_loop(engine, loop)
+    assert found is not None
+    return found.config.sampling_key
 
 
-def test_seed_drives_sampling_and_persists(client: TestClient) -> None:
-    put_loop(client, "s1", seed=99)
-    put_loop(client, "s1", 200, epsilon=0.9)  # no seed: keeps 99
-    put_loop(client, "s2", seed=99, epsilon=0.9)
-    put_loop(client, "s3", seed=100, epsilon=0.9)
+def test_each_loop_gets_its_own_secret_key(client: TestClient, engine: Engine) -> None:
+    put_loop(client, "k1")
+    put_loop(client, "k2")
+    keys = [stored_key(engine, name) for name in ("default", "k1", "k2")]
+    assert len(set(keys)) == 3 and all(len(k) == 32 for k in keys)
+    put_loop(client, "k1", 200, epsilon=0.1)
+    assert stored_key(engine, "k1") == keys[1]
+    # no route shows a key, in any encoding
+    texts = [
+        client.get("/v1/loops").text,
+        client.get("/v1/loops/k1").text,
+        client.get("/v1/status").text,
+        client.get("/openapi.json").text,
+        client.put("/v1/loops/k1", json={}).text,
+        orjson.dumps(rank(client, "k1", event_id="e1")).decode(),
+    ]
+    for key in keys:
+        for text in texts:
+            assert key.hex() not in text.lower()
+            assert base64.b64encode(key).decode() not in text
+
+
+def test_sampling_key_drives_sampling_and_persists(client: TestClient, engine: Engine) -> None:
+    # Keys cannot be set over HTTP: the operator's store API sets them here.
+    k1, k2 = bytes(range(32)), bytes(range(1, 33))
+    service = client.app.state.service  # type: ignore[attr-defined]
+    for name, key in (("s1", k1), ("s2", k1), ("s3", k2)):
+        store_put_loop(engine, name, LoopConfig(epsilon=0.9, sampling_key=key))
+    put_loop(client, "s1", 200, epsilon=0.9)  # an HTTP PUT keeps the key
+    for name in ("s1", "s2", "s3"):
+        service.loops.load(name)
 
     def choices(loop: str) -> list[str]:
         return [rank(client, loop, event_id=f"e{i}")["reward_action_id"] for i in range(40)]

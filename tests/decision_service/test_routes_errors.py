@@ -28,7 +28,8 @@ Answers defined here (the contract the table pins down):
 | reward outside the loop's [min_reward, max_reward] | 422 | reward_out_of_range |
 | reward for a slot the decision does not have | 422 | unknown_slot |
 | activate a decision that was not deferred | 409 | not_deferred |
-| loop configuration that does not validate (values, VW arguments) | 422 | invalid_config |
+| loop configuration that does not validate (bounds, VW arguments) | 422 | invalid_config |
+| `seed` or `sampling_key` in a loop configuration (server secrets) | 422 | invalid_request |
 | unknown route / wrong method | 404 / 405 | not_found / method_not_allowed |
 
 A late reward is not an error (202, status "late"): see test_rank.py.
@@ -522,6 +523,23 @@ def _cases() -> list[Case]:
         "event_not_found",
     )
 
+    add(
+        "reward-unknown-event-with-slash",
+        "POST",
+        "/v1/loops/default/events/no/such/reward",
+        {"value": 1},
+        404,
+        "event_not_found",
+    )
+    add(
+        "reward-unknown-event-encoded-slash",
+        "POST",
+        "/v1/loops/default/events/single%2Fx/reward",
+        {"value": 1},
+        404,
+        "event_not_found",
+    )
+
     # ---------------------------------------------------------------- activate
     add(
         "activate-unknown-event",
@@ -580,6 +598,15 @@ def _cases() -> list[Case]:
         "event_not_found",
     )
 
+    add(
+        "activate-unknown-event-with-slash",
+        "POST",
+        "/v1/loops/default/events/a/b/activate",
+        None,
+        404,
+        "event_not_found",
+    )
+
     # ---------------------------------------------------------------- loops: names
     add("get-unknown-loop", "GET", "/v1/loops/nope", None, 404, "loop_not_found")
     add("get-invalid-loop-name", "GET", "/v1/loops/bad%20name", None, 422, "invalid_loop_name")
@@ -632,8 +659,18 @@ def _cases() -> list[Case]:
     add("put-extra-field", "PUT", put_default, {"extra": {"a": 1}}, 422, "invalid_request")
     add("put-epsilon-string", "PUT", put_new, {"epsilon": "0.1"}, 422, "invalid_request")
     add("put-epsilon-bool", "PUT", put_new, {"epsilon": True}, 422, "invalid_request")
-    add("put-seed-float", "PUT", put_new, {"seed": 1.5}, 422, "invalid_request")
-    add("put-seed-bool", "PUT", put_new, {"seed": True}, 422, "invalid_request")
+    # the sampling key is the server's secret: neither the retired seed nor the key can be set
+    add("put-seed", "PUT", put_new, {"seed": 42}, 422, "invalid_request")
+    add("put-seed-existing", "PUT", put_default, {"seed": 7}, 422, "invalid_request")
+    add("put-sampling-key", "PUT", put_new, {"sampling_key": "00" * 32}, 422, "invalid_request")
+    add(
+        "put-sampling-key-existing",
+        "PUT",
+        put_default,
+        {"epsilon": 0.1, "sampling_key": "ab" * 32},
+        422,
+        "invalid_request",
+    )
     add("put-vw-args-int", "PUT", put_new, {"vw_args": 5}, 422, "invalid_request")
     add("put-exploration-null", "PUT", put_new, {"exploration": None}, 422, "invalid_request")
     # ---------------------------------------------------------------- loops: invalid configs
@@ -649,8 +686,22 @@ def _cases() -> list[Case]:
             ("min-above-max", {"min_reward": 1.0, "max_reward": 0.0}),
             ("default-above-range", {"default_reward": 2.0}),
             ("default-below-range", {"min_reward": 0, "max_reward": 1, "default_reward": -0.5}),
-            ("negative-seed", {"seed": -1}),
-            ("seed-2-63", {"seed": 2**63}),
+            ("reward-wait-1e12", {"reward_wait_s": 1e12}),
+            ("reward-wait-over-30-days", {"reward_wait_s": 30 * 86400 + 1}),
+            ("softmax-lambda-over-1000", {"softmax_lambda": 1000.5}),
+            ("min-reward-below-minus-1e9", {"min_reward": -1.1e9}),
+            ("max-reward-above-1e9", {"max_reward": 2e9}),
+            ("rewards-1e308", {"min_reward": -1e308, "max_reward": 1e308}),
+            ("vw-args-too-long", {"vw_args": "-q ca" + " " * 1000}),
+            ("vw-nn", {"vw_args": "--nn 100000"}),
+            ("vw-4-way-interaction", {"vw_args": "--interactions caca"}),
+            ("vw-wildcard-interaction", {"vw_args": "-q ::"}),
+            ("vw-too-many-interactions", {"vw_args": " ".join(["-q ca"] * 9)}),
+            ("vw-bits-23", {"vw_args": "-b 23"}),
+            ("vw-l2-out-of-range", {"vw_args": "--l2 5"}),
+            ("vw-learning-rate-zero", {"vw_args": "-l 0"}),
+            ("vw-daemon", {"vw_args": "--daemon"}),
+            ("vw-lrq", {"vw_args": "--lrq ca5"}),
             ("vw-forbidden-cb-explore-adf", {"vw_args": "--cb_explore_adf"}),
             ("vw-forbidden-epsilon", {"vw_args": "-q ca --epsilon 0.1"}),
             ("vw-forbidden-epsilon-equals", {"vw_args": "--epsilon=0.1"}),

@@ -23,29 +23,31 @@ def draws(rng: np.random.Generator, n: int = 5) -> list[float]:
 
 
 # --- rng_for ----------------------------------------------------------------------------------
+K7 = bytes(range(32))
+K8 = bytes(range(1, 33))
 
 
 def test_rng_for_same_inputs_same_stream() -> None:
-    assert draws(rng_for(7, "evt-1")) == draws(rng_for(7, "evt-1"))
+    assert draws(rng_for(K7, "evt-1")) == draws(rng_for(K7, "evt-1"))
 
 
 def test_rng_for_different_inputs_differ() -> None:
-    base = draws(rng_for(7, "evt-1"))
-    assert draws(rng_for(7, "evt-2")) != base
-    assert draws(rng_for(8, "evt-1")) != base
-    # The ":" separator keeps seed and event id apart: "1:23" != "12:3".
-    assert draws(rng_for(1, "23")) != draws(rng_for(12, "3"))
+    base = draws(rng_for(K7, "evt-1"))
+    assert draws(rng_for(K7, "evt-2")) != base
+    assert draws(rng_for(K8, "evt-1")) != base
 
 
 def test_rng_for_derivation_is_pinned() -> None:
     # Replays across versions depend on this exact derivation.
-    digest = hashlib.blake2b(b"7:evt-1").digest()
+    digest = hashlib.blake2b(b"evt-1", key=K7, person=b"ds-sample").digest()
     expected = np.random.default_rng(int.from_bytes(digest[:8], "big"))
-    assert draws(rng_for(7, "evt-1")) == draws(expected)
+    assert draws(rng_for(K7, "evt-1")) == draws(expected)
 
 
 def test_rng_for_is_stable_across_processes() -> None:
-    code = "from explore import rng_for; print(rng_for(42, 'évt-ü').random(3).tolist())"
+    code = (
+        "from explore import rng_for; print(rng_for(bytes(range(32)), 'évt-ü').random(3).tolist())"
+    )
     outs = set()
     for hash_seed in ("0", "123"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
@@ -53,22 +55,22 @@ def test_rng_for_is_stable_across_processes() -> None:
             [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
         ).stdout.strip()
         outs.add(out)
-    assert outs == {str(draws(rng_for(42, "évt-ü"), 3))}
+    assert outs == {str(draws(rng_for(K7, "évt-ü"), 3))}
 
 
 @pytest.mark.parametrize(
-    ("seed", "event_id", "match"),
+    ("key", "event_id", "match"),
     [
-        (1.5, "e", r"^loop_seed must be an integer, got float"),
-        (True, "e", r"^loop_seed must be an integer, got bool"),
-        ("1", "e", r"^loop_seed must be an integer, got str"),
-        (1, "", r"^event_id must be a non-empty string, got ''"),
-        (1, 5, r"^event_id must be a non-empty string, got int"),
+        (1, "e", r"^key must be 32 bytes, got int"),
+        (True, "e", r"^key must be 32 bytes, got bool"),
+        (K7[:31], "e", r"^key must be 32 bytes, got 31 bytes"),
+        (K7, "", r"^event_id must be a non-empty string, got ''"),
+        (K7, 5, r"^event_id must be a non-empty string, got int"),
     ],
 )
-def test_rng_for_rejects(seed: Any, event_id: Any, match: str) -> None:
+def test_rng_for_rejects(key: Any, event_id: Any, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        rng_for(seed, event_id)
+        rng_for(key, event_id)
 
 
 # --- sample_index -----------------------------------------------------------------------------

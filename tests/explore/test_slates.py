@@ -112,8 +112,8 @@ def test_excluded_action_never_in_slate() -> None:
 
 
 def test_slate_is_deterministic_per_event() -> None:
-    a = sample_slate(slot_pmf, N_ACTIONS, N_SLOTS, rng_for(9, "evt-42"))
-    b = sample_slate(slot_pmf, N_ACTIONS, N_SLOTS, rng_for(9, "evt-42"))
+    a = sample_slate(slot_pmf, N_ACTIONS, N_SLOTS, rng_for(bytes(32), "evt-42"))
+    b = sample_slate(slot_pmf, N_ACTIONS, N_SLOTS, rng_for(bytes(32), "evt-42"))
     assert a == b
 
 
