@@ -19,6 +19,7 @@ from decision_service.routes_evaluations import router as evaluations_router
 from decision_service.schemas import REQUEST_MODELS
 from decision_service.service import Service
 from decision_service.settings import Settings, get_settings
+from policies.rank_cost import configure_rank_budget
 from policies.vw_text import configure_text_caches
 
 TITLE = "decision-service"
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_text_caches(settings.text_cache_bytes)
+        configure_rank_budget(settings.max_rank_features)
         service = Service(settings)
         await service.start()
         app.state.service = service

@@ -59,6 +59,13 @@ class Settings(BaseSettings):
         description="An evaluation job still running after this long is killed and failed; "
         "older queued/running rows no longer count against the per-loop limit.",
     )
+    max_rank_features: int = Field(
+        4_000_000,
+        ge=0,
+        description="Most features Vowpal Wabbit may hash to score one rank (context, slot and "
+        "action features plus the products of the loop's interactions, over all actions); "
+        "beyond, 422 limit_exceeded. 0: no limit.",
+    )
     text_cache_bytes: int = Field(
         64 * 1024 * 1024,
         ge=0,

@@ -9,7 +9,9 @@ from. Learning uses the logged probability as the label probability, cost = -rew
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import re
 import shlex
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -20,28 +22,107 @@ import pylibvw  # VW's C++ bindings, shipped inside the vowpalwabbit wheel
 import vowpalwabbit
 
 from explore.types import Action
+from policies.rank_cost import check_rank_cost, interaction_terms
 from policies.vw_text import example_lines
 
 BASE_ARGS = "--cb_adf --quiet"
 _predict_multi = pylibvw.vw.predict_multi
 _learn_multi = pylibvw.vw.learn_multi
 _finish_multi = pylibvw.vw._finish_example_multi_ex
-# The learning options a loop may set (an allowlist: VW has options that read or write files
-# on the server, which a configuration must never reach). name -> takes a value.
-ALLOWED: dict[str, bool] = {
-    "-q": True, "--quadratic": True, "--cubic": True, "--interactions": True,
-    "--ignore": True, "--ignore_linear": True, "--keep": True, "--noconstant": False,
-    "--permutations": False, "--leave_duplicate_interactions": False,
-    "-l": True, "--learning_rate": True, "--power_t": True, "--initial_t": True,
-    "--decay_learning_rate": True, "--l1": True, "--l2": True, "--initial_weight": True,
-    "-b": True, "--bit_precision": True, "--cb_type": True, "--clip_p": True,
-    "--hash": True, "--hash_seed": True, "--random_seed": True, "--loss_function": True,
-    "--quantile_tau": True, "--adaptive": False, "--normalized": False, "--invariant": False,
-    "--sgd": False, "--coin": False, "--ftrl": False, "--ftrl_alpha": True, "--ftrl_beta": True,
-    "--pistol": False, "--ngram": True, "--skips": True, "--affix": True, "--spelling": True,
-    "--lrq": True, "--lrqdropout": False, "--nn": True, "--inpass": False, "--dropout": False,
-}  # fmt: skip
-MAX_BITS = 24  # 2**24 weights per model: bounds the memory a configuration can ask for
+MAX_BITS = 22  # 2**22 weights (x4 floats with adaptive/normalized state): <= 64 MiB a model
+MAX_ARITY = 3  # interactions of at most 3 namespaces (a 4-way one cost 11 ms per rank)
+MAX_INTERACTIONS = 8  # interaction terms per configuration
+_NAMESPACES = re.compile(r"[A-Za-z0-9]+")  # no ':' wildcard (it expands to every namespace)
+
+
+def _number(lo: float, hi: float, *, low_open: bool = False, high_open: bool = False) -> Any:
+    def check(name: str, value: str) -> None:
+        try:
+            x = float(value)
+        except ValueError:
+            x = math.nan
+        ok = (
+            math.isfinite(x)
+            and (lo < x if low_open else lo <= x)
+            and (x < hi if high_open else x <= hi)
+        )
+        if not ok:
+            interval = f"{'(' if low_open else '['}{lo:g}, {hi:g}{')' if high_open else ']'}"
+            raise ValueError(f"vw_args: {name} must be a number in {interval}, got {value!r}")
+
+    return check
+
+
+def _integer(lo: int, hi: int) -> Any:
+    def check(name: str, value: str) -> None:
+        if not value.isdigit() or not lo <= int(value) <= hi:
+            raise ValueError(f"vw_args: {name} must be an integer in [{lo}, {hi}], got {value!r}")
+
+    return check
+
+
+def _choice(*choices: str) -> Any:
+    def check(name: str, value: str) -> None:
+        if value not in choices:
+            raise ValueError(f"vw_args: {name} must be one of {', '.join(choices)}, got {value!r}")
+
+    return check
+
+
+def _interaction(lo: int, hi: int) -> Any:
+    def check(name: str, value: str) -> None:
+        if not _NAMESPACES.fullmatch(value) or not lo <= len(value) <= hi:
+            arity = f"{lo}" if lo == hi else f"{lo} to {hi}"
+            raise ValueError(
+                f"vw_args: {name} takes {arity} namespace letters (no ':' wildcard; interactions "
+                f"have at most {MAX_ARITY} namespaces), got {value!r}"
+            )
+
+    return check
+
+
+def _namespaces(name: str, value: str) -> None:
+    if not _NAMESPACES.fullmatch(value) or len(value) > 62:
+        raise ValueError(f"vw_args: {name} takes namespace letters, got {value!r}")
+
+
+# The learning options a loop (or a candidate policy) may set: an allowlist, each with a bounded
+# value. Anything else is refused: VW has options that read or write files on the server
+# (-f, -i, --readable_model...), start servers (--daemon) or grow the model and the cost of every
+# rank without bound (--nn, --lrq, --ngram, wildcard or 4-way interactions...).
+# name -> value check (None: a flag without value).
+ALLOWED: dict[str, Any] = {
+    "-q": _interaction(2, 2),
+    "--quadratic": _interaction(2, 2),
+    "--cubic": _interaction(3, 3),
+    "--interactions": _interaction(2, MAX_ARITY),
+    "--ignore": _namespaces,
+    "--ignore_linear": _namespaces,
+    "--keep": _namespaces,
+    "--noconstant": None,
+    "--cb_type": _choice("ips", "dr", "mtr", "dm"),
+    "-l": _number(0, 10, low_open=True),
+    "--learning_rate": _number(0, 10, low_open=True),
+    "--power_t": _number(0, 1),
+    "--initial_t": _number(0, 1e6),
+    "--decay_learning_rate": _number(0, 1, low_open=True),
+    "--l1": _number(0, 1),
+    "--l2": _number(0, 1),
+    "--initial_weight": _number(-100, 100),
+    "-b": _integer(1, MAX_BITS),
+    "--bit_precision": _integer(1, MAX_BITS),
+    "--clip_p": _number(0, 1, high_open=True),
+    "--loss_function": _choice("squared", "quantile"),
+    "--quantile_tau": _number(0, 1, low_open=True, high_open=True),
+    "--adaptive": None,
+    "--normalized": None,
+    "--invariant": None,
+    "--sgd": None,
+    "--hash": _choice("strings", "all"),
+    "--hash_seed": _integer(0, 2**31 - 1),
+    "--random_seed": _integer(0, 2**31 - 1),
+}
+_INTERACTION_OPTIONS = frozenset(("-q", "--quadratic", "--cubic", "--interactions"))
 
 
 def _options(tokens: list[str]) -> list[tuple[str, str | None]]:
@@ -60,31 +141,38 @@ def _options(tokens: list[str]) -> list[tuple[str, str | None]]:
             name, value = token[:2], (token[2:] or None)
         if name not in ALLOWED:
             raise ValueError(
-                f"vw_args may not set {name}: allowed are learning options such as -q, "
-                "--interactions, -l, --power_t, --l1, --l2, -b, --cb_type"
+                f"vw_args may not set {name}: allowed are {', '.join(sorted(ALLOWED))}"
             )
-        if ALLOWED[name] and value is None:
+        check = ALLOWED[name]
+        if check is not None and value is None:
             if i >= len(tokens):
                 raise ValueError(f"vw_args: {name} needs a value")
             value = tokens[i]
             i += 1
-        elif not ALLOWED[name] and value is not None:
+        elif check is None and value is not None:
             raise ValueError(f"vw_args: {name} takes no value")
+        if check is not None:
+            check(name, value)
         out.append((name, value))
     return out
 
 
 def check_vw_args(args: str) -> str:
-    """Validate a loop's VW arguments; returns them normalised. Raises ValueError."""
+    """Validate a loop's VW arguments against the allowlist (`ALLOWED`, bounded values, at most
+    `MAX_INTERACTIONS` interactions of arity <= `MAX_ARITY`, -b <= `MAX_BITS`); returns them
+    normalised. Raises ValueError naming the option."""
+    if not isinstance(args, str) or "\x00" in args:
+        raise ValueError("vw_args must be a string without NUL characters")
     try:
         tokens = shlex.split(args)
     except ValueError as err:
         raise ValueError(f"vw_args could not be parsed: {err}") from None
     options = _options(tokens)
-    for name, value in options:
-        bits = name in ("-b", "--bit_precision")
-        if bits and (value is None or not value.isdigit() or not 1 <= int(value) <= MAX_BITS):
-            raise ValueError(f"vw_args: {name} must be an integer in [1, {MAX_BITS}]")
+    n_interactions = sum(name in _INTERACTION_OPTIONS for name, _ in options)
+    if n_interactions > MAX_INTERACTIONS:
+        raise ValueError(
+            f"vw_args has {n_interactions} interactions; at most {MAX_INTERACTIONS} are allowed"
+        )
     normalised = " ".join(
         shlex.quote(name) if value is None else f"{shlex.quote(name)} {shlex.quote(value)}"
         for name, value in options
@@ -103,6 +191,7 @@ class VWPolicy:
     def __init__(self, vw_args: str, *, model: bytes | None = None, version: str = "untrained"):
         self.vw_args = vw_args
         self.version = version
+        self.interactions = interaction_terms(vw_args)
         extra = " --save_resume --preserve_performance_counters"
         if model is None:
             self._ws = vowpalwabbit.Workspace(f"{BASE_ARGS} {vw_args}{extra}")
@@ -124,7 +213,9 @@ class VWPolicy:
         # VW's own bindings (parse -> predict_multi -> finish) without pyvw's Example wrappers:
         # the same scores as Workspace.predict at a third of the cost.
         ws = self._ws
-        examples = ws._parse("\n".join(example_lines(context, actions, slot=slot)))
+        lines = example_lines(context, actions, slot=slot)
+        check_rank_cost(self.interactions, lines)  # before VW spends the serving thread's time
+        examples = ws._parse("\n".join(lines))
         try:
             _predict_multi(ws, examples)
             costs = examples[0].get_action_scores()

@@ -14,22 +14,36 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from explore.types import Action
+from policies.memo import ByteLRU
+
+__all__ = [
+    "DEFAULT_CACHE_BYTES",
+    "action_line",
+    "configure_text_caches",
+    "example_lines",
+    "shared_line",
+    "text_cache_bytes",
+]
 
 _BAD = re.compile(r"[\s:|]")
 
 
-_CLEAN_CACHE: dict[str, str] = {}
-_CLEAN_CACHE_MAX = 1 << 17
+# The memo caches of the encoding, bounded in bytes (`configure_text_caches`): names and values
+# are memoised by `_clean`, whole action lines by `action_line`.
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+_CLEAN_SHARE = 4  # the clean cache gets a quarter of the budget, action lines the rest
+_CLEAN_CACHE: ByteLRU[str, str] = ByteLRU(DEFAULT_CACHE_BYTES // _CLEAN_SHARE)
+_clean_get, _clean_touch = _CLEAN_CACHE.data.get, _CLEAN_CACHE.data.move_to_end
 
 
 def _clean(text: str) -> str:
     """`text` with VW's reserved characters replaced; memoised (names and values repeat)."""
-    out = _CLEAN_CACHE.get(text)
+    out = _clean_get(text)
     if out is None:
         out = _BAD.sub("_", text)
-        if len(_CLEAN_CACHE) >= _CLEAN_CACHE_MAX:
-            _CLEAN_CACHE.clear()
-        _CLEAN_CACHE[text] = out
+        _CLEAN_CACHE.put(text, out)
+    else:
+        _clean_touch(text)
     return out
 
 
@@ -74,8 +88,22 @@ def shared_line(context: Mapping[str, Any], slot: Mapping[str, Any] | None = Non
     return line
 
 
-_LINE_CACHE: dict[tuple[Any, ...], str] = {}
-_LINE_CACHE_MAX = 1 << 16
+_LINE_CACHE: ByteLRU[tuple[Any, ...], str] = ByteLRU(
+    DEFAULT_CACHE_BYTES - DEFAULT_CACHE_BYTES // _CLEAN_SHARE
+)
+_line_get, _line_touch = _LINE_CACHE.data.get, _LINE_CACHE.data.move_to_end
+
+
+def configure_text_caches(max_bytes: int) -> None:
+    """Set the memory budget (bytes) of the encoding's memo caches of this process (0: none);
+    least recently used entries are evicted to stay within it."""
+    _CLEAN_CACHE.resize(max_bytes // _CLEAN_SHARE)
+    _LINE_CACHE.resize(max_bytes - max_bytes // _CLEAN_SHARE)
+
+
+def text_cache_bytes() -> int:
+    """Estimated bytes held by the encoding's memo caches now."""
+    return _CLEAN_CACHE.nbytes + _LINE_CACHE.nbytes
 
 
 def _action_text(action: Action) -> str:
@@ -85,17 +113,17 @@ def _action_text(action: Action) -> str:
 
 def action_line(action: Action, label: str = "") -> str:
     """The action's line; memoised on (id, features) since catalogs repeat the same items."""
+    key: tuple[Any, ...] = (action.id, *action.features.items())
     try:
-        key = (action.id, *action.features.items())
-        line = _LINE_CACHE.get(key)
+        line = _line_get(key)
     except TypeError:  # unhashable values (lists, nested objects): no cache
-        key, line = None, None
-    if line is None:
         line = _action_text(action)
-        if key is not None:
-            if len(_LINE_CACHE) >= _LINE_CACHE_MAX:
-                _LINE_CACHE.clear()
-            _LINE_CACHE[key] = line
+    else:
+        if line is None:
+            line = _action_text(action)
+            _LINE_CACHE.put(key, line)
+        else:
+            _line_touch(key)
     return f"{label} {line}" if label else line
 
 
