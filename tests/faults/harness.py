@@ -514,6 +514,7 @@ class LoadGenerator:
         p_two_rewards: float = 0.3,
         p_close: float = 0.2,
         retry_client_id_ranks: bool = True,
+        p_reward_id: float = 0.5,
     ) -> None:
         self.base_url = base_url
         self.loop = loop
@@ -535,6 +536,9 @@ class LoadGenerator:
         self._tasks: list[asyncio.Task[None]] = []
         self._client: httpx.AsyncClient | None = None
         self.requests = 0
+        self.reward_ids = False  # set by probe_reward_ids (on entering the context)
+        self.p_reward_id = p_reward_id
+        self.keyed_rewards = 0
 
     # -- control ---------------------------------------------------------------------------
     async def __aenter__(self) -> LoadGenerator:
@@ -548,7 +552,19 @@ class LoadGenerator:
         self._client = httpx.AsyncClient(
             base_url=self.base_url, limits=limits, timeout=httpx.Timeout(60.0)
         )
+        await self.probe_reward_ids()
         return self
+
+    async def probe_reward_ids(self) -> bool:
+        """Does the service take a reward idempotency key (`reward_id`)? A body with one, for
+        an event that does not exist: 404 event_not_found if the field is known, else 422."""
+        assert self._client is not None
+        resp = await self._client.post(
+            f"/v1/loops/{self.loop}/events/probe-{self.run_tag}/reward",
+            json={"value": 0, "reward_id": "probe"},
+        )
+        self.reward_ids = outcome_of(resp) == "404:event_not_found"
+        return self.reward_ids
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
@@ -679,22 +695,34 @@ class LoadGenerator:
         return False
 
     async def _reward(self, ack: RankAck, slot: int) -> None:
-        value = next(self._values) / REWARD_SCALE
+        k = next(self._values)
+        value = k / REWARD_SCALE
         body: dict[str, Any] = {"value": value}
         if ack.slots > 1:
             body["slot"] = slot
-        # no retry: without an idempotency key a retried reward may be stored twice
-        resp, outcome, phase = await self._post(
-            "reward", f"/v1/loops/{self.loop}/events/{ack.event_id}/reward", body
-        )
-        if resp is not None and resp.status_code == 202:
-            self.ledger.rewards.append(
-                RewardAck(ack.event_id, slot, value, self.round, phase, resp.json())
-            )
-        else:
+        # without an idempotency key a retried reward may be stored twice: no retry; with
+        # one (where the service takes `reward_id`) the client retries, and the retry that
+        # gets 202 acknowledges it (stored once either way)
+        attempts = 1
+        if self.reward_ids and self.rng.random() < self.p_reward_id:
+            body["reward_id"] = f"k{self.run_tag}-{k}"
+            attempts = 3
+            self.keyed_rewards += 1
+        path = f"/v1/loops/{self.loop}/events/{ack.event_id}/reward"
+        for attempt in range(attempts):
+            resp, outcome, phase = await self._post("reward", path, body)
+            if resp is not None and resp.status_code == 202:
+                self.ledger.rewards.append(
+                    RewardAck(ack.event_id, slot, value, self.round, phase, resp.json())
+                )
+                return
             self.ledger.failed.append(
                 Attempt("reward", self.round, phase, outcome, ack.event_id, slot=slot, value=value)
             )
+            if resp is not None and resp.status_code < 500:
+                return
+            if attempt + 1 < attempts:
+                await asyncio.sleep(0.2 * (attempt + 1))
 
     async def _worker(self, task: int) -> None:
         while not self._stop.is_set():
@@ -735,7 +763,9 @@ def snapshot(database_url: str, loop: str) -> StoreSnapshot:
             (loop,),
         )
         decisions = {r["event_id"]: r for r in cur.fetchall()}
-        cur.execute("SELECT event_id, slot, value, late FROM rewards WHERE loop = %s", (loop,))
+        cur.execute(
+            "SELECT event_id, slot, value, late, received_at FROM rewards WHERE loop = %s", (loop,)
+        )
         rewards = cur.fetchall()
         activated = {e for e, r in decisions.items() if r["activated_at"] is not None}
         cur.execute("SELECT to_regclass('activations') IS NOT NULL AS present")
@@ -881,12 +911,20 @@ def check_store(store: StoreSnapshot, ledger: Ledger, rounds: set[int] | None = 
         if by_value[rw.value] > 1:
             f.rewards_duplicated += by_value[rw.value] - 1
             f.note(f"reward {rw.value * REWARD_SCALE:.0f} stored {by_value[rw.value]} times")
-    for a in ledger.failed:
-        if a.kind == "reward" and wanted(a.round) and a.value is not None:
-            f.rewards_unacked += 1
-            f.rewards_unacked_stored += by_value[a.value] > 0
-            if by_value[a.value] > 1:
-                f.rewards_duplicated += by_value[a.value] - 1
+    acked_values = {rw.value for rw in ledger.rewards}
+    unacked_values = {
+        a.value
+        for a in ledger.failed
+        if a.kind == "reward" and wanted(a.round) and a.value is not None
+    } - acked_values
+    for value in unacked_values:
+        f.rewards_unacked += 1
+        f.rewards_unacked_stored += by_value[value] > 0
+        if by_value[value] > 1:
+            f.rewards_duplicated += by_value[value] - 1
+            f.note(
+                f"unacknowledged reward {value * REWARD_SCALE:.0f} stored {by_value[value]} times"
+            )
 
     # activations: each acknowledged one is on its decision (or waits in `activations`)
     for event_id, (_status, phase, r) in ledger.activations.items():
@@ -899,6 +937,83 @@ def check_store(store: StoreSnapshot, ledger: Ledger, rounds: set[int] | None = 
             f.activations_lost += 1
             f.note(f"activation of {event_id} ({phase}) acknowledged, not stored")
     return f
+
+
+def join_figures(store: StoreSnapshot, ledger: Ledger) -> tuple[dict[str, int], list[str]]:
+    """Every window that should be closed is closed with exactly the rewards received inside
+    it (received_at <= the decision's reward_deadline), aggregated as the loop says (`sum`)."""
+    stored: dict[tuple[str, int], list[tuple[float, Any, bool]]] = {}
+    for r in store.rewards:
+        key = (r["event_id"], r["slot"])
+        stored.setdefault(key, []).append((float(r["value"]), r["received_at"], r["late"]))
+    fig = {
+        "windows": 0,
+        "joined": 0,
+        "unjoined": 0,
+        "wrong_aggregate": 0,
+        "rewards_joined": 0,
+        "outage_rewards_in_window": 0,
+        "outage_rewards_joined": 0,
+        "answered_joined_but_late": 0,
+        "late_flag_mismatch": 0,
+    }
+    examples: list[str] = []
+
+    def example(text: str) -> None:
+        if len(examples) < 8:
+            examples.append(text)
+
+    def in_window(event_id: str, received_at: Any) -> bool | None:
+        row = store.decisions.get(event_id)
+        deadline = None if row is None else row["reward_deadline"]
+        return None if deadline is None else received_at <= deadline
+
+    aggregate_ok: dict[tuple[str, int], bool] = {}
+    for ack in ledger.ranks.values():
+        if ack.deferred and ack.event_id not in ledger.activations:
+            continue  # never activated (as far as the client knows): never joined
+        for slot in range(ack.slots):
+            fig["windows"] += 1
+            out = store.outcomes.get((ack.event_id, slot))
+            if out is None:
+                fig["unjoined"] += 1
+                example(f"window {ack.event_id}/{slot} ({ack.phase}) not joined")
+                continue
+            fig["joined"] += 1
+            rows = stored.get((ack.event_id, slot), [])
+            values = [v for v, at, _ in rows if in_window(ack.event_id, at)]
+            expected = sum(values) if values else 0.0
+            ok = out["n_rewards"] == len(values) and abs(out["reward"] - expected) <= 1e-12
+            aggregate_ok[(ack.event_id, slot)] = ok
+            if not ok:
+                fig["wrong_aggregate"] += 1
+                example(
+                    f"outcome {ack.event_id}/{slot}: reward={out['reward']} "
+                    f"n_rewards={out['n_rewards']}, in-window rewards stored: {values}"
+                )
+            fig["rewards_joined"] += len(values)
+            for _, at, late in rows:
+                inside = in_window(ack.event_id, at)
+                if inside is not None and late == inside:
+                    fig["late_flag_mismatch"] += 1
+    for rw in ledger.rewards:
+        row = next((x for x in stored.get((rw.event_id, rw.slot), []) if x[0] == rw.value), None)
+        if row is None:
+            continue  # lost: counted by check_store
+        inside = in_window(rw.event_id, row[1])
+        if rw.body.get("joined") and inside is False:
+            fig["answered_joined_but_late"] += 1
+            example(f"reward {rw.value} for {rw.event_id}/{rw.slot} answered {rw.body}, late")
+        if rw.phase == "outage" and inside:
+            fig["outage_rewards_in_window"] += 1
+            if aggregate_ok.get((rw.event_id, rw.slot)):
+                fig["outage_rewards_joined"] += 1
+            else:
+                example(
+                    f"reward {rw.value} for {rw.event_id}/{rw.slot} answered {rw.body} during "
+                    f"the outage, not joined: {store.outcomes.get((rw.event_id, rw.slot))}"
+                )
+    return fig, examples
 
 
 def spool_segments(spool_dir: Path) -> list[Path]:

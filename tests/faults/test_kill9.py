@@ -107,6 +107,8 @@ async def _scenario(svc: ServiceProcess, db_url: str) -> list[str]:
         line = f"FAULT kill9: all {ROUNDS} rounds: {total.line()}"
         report(line)
         report(f"FAULT kill9: statuses {gen.ledger.histogram()}")
+        keyed = f"{gen.keyed_rewards} sent with a reward_id" if gen.reward_ids else "unsupported"
+        report(f"FAULT kill9: reward idempotency keys: {keyed}")
         lines.append(line)
         lines += [f"    {e}" for e in total.examples]
         problems = []
