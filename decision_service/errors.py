@@ -2,7 +2,8 @@
 
 Every error answers ``{"error": {"code", "message"}}``. The packages raise the domain errors of
 `explore.errors` (never an HTTP status); `STATUS` below is the only map from those classes to
-statuses. 429 and 503 also say when to retry (``Retry-After``). Anything else that escapes a
+statuses. 429 and 503 also say when to retry (``Retry-After``); a 413 closes the connection (the
+rest of the body is not read). Anything else that escapes a
 route is a bug: it is logged with its traceback and answered as a JSON 500 ``internal_error``
 (the connection stays open for the client's next request).
 """
@@ -18,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from explore.errors import (
@@ -96,6 +98,10 @@ def domain_error_response(err: DomainError) -> Response:
     retry_after = getattr(err, "retry_after_s", None)
     if isinstance(err, TooManyRequests | Unavailable) and retry_after is not None:
         headers = {"Retry-After": str(max(int(retry_after), 0))}
+    elif isinstance(err, PayloadTooLarge):
+        # The rest of the body was never read: close the connection rather than let the server
+        # receive (and discard) all of it to keep the connection alive.
+        headers = {"Connection": "close"}
     return error_response(status, err.code, err.message, headers)
 
 
@@ -120,6 +126,20 @@ _STATUS_CODES = {
     415: "unsupported_media_type",
     422: "invalid_request",
 }
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers for this request's path (asked through the
+    routes' own matching, so nested routers count)."""
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
 
 
 class InternalErrors:
@@ -168,8 +188,12 @@ def install(app: FastAPI) -> None:
         return error_response(422, "invalid_request", describe_validation(list(err.errors())))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, err: StarletteHTTPException) -> Response:
+    async def _http(request: Request, err: StarletteHTTPException) -> Response:
         code = _STATUS_CODES.get(err.status_code, "error")
-        return error_response(err.status_code, code, str(err.detail), err.headers)
+        headers = dict(err.headers or {})
+        if err.status_code == 405:
+            # Starlette names the methods of the first route matching the path only
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return error_response(err.status_code, code, str(err.detail), headers)
 
     app.add_middleware(InternalErrors)

@@ -8,9 +8,12 @@ nothing; `decision-service evaluate` writes the JSON and the HTML.
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +21,21 @@ import orjson
 import pytest
 import typer
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, insert, select
 from typer.testing import CliRunner
 
 import deploy.registry as registry
-from decision_service import Settings, create_app
+from decision_service import Settings, create_app, routes_evaluations
 from decision_service.cli_evaluate import evaluate
 from decision_service.routes_evaluations import router as evaluations_router
 from evaluation.simulator import Simulator, SimulatorConfig
-from log.evaluations import create_evaluation
+from log.evaluations import create_evaluation, fail_evaluation
 from log.joiner import join_loop
 from log.loops import LoopConfig, put_loop
 from log.models import EvaluationRow
 from log.schema import make_engine, migrate
 from log.writer import GroupCommitWriter
+from tests.decision_service.test_propensity import asgi_post
 from tests.learn.helpers import T0, deadline, sim_events, write
 
 LOOP = "default"
@@ -407,3 +411,81 @@ def test_cli_writes_json_and_html(store: Engine, db_url: str, tmp_path: Path) ->
     )
     assert window.exit_code == 2 and "timezone" in window.stderr
     assert _rows(store) == 1
+
+
+# ---------------------------------------------------------------- at most N per loop
+@pytest.fixture
+def no_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Accepted runs stay queued: no job process starts."""
+    monkeypatch.setattr(routes_evaluations, "spawn_job", lambda *_a, **_k: True)
+
+
+def test_at_most_n_evaluations_per_loop(client: TestClient, no_jobs: None) -> None:
+    engine = _engine(client)
+    limit = client.app.state.service.settings.max_evaluations_per_loop  # type: ignore[attr-defined]
+    assert limit == 2
+    first = [client.post(BASE, json={}) for _ in range(limit)]
+    assert [r.status_code for r in first] == [202] * limit
+    refused = client.post(BASE, json={})
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "too_many_evaluations"
+    assert int(refused.headers["retry-after"]) > 0
+    assert _rows(engine) == limit  # the refused run wrote nothing
+    # another loop has its own allowance
+    put_loop(engine, "other", LoopConfig())
+    assert client.post("/v1/loops/other/evaluations", json={}).status_code == 202
+    # once one of the loop's runs ends, a new one is accepted
+    assert fail_evaluation(engine, first[0].json()["id"], "stopped", include_queued=True)
+    assert client.post(BASE, json={}).status_code == 202
+    assert client.post(BASE, json={}).status_code == 429
+
+
+def test_stale_runs_do_not_block_a_loop(client: TestClient, no_jobs: None) -> None:
+    """A run left `running` by a worker that died with its job stops counting once it is older
+    than DS_EVALUATION_TIMEOUT_S."""
+    engine = _engine(client)
+    old = datetime.now(UTC) - timedelta(hours=7)
+    with engine.begin() as conn:
+        for i in range(2):
+            conn.execute(
+                insert(EvaluationRow).values(
+                    id=f"{i:032x}", loop=LOOP, status="running", request={}, progress=0.5,
+                    created_at=old, started_at=old,
+                )
+            )  # fmt: skip
+    assert client.post(BASE, json={}).status_code == 202
+
+
+def test_concurrent_posts_never_exceed_the_limit(client: TestClient, no_jobs: None) -> None:
+    """16 POSTs at once (their inserts race in the thread pool): exactly the limit is accepted,
+    on SQLite and PostgreSQL."""
+    app = client.app
+
+    async def post_all() -> list[int]:
+        async def one() -> int:
+            status, _ = await asgi_post(app, BASE, b"{}")
+            return status
+
+        return list(await asyncio.gather(*(one() for _ in range(16))))
+
+    assert client.portal is not None
+    statuses = client.portal.call(post_all)
+    assert sorted(statuses) == [202, 202] + [429] * 14, statuses
+    assert _rows(_engine(client)) == 2
+
+
+def test_a_job_past_its_timeout_is_stopped_and_failed(client: TestClient) -> None:
+    engine = _engine(client)
+    record = create_evaluation(engine, LOOP, {"policies": []})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    t0 = time.monotonic()
+    routes_evaluations._watch(engine, proc, record.id, 0.5)
+    assert time.monotonic() - t0 < 10
+    assert proc.returncode is not None and proc.returncode < 0  # killed
+    failed = client.get(f"{BASE}/{record.id}").json()
+    assert failed["status"] == "failed"
+    assert "DS_EVALUATION_TIMEOUT_S" in failed["error"]

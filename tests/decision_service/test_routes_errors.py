@@ -47,10 +47,24 @@ from typing import Any
 
 import psycopg
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
 from decision_service import Settings, create_app
+from decision_service.errors import STATUS, ApiError
+from decision_service.errors import install as install_errors
+from explore.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    InvalidJson,
+    NotFound,
+    PayloadTooLarge,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+)
 from log.models import DecisionRow, Loop, OutcomeRow, RewardRow
 from log.schema import make_engine
 from log.store import loop_counts
@@ -906,3 +920,77 @@ def test_rank_nul_in_ids_is_rejected(db_url: str, tmp_path: Path, body: dict[str
             assert snapshot(settings, engine) == before
         finally:
             engine.dispose()
+
+
+# ------------------------------------------------------------------ the one map to statuses
+DOMAIN_CASES = [
+    (InvalidJson("not json"), 400, "invalid_json", None),
+    (Unauthorized("no key"), 401, "unauthorized", None),
+    (Forbidden("wrong role"), 403, "forbidden", None),
+    (NotFound("no loop", "loop_not_found"), 404, "loop_not_found", None),
+    (Conflict("used", "event_conflict"), 409, "event_conflict", None),
+    (PayloadTooLarge("too big"), 413, "payload_too_large", None),
+    (InvalidInput("bad", "limit_exceeded"), 422, "limit_exceeded", None),
+    (
+        TooManyRequests("busy", "too_many_evaluations", retry_after_s=30),
+        429,
+        "too_many_evaluations",
+        "30",
+    ),
+    (Unavailable("store down", retry_after_s=2), 503, "store_unavailable", "2"),
+]
+
+
+@pytest.fixture(scope="module")
+def raising() -> Iterator[TestClient]:
+    """A bare app with the service's error handling and routes that raise."""
+    app = FastAPI()
+    install_errors(app)
+
+    @app.get("/domain/{i}")
+    async def domain(i: int) -> None:
+        raise DOMAIN_CASES[i][0]
+
+    @app.get("/bug")
+    async def bug() -> None:
+        raise ZeroDivisionError("internal detail")
+
+    @app.get("/legacy")
+    async def legacy() -> None:
+        raise ApiError(409, "not_deferred", "legacy raise")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.mark.parametrize(("i", "case"), list(enumerate(DOMAIN_CASES)), ids=lambda x: str(x))
+def test_each_domain_error_maps_to_its_status(raising: TestClient, i: int, case: Any) -> None:
+    _, status, code, retry_after = case
+    response = raising.get(f"/domain/{i}")
+    assert_error(response, status, code)
+    assert response.headers.get("retry-after") == retry_after
+    assert STATUS[type(case[0])] == status
+
+
+def test_every_domain_error_class_has_a_status() -> None:
+    import explore.errors as domain
+
+    classes = {getattr(domain, n) for n in domain.__all__} - {domain.DomainError}
+    assert classes == set(STATUS)
+    assert {type(c[0]) for c in DOMAIN_CASES} == classes
+
+
+def test_an_unhandled_exception_is_a_json_500(raising: TestClient) -> None:
+    response = raising.get("/bug")
+    assert_error(response, 500, "internal_error")
+    assert "internal detail" not in response.text
+
+
+def test_the_legacy_api_error_still_answers(raising: TestClient) -> None:
+    assert_error(raising.get("/legacy"), 409, "not_deferred")
+
+
+def test_405_says_which_methods_are_allowed(limited: Limited) -> None:
+    response = limited.client.delete("/v1/loops/default")
+    assert_error(response, 405, "method_not_allowed")
+    assert set(response.headers["allow"].replace(" ", "").split(",")) == {"GET", "PUT"}

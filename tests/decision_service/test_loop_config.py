@@ -1,0 +1,193 @@
+"""Bounds on every loop setting, and the loop's secret sampling key in the store.
+
+Each bound is tested at both edges (accepted) and just beyond (refused: 422 `invalid_config`
+naming the field and the bound), through `LoopConfig` and through `PUT /v1/loops/{loop}`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, insert, select
+
+from decision_service import Settings
+from log.loops import BOUNDS, LoopConfig, get_loop, list_loops, put_loop
+from log.models import Loop
+from log.schema import make_engine
+
+DAY = 86400.0
+# field -> (lowest accepted, highest accepted, refused below, refused above, message)
+EDGES: dict[str, tuple[float, float, float, float, str]] = {
+    "epsilon": (0.0, 1.0, -1e-9, 1.0 + 1e-9, r"epsilon must be a number in \[0, 1\]"),
+    "softmax_lambda": (0.0, 1000.0, -1e-9, 1000.001, r"softmax_lambda must be .* \[0, 1000\]"),
+    "reward_wait_s": (
+        0.0,
+        30 * DAY,
+        -1e-9,
+        30 * DAY + 0.001,
+        r"reward_wait_s must be a number in \[0, 2592000\] seconds \(30 days\)",
+    ),
+    "min_reward": (-1e9, 1e9, -1e9 - 1, 1e9 + 1, r"min_reward must be a number in \[-1e9, 1e9\]"),
+    "max_reward": (-1e9, 1e9, -1e9 - 1, 1e9 + 1, r"max_reward must be a number in \[-1e9, 1e9\]"),
+    "default_reward": (-1e9, 1e9, -1e9 - 1, 1e9 + 1, r"default_reward must be a number in"),
+}
+
+
+def config_with(field: str, value: float) -> dict[str, Any]:
+    """A configuration where `field` is `value` and the others are consistent with it."""
+    out: dict[str, Any] = {field: value}
+    if field == "min_reward":
+        out["max_reward"] = max(value, 1.0)
+        out["default_reward"] = value
+    elif field == "max_reward":
+        out["min_reward"] = min(value, -1.0)
+        out["default_reward"] = value
+    elif field == "default_reward":
+        out["min_reward"], out["max_reward"] = -1e9, 1e9
+    return out
+
+
+def test_every_numeric_setting_has_a_tested_bound() -> None:
+    assert set(EDGES) == set(BOUNDS)
+
+
+@pytest.mark.parametrize("field", sorted(EDGES))
+def test_loop_config_bounds(field: str) -> None:
+    lo, hi, below, above, message = EDGES[field]
+    assert BOUNDS[field] == (lo, hi)
+    for ok in (lo, hi):
+        assert getattr(LoopConfig(**config_with(field, ok)), field) == ok
+    for bad in (below, above, float("nan"), float("inf"), -float("inf")):
+        # (the consistent companions of the out-of-range value may be refused first: the
+        # message then names them; only the field's own bound is checked here)
+        with pytest.raises(ValueError, match=r"must be a number in"):
+            LoopConfig(**config_with(field, bad))
+    with pytest.raises(ValueError, match=message):
+        LoopConfig(**{field: above})
+    with pytest.raises(ValueError, match=rf"{field} must be a number in .*got True"):
+        LoopConfig(**{field: True})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"exploration": "thompson"}, r"exploration must be one of"),
+        ({"reward_aggregation": "median"}, r"reward_aggregation must be one of"),
+        ({"min_reward": 1.0, "max_reward": 0.0}, r"min_reward \(1.0\) must not exceed"),
+        ({"default_reward": 2.0}, r"default_reward must be in \[min_reward, max_reward\]"),
+        ({"vw_args": "x" * 1001}, r"vw_args must be a string of at most 1000 characters"),
+        ({"sampling_key": b"short"}, r"sampling_key must be 32 bytes, got 5 bytes"),
+        ({"sampling_key": "00" * 32}, r"sampling_key must be 32 bytes, got str"),
+    ],
+)
+def test_loop_config_other_rules(changes: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        LoopConfig(**changes)
+
+
+def test_public_and_storage_json_are_separate() -> None:
+    config = LoopConfig(sampling_key=bytes(range(32)), extra={"note": 1})
+    public = config.to_json()
+    assert "sampling_key" not in public and "extra" not in public and "seed" not in public
+    stored = config.storage_json()
+    assert stored["sampling_key"] == bytes(range(32)).hex() and stored["extra"] == {"note": 1}
+    assert LoopConfig.from_json(stored) == config
+    assert bytes(range(32)).hex() not in repr(config)  # nor in logs and tracebacks
+
+
+# ------------------------------------------------------------------------------- over HTTP
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    eng = make_engine(settings.database_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.mark.parametrize("field", sorted(EDGES))
+def test_put_accepts_each_edge_and_refuses_beyond(client: TestClient, field: str) -> None:
+    lo, hi, below, above, message = EDGES[field]
+    for i, ok in enumerate((lo, hi)):
+        r = client.put(f"/v1/loops/edge{i}", json=config_with(field, ok))
+        assert r.status_code == 201, r.text
+        assert r.json()["config"][field] == ok
+    for bad in (below, above):
+        r = client.put("/v1/loops/edge0", json=config_with(field, bad))
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["code"] == "invalid_config"
+        assert "must be a number in [" in error["message"]
+    r = client.put("/v1/loops/edge0", json={field: above})
+    assert r.status_code == 422
+    assert r.json()["error"]["code"] == "invalid_config"
+    assert re.search(message, r.json()["error"]["message"]), r.json()
+
+
+def test_longest_window_serves_and_rewards(client: TestClient) -> None:
+    """Regression: reward_wait_s=1e12 once made every rank a 500 (timedelta overflow). The
+    largest accepted window serves, rewards and activates."""
+    assert client.put("/v1/loops/long", json={"reward_wait_s": 30 * DAY}).status_code == 201
+    body = {"event_id": "e1", "actions": [{"id": "a"}, {"id": "b"}]}
+    assert client.post("/v1/loops/long/rank", json=body).status_code == 201
+    r = client.post("/v1/loops/long/events/e1/reward", json={"value": 1})
+    assert r.status_code == 202 and r.json()["status"] == "accepted"
+    deferred = {"event_id": "d1", "actions": [{"id": "a"}], "defer_activation": True}
+    assert client.post("/v1/loops/long/rank", json=deferred).status_code == 201
+    assert client.post("/v1/loops/long/events/d1/activate").status_code == 202
+    assert client.put("/v1/loops/long", json={"reward_wait_s": 1e12}).status_code == 422
+
+
+def test_legacy_rows_get_a_key_once_and_are_clamped(client: TestClient, engine: Engine) -> None:
+    """A loop stored before sampling keys and bounds (public seed, reward_wait_s=1e12) is read
+    with its numbers clamped into bounds and given a fresh secret key, stored once: every later
+    read (any worker) sees that same key."""
+    now = datetime.now(UTC)
+    legacy = {
+        "exploration": "epsilon_greedy",
+        "epsilon": 0.2,
+        "softmax_lambda": 1.0,
+        "reward_wait_s": 1e12,
+        "default_reward": 0.0,
+        "reward_aggregation": "earliest",
+        "min_reward": -1.0,
+        "max_reward": 1.0,
+        "vw_args": "-q ca --cb_type mtr",
+        "seed": 12345,
+        "extra": {},
+    }
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Loop).values(loop="legacy", config=legacy, created_at=now, updated_at=now)
+        )
+    first = get_loop(engine, "legacy")
+    assert first is not None
+    assert first.config.reward_wait_s == 30 * DAY
+    key = first.config.sampling_key
+    with engine.connect() as conn:
+        stored = conn.execute(select(Loop.config).where(Loop.loop == "legacy")).scalar_one()
+    assert stored["sampling_key"] == key.hex()
+    assert [s.config.sampling_key for s in list_loops(engine) if s.name == "legacy"] == [key]
+    again = get_loop(engine, "legacy")
+    assert again is not None and again.config.sampling_key == key
+    # and it serves (the clamped window does not overflow)
+    r = client.post("/v1/loops/legacy/rank", json={"actions": [{"id": "a"}, {"id": "b"}]})
+    assert r.status_code == 201, r.text
+    assert "seed" not in client.get("/v1/loops/legacy").json()["config"]
+
+
+def test_put_keeps_the_stored_key_unless_rotated(engine: Engine, client: TestClient) -> None:
+    k1, k2 = bytes(32), bytes(range(32))
+    stored, created = put_loop(engine, "rot", LoopConfig(sampling_key=k1))
+    assert created and stored.config.sampling_key == k1
+    stored, created = put_loop(engine, "rot", LoopConfig(epsilon=0.5, sampling_key=k2))
+    assert not created and stored.config.sampling_key == k1
+    assert client.put("/v1/loops/rot", json={"epsilon": 0.3}).status_code == 200
+    got = get_loop(engine, "rot")
+    assert got is not None and got.config.sampling_key == k1 and got.config.epsilon == 0.3
+    stored, _ = put_loop(engine, "rot", LoopConfig(sampling_key=k2), keep_key=False)
+    got = get_loop(engine, "rot")
+    assert got is not None and got.config.sampling_key == k2
