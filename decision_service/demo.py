@@ -231,7 +231,6 @@ def run_demo(cfg: DemoConfig, echo: Any = print) -> dict[str, Any]:
             "min_reward": 0.0,
             "max_reward": 1.0,
             "vw_args": cfg.vw_args,
-            "seed": cfg.seed,
         }
         httpx.put(
             f"{service.url}/v1/loops/{cfg.loop}", json=loop_body, timeout=30
