@@ -191,8 +191,10 @@ def demo(
 
 def _register_subcommands() -> None:
     from decision_service.cli_evaluate import evaluate
+    from decision_service.cli_writers import writers
 
     app.command("evaluate")(evaluate)
+    app.command("writers")(writers)
 
 
 _register_subcommands()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, delete, func, select
+from sqlalchemy import Connection, Engine, delete, func, select
 
 from log.apply import dialect_insert
 from log.models import WriterRow
@@ -56,5 +57,34 @@ def lowest_watermark(conn: Connection) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def list_writers(conn: Connection) -> list[WriterRow]:
-    return list(conn.execute(select(WriterRow).order_by(WriterRow.watermark)).scalars())
+@dataclass(frozen=True)
+class WriterInfo:
+    writer_id: str
+    host: str
+    pid: int
+    spool_dir: str
+    watermark: datetime
+    heartbeat_at: datetime
+
+
+def list_writers(engine: Engine) -> list[WriterInfo]:
+    """Every registered writer, lowest watermark first."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                WriterRow.writer_id,
+                WriterRow.host,
+                WriterRow.pid,
+                WriterRow.spool_dir,
+                WriterRow.watermark,
+                WriterRow.heartbeat_at,
+            ).order_by(WriterRow.watermark)
+        ).all()
+    return [WriterInfo(*r) for r in rows]
+
+
+def delete_writers(engine: Engine, writer_ids: list[str]) -> int:
+    """Forget writers (an operator's decision: a host that will never come back)."""
+    with engine.begin() as conn:
+        n = conn.execute(delete(WriterRow).where(WriterRow.writer_id.in_(writer_ids))).rowcount
+    return int(n or 0)

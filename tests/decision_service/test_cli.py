@@ -92,6 +92,19 @@ def test_join_and_migrate(store: str) -> None:
     assert orjson.loads(result.stdout.strip().splitlines()[-1])["default"]["decisions"] == 0
 
 
+def test_writers_lists_and_forgets(store: str, tmp_path: Path) -> None:
+    """A writer that is gone for good holds the joiner back until an operator forgets it."""
+    engine = make_engine(store)
+    writer = GroupCommitWriter(engine, tmp_path / "other-host-spool", delay_s=0.0)
+    writer._publish(force=True, raise_errors=True)  # registered, then the host vanishes
+    writer._close_conn()
+    listed = [orjson.loads(line) for line in runner.invoke(app, ["writers"]).stdout.splitlines()]
+    assert [w["writer_id"] for w in listed] == [writer.writer_id]
+    result = runner.invoke(app, ["writers", "--forget", writer.writer_id])
+    assert result.exit_code == 0 and result.stdout.strip() == ""
+    engine.dispose()
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_demo_runs_the_loop_over_http(db_url: str, tmp_path: Path) -> None:
     """A short demo: service process, HTTP traffic, joins, online learning, plot, JSON line."""
