@@ -203,11 +203,22 @@ class Spool:
         return self.directory / "writers" / f"{writer_id}.lock"
 
     def hold_writer_lock(self) -> int:
-        """Create and lock this writer's lock file: held until the process ends."""
-        make_dirs(self.directory / "writers")
-        fd = os.open(self.lock_path(self.writer_id), os.O_WRONLY | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        fsync_dir(self.directory / "writers")
+        """Create and lock this writer's lock file: held until the process ends. Created
+        locked under a temporary name, then renamed into place, so no other process can ever
+        find it unlocked (and take this writer for dead) while it lives."""
+        directory = self.directory / "writers"
+        make_dirs(directory)
+        tmp = directory / f".{self.writer_id}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.rename(tmp, self.lock_path(self.writer_id))
+            fsync_dir(directory)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         return fd
 
     def dead_writers(self) -> Iterator[tuple[str, int]]:
