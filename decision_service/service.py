@@ -160,7 +160,8 @@ class Service:
                     "(ds- and 32 hex digits) and no such decision exists: choose another id",
                     "reserved_event_id",
                 )
-            raise RuntimeError("decision conflict without a stored row")  # a bug: 500
+            # the first request with this id (same group) was refused: the store is down
+            raise Unavailable(f"event_id {event_id!r} could not be stored; retry")
         if stored.request_digest != digest:
             raise Conflict(
                 f"event_id {event_id!r} was already used for a different request",

@@ -352,7 +352,7 @@ class GroupCommitWriter:
         seen: set[Any] = set()
         out = []
         for i, op in enumerate(ops):
-            key: Any = op.reward_id if isinstance(op, RewardRecord) else (type(op), *op.key)
+            key = _key(op)
             if key in seen:
                 continue
             seen.add(key)
@@ -374,21 +374,24 @@ class GroupCommitWriter:
         """The database is unreachable: spool what may be spooled; requests holding a new
         decision with a client-chosen id fail with Unavailable (nothing of theirs written)."""
         fresh_set = set(fresh)
-        refused: set[int] = set()
-        i = 0
-        for k, item in enumerate(group):
-            for op in item.ops:
-                new = i in fresh_set
-                if new and isinstance(op, DecisionRecord) and not is_generated_id(op.event_id):
-                    refused.add(k)
-                i += 1
-        keep: list[int] = []
-        i = 0
-        for k, item in enumerate(group):
-            for _ in item.ops:
-                if k not in refused and i in fresh_set:
-                    keep.append(i)
-                i += 1
+        spans: list[range] = []  # the indexes in `ops` of each item's records
+        start = 0
+        for item in group:
+            spans.append(range(start, start + len(item.ops)))
+            start += len(item.ops)
+        refused = {
+            k
+            for k, span in enumerate(spans)
+            if any(
+                i in fresh_set
+                and isinstance(ops[i], DecisionRecord)
+                and not is_generated_id(ops[i].event_id)
+                for i in span
+            )
+        }
+        keep = [
+            i for k, span in enumerate(spans) if k not in refused for i in span if i in fresh_set
+        ]
         to_spool = [ops[i] for i in keep]
         try:
             if to_spool:
@@ -522,7 +525,7 @@ class GroupCommitWriter:
         seen: set[Any] = set()
         out = []
         for op in ops:
-            key: Any = op.reward_id if isinstance(op, RewardRecord) else (type(op), *op.key)
+            key = _key(op)
             if key not in seen:
                 seen.add(key)
                 out.append(op)
@@ -545,6 +548,13 @@ class GroupCommitWriter:
                     os.close(fd)
                 self._note_error(err)
                 return
+
+
+def _key(op: Op) -> tuple[Any, ...]:
+    """What makes a record unique: writing two with the same key stores the first."""
+    if isinstance(op, RewardRecord):
+        return (RewardRecord, op.reward_id)
+    return (type(op), *op.key)
 
 
 def _is_data_error(err: BaseException) -> bool:

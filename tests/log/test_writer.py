@@ -195,3 +195,18 @@ def test_replayed_reward_id_is_stored_once(engine: Engine, writer: GroupCommitWr
     assert writer.write_sync([rec, rec]).inserted == [True, False]
     assert writer.write_sync([dataclasses.replace(rec, value=0.0)]).inserted == [False]
     assert count(engine, RewardRow) == 1
+
+
+def test_a_refused_client_id_repeated_in_one_group_is_refused_twice(
+    engine: Engine, writer: GroupCommitWriter, tmp_path: Path
+) -> None:
+    """During an outage two requests with the same new client-chosen id land in one group:
+    nothing is written; the first is refused, the second is not inserted (the service then
+    finds nothing stored and answers 503 too)."""
+    writer.delay_s = 0.2  # both submissions gather into one group
+    with database_down(writer, tmp_path):
+        futures = [writer.submit([decision_rec("twice")]) for _ in range(2)]
+        with pytest.raises(Unavailable):
+            futures[0].result(10)
+        assert futures[1].result(10).inserted == [False]
+    assert count(engine, DecisionRow) == 0
