@@ -48,6 +48,23 @@ def openapi_document(app: FastAPI, request_models: tuple[type[BaseModel], ...]) 
         if name in components and components[name] != schema:
             raise RuntimeError(f"two different OpenAPI schemas are named {name!r}")
         components[name] = schema
+    # FastAPI adds a 422 with its own validation body to every operation with parameters; the
+    # service answers its error body instead, and documents 422 where it can happen.
+    # Every error answers the JSON error body, whatever the route's own media type.
+    fastapi_422 = {"$ref": "#/components/schemas/HTTPValidationError"}
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    for item in doc.get("paths", {}).values():
+        for operation in item.values():
+            responses = operation.get("responses", {})
+            content = responses.get("422", {}).get("content", {}).get("application/json", {})
+            if content.get("schema") == fastapi_422:
+                del responses["422"]
+            for status, response in responses.items():
+                if status >= "400":
+                    response["content"] = error
+    if fastapi_422["$ref"] not in str(doc["paths"]):
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
     app.openapi_schema = doc
     return doc
 

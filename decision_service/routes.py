@@ -38,14 +38,23 @@ from log.store import loop_counts
 from policies import check_vw_args
 
 router = APIRouter()
+LOOP_PATTERN = f"^{LOOP_NAME.pattern}$"  # documented; the routes check it themselves
 LOOP_PARAMETER = {
     "name": "loop",
     "in": "path",
     "required": True,
-    "schema": {"type": "string"},
+    "description": "The loop's name.",
+    "schema": {"type": "string", "pattern": LOOP_PATTERN},
     "example": "default",
 }
-LoopName = Annotated[str, Path(description="The loop's name.", examples=["default"])]
+LoopName = Annotated[
+    str,
+    Path(
+        description="The loop's name.",
+        examples=["default"],
+        json_schema_extra={"pattern": LOOP_PATTERN},
+    ),
+]
 EventId = Annotated[
     str,
     Path(

@@ -136,7 +136,13 @@ class EvaluationsOut(BaseModel):
 
 
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (EvaluationRequest,)
-EvaluationId = Annotated[str, Path(description="The run's id (32 hex digits).")]
+EvaluationId = Annotated[
+    str,
+    Path(
+        description="The run's id (32 hex digits).",
+        json_schema_extra={"pattern": f"^{EVALUATION_ID.pattern}$"},
+    ),
+]
 
 
 def _links(record: EvaluationRecord) -> dict[str, str]:
