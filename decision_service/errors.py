@@ -37,7 +37,6 @@ from explore.errors import (
 
 __all__ = [
     "STATUS",
-    "ApiError",
     "InternalErrors",
     "describe_validation",
     "error_response",
@@ -60,17 +59,6 @@ STATUS: dict[type[DomainError], int] = {
     Unavailable: 503,
 }
 INTERNAL_MESSAGE = "the service failed on this request; the error was logged"
-
-
-class ApiError(Exception):
-    """Deprecated: raise a domain error from `explore.errors` instead. Kept until every caller
-    (decision_service/service.py, decide.py) is converted."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 def error_response(
@@ -178,10 +166,6 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(_: Request, err: DomainError) -> Response:
         return domain_error_response(err)
-
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, err: ApiError) -> Response:
-        return error_response(err.status, err.code, err.message)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, err: RequestValidationError) -> Response:

@@ -52,7 +52,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
 from decision_service import Settings, create_app
-from decision_service.errors import STATUS, ApiError
+from decision_service.errors import STATUS
 from decision_service.errors import install as install_errors
 from explore.errors import (
     Conflict,
@@ -955,10 +955,6 @@ def raising() -> Iterator[TestClient]:
     async def bug() -> None:
         raise ZeroDivisionError("internal detail")
 
-    @app.get("/legacy")
-    async def legacy() -> None:
-        raise ApiError(409, "not_deferred", "legacy raise")
-
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 
@@ -984,10 +980,6 @@ def test_an_unhandled_exception_is_a_json_500(raising: TestClient) -> None:
     response = raising.get("/bug")
     assert_error(response, 500, "internal_error")
     assert "internal detail" not in response.text
-
-
-def test_the_legacy_api_error_still_answers(raising: TestClient) -> None:
-    assert_error(raising.get("/legacy"), 409, "not_deferred")
 
 
 def test_405_says_which_methods_are_allowed(limited: Limited) -> None:
