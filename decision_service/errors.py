@@ -3,9 +3,9 @@
 Every error answers ``{"error": {"code", "message"}}``. The packages raise the domain errors of
 `explore.errors` (never an HTTP status); `STATUS` below is the only map from those classes to
 statuses. 429 and 503 also say when to retry (``Retry-After``); a 413 closes the connection (the
-rest of the body is not read). Anything else that escapes a
-route is a bug: it is logged with its traceback and answered as a JSON 500 ``internal_error``
-(the connection stays open for the client's next request).
+rest of the body is not read). Anything else that escapes a route is a bug: it is logged with its
+traceback and answered as a JSON 500 ``internal_error`` (the connection stays open for the
+client's next request).
 """
 
 from __future__ import annotations
