@@ -125,6 +125,7 @@ def fill(url: str, n: int, n_raw: int, seed: int) -> list[list[str]]:
                     "reward_deadline": joined_at,
                     "response": {"event_id": event_id},
                     "joined_at": joined_at,
+                    "join_seq": lo // FILL_CHUNK + 1,
                 }
             )
             outcomes.append(
@@ -137,6 +138,7 @@ def fill(url: str, n: int, n_raw: int, seed: int) -> list[list[str]]:
                     "n_rewards": 1,
                     "decided_at": decided_at,
                     "joined_at": joined_at,
+                    "join_seq": lo // FILL_CHUNK + 1,
                 }
             )
             if lo + i < n_raw:

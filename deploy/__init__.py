@@ -2,8 +2,10 @@
 
 from deploy.registry import (
     IntegrityError,
+    LiveVersionConflict,
     ModelVersion,
     get_version,
+    lineage_window,
     list_versions,
     live_version,
     live_versions,
@@ -14,8 +16,10 @@ from deploy.registry import (
 
 __all__ = [
     "IntegrityError",
+    "LiveVersionConflict",
     "ModelVersion",
     "get_version",
+    "lineage_window",
     "list_versions",
     "live_version",
     "live_versions",

@@ -1,68 +1,59 @@
-"""Model registry: versions with artifact, sha256, lineage, training range and status.
+"""Model registry: versions with artifact, sha256, lineage, training window and status.
 
 Registering is one transaction: a training that is interrupted before or during registration
-leaves no version behind. `promote` makes a version live and retires the previous live one in one
-transaction; serving workers pick the live version up by polling (no restart).
+leaves no version behind. `promote` makes a version live and retires the previous live one in
+one transaction, serialised per loop; the database holds at most one live version per loop
+(unique index): a promotion that loses a race raises :class:`LiveVersionConflict` and changes
+nothing. Serving workers pick the live version up by polling (no restart).
+
+A version registered with a parent (an online continuation) covers its whole lineage:
+`trained_from`/`trained_until` span the events it and every ancestor learned, so an
+evaluation that starts after `trained_until` never scores it on data it was trained on.
+
+The storage is `log.registry_store` (only `log` talks to the database).
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from log.registry_store import (
+    LiveVersionConflict,
+    ModelRecord,
+    get_model,
+    list_models,
+    live_model,
+    live_models,
+    promote_model,
+    read_artifact,
+    register_model,
+)
+from log.schema import Engine
 
-from log.models import ModelRow
+__all__ = [
+    "KINDS",
+    "STATUSES",
+    "IntegrityError",
+    "LiveVersionConflict",
+    "ModelVersion",
+    "get_version",
+    "lineage_window",
+    "list_versions",
+    "live_version",
+    "live_versions",
+    "load_artifact",
+    "new_version_id",
+    "promote",
+    "register",
+]
 
 STATUSES = ("candidate", "live", "retired")
 KINDS = ("online", "batch", "manual")
 
-
-@dataclass(frozen=True)
-class ModelVersion:
-    version: str
-    loop: str
-    kind: str
-    vw_args: str
-    sha256: str
-    parent: str | None
-    trained_from: datetime | None
-    trained_until: datetime | None
-    n_events: int
-    checkpoint: datetime | None
-    status: str
-    created_at: datetime
-    updated_at: datetime
-
-    def to_json(self) -> dict[str, object]:
-        out: dict[str, object] = dict(vars(self))
-        for key in ("trained_from", "trained_until", "checkpoint", "created_at", "updated_at"):
-            value = out[key]
-            out[key] = value.isoformat() if isinstance(value, datetime) else None
-        return out
-
-
-_COLUMNS = (
-    ModelRow.version,
-    ModelRow.loop,
-    ModelRow.kind,
-    ModelRow.vw_args,
-    ModelRow.sha256,
-    ModelRow.parent,
-    ModelRow.trained_from,
-    ModelRow.trained_until,
-    ModelRow.n_events,
-    ModelRow.checkpoint,
-    ModelRow.status,
-    ModelRow.created_at,
-    ModelRow.updated_at,
-)
-
-
-def _version(row: object) -> ModelVersion:
-    return ModelVersion(**row._mapping)  # type: ignore[attr-defined]
+ModelVersion = ModelRecord
+"""A registered model version (the stored record, without its artifact)."""
 
 
 class IntegrityError(RuntimeError):
@@ -71,6 +62,29 @@ class IntegrityError(RuntimeError):
 
 def new_version_id(sha256: str, now: datetime) -> str:
     return f"v{now:%Y%m%d%H%M%S}-{sha256[:8]}-{secrets.token_hex(2)}"
+
+
+def _earliest(*values: datetime | None) -> datetime | None:
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
+
+
+def _latest(*values: datetime | None) -> datetime | None:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
+def lineage_window(
+    parent: ModelVersion | None, trained_from: datetime | None, trained_until: datetime | None
+) -> tuple[datetime | None, datetime | None]:
+    """The training window of a version that learned [trained_from, trained_until] on top of
+    `parent`: the parent's window (its lineage's, by induction) widened by its own."""
+    if parent is None:
+        return trained_from, trained_until
+    return (
+        _earliest(parent.trained_from, trained_from),
+        _latest(parent.trained_until, trained_until),
+    )
 
 
 def register(
@@ -85,111 +99,81 @@ def register(
     trained_until: datetime | None = None,
     n_events: int = 0,
     checkpoint: datetime | None = None,
+    checkpoint_seq: int | None = None,
     promote_now: bool = False,
-    conn: Connection | None = None,
 ) -> ModelVersion:
-    """Store a new version (status candidate, or live with `promote_now`) atomically."""
+    """Store a new version (status candidate, or live with `promote_now`) atomically.
+
+    `trained_from`/`trained_until` are the decided_at range of the events this training
+    learned; with a `parent` (which must be a version of the same loop) the stored window
+    also covers the parent's lineage. `checkpoint_seq` is the largest join_seq learned.
+    Raises ValueError (bad arguments), LookupError (unknown parent), LiveVersionConflict."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not artifact:
         raise ValueError("artifact must be non-empty bytes")
+    if checkpoint_seq is not None and (isinstance(checkpoint_seq, bool) or checkpoint_seq < 0):
+        raise ValueError(f"checkpoint_seq must be an int >= 0, got {checkpoint_seq!r}")
+    for name, value in (("trained_from", trained_from), ("trained_until", trained_until)):
+        if value is not None and value.tzinfo is None:
+            raise ValueError(f"{name} must be timezone-aware, got {value.isoformat()}")
+    parent_version: ModelVersion | None = None
+    if parent is not None:
+        parent_version = get_model(engine, parent)
+        if parent_version is None or parent_version.loop != loop:
+            raise LookupError(f"parent version {parent!r} does not exist in loop {loop!r}")
+    trained_from, trained_until = lineage_window(parent_version, trained_from, trained_until)
     now = datetime.now(UTC)
     digest = hashlib.sha256(artifact).hexdigest()
-    version = new_version_id(digest, now)
-    row = {
-        "version": version,
-        "loop": loop,
-        "kind": kind,
-        "vw_args": vw_args,
-        "artifact": artifact,
-        "sha256": digest,
-        "parent": parent,
-        "trained_from": trained_from,
-        "trained_until": trained_until,
-        "n_events": n_events,
-        "checkpoint": checkpoint,
-        "status": "candidate",
-        "created_at": now,
-        "updated_at": now,
-    }
-
-    def _do(c: Connection) -> None:
-        c.execute(insert(ModelRow), row)
-        if promote_now:
-            _promote(c, loop, version, now)
-
-    if conn is not None:
-        _do(conn)
-    else:
-        with engine.begin() as c:
-            _do(c)
-    return get_version(engine, version, conn=conn)  # type: ignore[return-value]
-
-
-def _promote(conn: Connection, loop: str, version: str, now: datetime) -> None:
-    conn.execute(
-        update(ModelRow)
-        .where(ModelRow.loop == loop, ModelRow.status == "live", ModelRow.version != version)
-        .values(status="retired", updated_at=now)
+    record = ModelRecord(
+        version=new_version_id(digest, now),
+        loop=loop,
+        kind=kind,
+        vw_args=vw_args,
+        sha256=digest,
+        parent=parent,
+        trained_from=trained_from,
+        trained_until=trained_until,
+        n_events=n_events,
+        checkpoint=checkpoint,
+        checkpoint_seq=checkpoint_seq,
+        status="candidate",
+        created_at=now,
+        updated_at=now,
     )
-    conn.execute(
-        update(ModelRow).where(ModelRow.version == version).values(status="live", updated_at=now)
-    )
+    return register_model(engine, record, artifact, promote=promote_now)
 
 
 def promote(engine: Engine, version: str) -> ModelVersion:
-    """Make `version` live; the loop's previous live version is retired (one transaction)."""
-    now = datetime.now(UTC)
-    with engine.begin() as conn:
-        found = get_version(engine, version, conn=conn)
-        if found is None:
-            raise LookupError(f"model version {version!r} does not exist")
-        _promote(conn, found.loop, version, now)
-    result = get_version(engine, version)
-    assert result is not None
-    return result
+    """Make `version` live; the loop's previous live version is retired (one transaction,
+    serialised per loop). Raises LookupError for an unknown version, LiveVersionConflict."""
+    return promote_model(engine, version, now=datetime.now(UTC))
 
 
-def get_version(
-    engine: Engine, version: str, *, conn: Connection | None = None
-) -> ModelVersion | None:
-    stmt = select(*_COLUMNS).where(ModelRow.version == version)
-    if conn is not None:
-        row = conn.execute(stmt).first()
-    else:
-        with engine.connect() as c:
-            row = c.execute(stmt).first()
-    return None if row is None else _version(row)
+def get_version(engine: Engine, version: str) -> ModelVersion | None:
+    return get_model(engine, version)
 
 
 def list_versions(engine: Engine, loop: str) -> list[ModelVersion]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(*_COLUMNS).where(ModelRow.loop == loop).order_by(ModelRow.created_at)
-        ).all()
-    return [_version(r) for r in rows]
+    """The versions of `loop`, oldest first."""
+    return list_models(engine, loop)
 
 
 def live_versions(engine: Engine) -> dict[str, ModelVersion]:
     """The live version of every loop that has one."""
-    with engine.connect() as conn:
-        rows = conn.execute(select(*_COLUMNS).where(ModelRow.status == "live")).all()
-    return {r.loop: _version(r) for r in rows}
+    return live_models(engine)
 
 
 def live_version(engine: Engine, loop: str) -> ModelVersion | None:
-    return live_versions(engine).get(loop)
+    return live_model(engine, loop)
 
 
 def load_artifact(engine: Engine, version: str) -> bytes:
     """The artifact bytes, checked against the stored sha256."""
-    with engine.connect() as conn:
-        row = conn.execute(
-            select(ModelRow.artifact, ModelRow.sha256).where(ModelRow.version == version)
-        ).first()
-    if row is None:
+    found = read_artifact(engine, version)
+    if found is None:
         raise LookupError(f"model version {version!r} does not exist")
-    data = bytes(row[0])
-    if hashlib.sha256(data).hexdigest() != row[1]:
+    data, sha256 = found
+    if hashlib.sha256(data).hexdigest() != sha256:
         raise IntegrityError(f"artifact of {version!r} does not match its sha256")
     return data

@@ -15,7 +15,7 @@ action lines, it never changes them.
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from explore.types import Action
+from log.training_reads import JoinedDecision
 from policies.vw_text import action_line, shared_line
 
 __all__ = [
@@ -40,24 +41,8 @@ class BadEvent(ValueError):
     """A logged event that cannot be turned into a training example (skipped and counted)."""
 
 
-@dataclass(frozen=True, slots=True)
-class TrainingEvent:
-    """A joined decision as logged: candidates in request order, one reward per slot."""
-
-    event_id: str
-    decided_at: datetime
-    joined_at: datetime
-    context: Mapping[str, Any]
-    # [{"id": ..., "features": {...}}, ...] in request order, features as at decision time.
-    actions: Sequence[Mapping[str, Any]]
-    pmf: Sequence[float]
-    excluded: Sequence[str]
-    chosen: str
-    # [{"slot": k, "action_id": ..., "probability": conditional p}, ...]
-    slots: Sequence[Mapping[str, Any]]
-    is_slate: bool
-    # slot -> joined reward
-    rewards: Mapping[int, float]
+TrainingEvent = JoinedDecision
+"""A joined decision as logged (the `DecisionRecord`, its reward per slot, its join_seq)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,46 +66,48 @@ def _check_label(event_id: str, slot: int, cost: float, probability: float) -> N
         )
 
 
-def _reward(event: TrainingEvent, slot: int) -> float:
+def _reward(event_id: str, rewards: Mapping[int, float], slot: int) -> float:
     try:
-        return float(event.rewards[slot])
+        return float(rewards[slot])
     except KeyError:
-        raise BadEvent(f"event {event.event_id!r} has no joined reward for slot {slot}") from None
+        raise BadEvent(f"event {event_id!r} has no joined reward for slot {slot}") from None
 
 
 def slot_examples(event: TrainingEvent) -> list[SlotExample]:
     """The examples of one event: one for a single decision, one per slot for a slate."""
-    ids = [str(a["id"]) for a in event.actions]
-    excluded = set(event.excluded)
+    record = event.record
+    event_id = record.event_id
+    ids = [str(a["id"]) for a in record.actions]
+    excluded = set(record.excluded)
     available = [i for i, action_id in enumerate(ids) if action_id not in excluded]
-    if not event.is_slate:
+    if not record.is_slate:
         try:
-            chosen = ids.index(event.chosen)
+            chosen = ids.index(record.chosen)
             label = available.index(chosen)
         except ValueError:
             raise BadEvent(
-                f"event {event.event_id!r}: chosen action {event.chosen!r} is not a candidate"
+                f"event {event_id!r}: chosen action {record.chosen!r} is not a candidate"
             ) from None
-        cost = -_reward(event, 0)
-        if len(event.pmf) != len(ids):
-            raise BadEvent(f"event {event.event_id!r}: pmf and actions differ in length")
-        probability = float(event.pmf[chosen])
-        _check_label(event.event_id, 0, cost, probability)
+        cost = -_reward(event_id, event.rewards, 0)
+        if len(record.pmf) != len(ids):
+            raise BadEvent(f"event {event_id!r}: pmf and actions differ in length")
+        probability = float(record.pmf[chosen])
+        _check_label(event_id, 0, cost, probability)
         return [SlotExample(tuple(available), label, cost, probability)]
     out = []
     position = {action_id: i for i, action_id in reversed(list(enumerate(ids)))}
-    for k, slot in enumerate(sorted(event.slots, key=lambda s: int(s["slot"]))):
+    for k, slot in enumerate(sorted(record.slots, key=lambda s: int(s["slot"]))):
         if int(slot["slot"]) != k:
-            raise BadEvent(f"event {event.event_id!r}: slots must be numbered 0..n-1")
+            raise BadEvent(f"event {event_id!r}: slots must be numbered 0..n-1")
         chosen = position.get(str(slot["action_id"]), -1)
         if chosen not in available:
             raise BadEvent(
-                f"event {event.event_id!r} slot {k}: action {slot['action_id']!r} "
+                f"event {event_id!r} slot {k}: action {slot['action_id']!r} "
                 "is not an available candidate"
             )
-        cost = -_reward(event, k)
+        cost = -_reward(event_id, event.rewards, k)
         probability = float(slot["probability"])
-        _check_label(event.event_id, k, cost, probability)
+        _check_label(event_id, k, cost, probability)
         out.append(SlotExample(tuple(available), available.index(chosen), cost, probability))
         available = [i for i in available if i != chosen]
     return out
@@ -154,13 +141,14 @@ class LineBuilder:
     def event_lines(self, event: TrainingEvent) -> list[list[str]]:
         """The multi-line VW examples of an event (see :func:`slot_examples`)."""
         examples = slot_examples(event)
-        actions = event.actions
+        record = event.record
+        actions = record.actions
         first = examples[0].candidates
         try:
             lines = dict(zip(first, map(self.action, [actions[i] for i in first]), strict=True))
         except (KeyError, TypeError, ValueError) as err:
-            raise BadEvent(f"event {event.event_id!r}: bad action: {err}") from None
-        shared = shared_line(event.context)
+            raise BadEvent(f"event {record.event_id!r}: bad action: {err}") from None
+        shared = shared_line(record.context)
         out = []
         for ex in examples:
             block = [shared]
@@ -171,9 +159,10 @@ class LineBuilder:
         return out
 
 
-# An event ready to learn: (event_id, decided_at, joined_at, its VW examples or the reason it
-# cannot be learned). Built in-process by `prepare` or by worker processes (learn.parallel).
-Prepared = tuple[str, datetime, datetime, list[list[str]] | str]
+# An event ready to learn: (event_id, decided_at, join_seq, joined_at, its VW examples or the
+# reason it cannot be learned). Built in-process by `prepare` or by worker processes
+# (learn.parallel).
+Prepared = tuple[str, datetime, int, datetime, list[list[str]] | str]
 
 
 def prepare(
@@ -186,7 +175,8 @@ def prepare(
                 blocks: list[list[str]] | str = builder.event_lines(event)
             except BadEvent as err:
                 blocks = str(err)
-            yield event.event_id, event.decided_at, event.joined_at, blocks
+            record = event.record
+            yield record.event_id, record.decided_at, event.join_seq, event.joined_at, blocks
     finally:
         close = getattr(events, "close", None)
         if close is not None:

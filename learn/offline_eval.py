@@ -7,14 +7,19 @@ intervals, the importance-weight diagnostics and the paired difference against t
 (logging) policy on the same events. See :mod:`learn.offline_eval_spec` for the targets.
 
 Time split: a registered version is evaluated only on events decided after its
-``trained_until``; a VW argument set is trained on ``[train_since, train_until)`` and evaluated
-on events decided at or after ``train_until``. Each target reports its own ``n``.
+``trained_until`` (for an online continuation, the end of its whole lineage's training data);
+a VW argument set is trained on ``[train_since, train_until)`` and evaluated on events decided
+at or after ``train_until``. Each target reports its own ``n``; when the evaluation window
+overlaps a target's training data, the events it was trained on are not scored for it and the
+result says so (``trained_on_in_window`` and ``warnings``); with fewer than 2 events left the
+target gets an ``error`` instead of estimates. A version without a recorded training window
+(``time_split: "unknown"``) is scored on every event, with a warning.
 
 Passes over the window: with DM/DR-type estimators, a first pass fits the cross-fitted reward
 model (:class:`learn.offline_eval_targets.RewardModel`); the last pass computes every target's
-pmf per event. Events joined after the run started are left out (``as_of``), so every pass reads
-the same events. :func:`learn.offline_eval_job.run_job` runs a stored `evaluations` row (the
-background job).
+pmf per event. Join batches committed after the run started are left out (the join_seq
+snapshot ``as_of_seq``), so every pass reads the same events.
+:func:`learn.offline_eval_job.run_job` runs a stored `evaluations` row (the background job).
 
 `learn` may not import `deploy` (DESIGN §2): the registry is passed in (``deploy.registry``).
 """
@@ -29,9 +34,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Engine
-
-from learn.events import EventWindow, count_training_events, iter_training_events
+from learn.events import EventWindow, count_training_events, iter_training_events, last_join_seq
 from learn.examples import BadEvent, TrainingEvent
 from learn.offline_eval_estimate import Accumulator, policy_result
 from learn.offline_eval_spec import EvaluationSpec, PolicySpec, SpecError, check_eval_vw_args
@@ -39,6 +42,7 @@ from learn.offline_eval_targets import EvalEvent, RewardModel, Target, eval_even
 from learn.train import train
 from log.evaluations import joined_decided_at
 from log.loops import LoopConfig, get_loop
+from log.schema import Engine
 from policies.vw import VWPolicy
 
 __all__ = [
@@ -157,7 +161,8 @@ def run_evaluation(
         raise LookupError(f"loop {loop!r} does not exist")
     config = stored.config
     spec = resolve_spec(engine, loop, spec, registry=registry)
-    window = EventWindow(joined_before=as_of, since=spec.since, until=spec.until)
+    as_of_seq = last_join_seq(engine, loop)
+    window = EventWindow(through_seq=as_of_seq, since=spec.since, until=spec.until)
     n_window = count_training_events(engine, loop, window)
     if n_window < 2:
         raise EvaluationError(
@@ -179,7 +184,7 @@ def run_evaluation(
                         joined_before=as_of,
                     )
                 until = split
-            trainings[p.name] = EventWindow(joined_before=as_of, since=p.train_since, until=until)
+            trainings[p.name] = EventWindow(through_seq=as_of_seq, since=p.train_since, until=until)
     n_train = {name: count_training_events(engine, loop, w) for name, w in trainings.items()}
     passes = 2 if spec.needs_q else 1
     progress = _Progress(on_progress, sum(n_train.values()) + passes * n_window)
@@ -221,6 +226,7 @@ def run_evaluation(
         {
             "loop": loop,
             "as_of": as_of.isoformat(),
+            "as_of_seq": as_of_seq,
             "exploration": {
                 "kind": config.exploration,
                 "epsilon": config.epsilon,
@@ -289,6 +295,26 @@ def _target(
     }
     target = Target(p.kind, policy=policy, explorer=explorer, cutoff=training.until, inclusive=True)
     return target, note
+
+
+def _note_time_split(note: dict[str, Any], trained_on: int) -> None:
+    """Say in a target's note how its training data and the evaluation window overlap."""
+    warnings: list[str] = []
+    split = note.get("time_split")
+    if split == "unknown":
+        warnings.append(
+            "the version has no recorded training window: it may have been trained on the "
+            "events it is evaluated on (no time split)"
+        )
+    elif split in ("after_trained_until", "after_train_until"):
+        note["trained_on_in_window"] = trained_on
+        if trained_on:
+            warnings.append(
+                f"the evaluation window overlaps the training data: {trained_on} events are not "
+                f"later than its time split ({note.get('eval_from')}) and are not scored"
+            )
+    if warnings:
+        note["warnings"] = warnings
 
 
 def _ticking(
@@ -380,6 +406,8 @@ def _score_and_estimate(
             f"slates, {skipped.bad} unusable): at least 2 are needed"
         )
     live = next(p.name for p in spec.policies if p.kind == "live")
+    for p in spec.policies:
+        _note_time_split(notes[p.name], n - acc.count(p.name))
     policies = [policy_result(p, acc, live, spec, notes[p.name]) for p in spec.policies]
     progress.flush("estimate")
     return {

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import time
 
-from sqlalchemy import Engine
-
 from learn.offline_eval import EvaluationError, ProgressFn, VersionRegistry, run_evaluation
 from learn.offline_eval_spec import EvaluationSpec, SpecError
 from log.evaluations import (
@@ -22,6 +20,7 @@ from log.evaluations import (
     get_evaluation,
     set_progress,
 )
+from log.schema import Engine
 
 __all__ = ["run_job"]
 

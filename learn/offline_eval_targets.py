@@ -67,25 +67,26 @@ class EvalEvent:
 
 def eval_event(event: TrainingEvent, slates: str = "skip") -> EvalEvent | None:
     """The event as a bandit event; None for a slate when `slates` is "skip". Raises BadEvent."""
-    if event.is_slate and slates != "slot0":
+    record = event.record
+    if record.is_slate and slates != "slot0":
         return None
-    eid = event.event_id
+    eid = record.event_id
     try:
-        ids = [str(a["id"]) for a in event.actions]
+        ids = [str(a["id"]) for a in record.actions]
     except (KeyError, TypeError) as err:
         raise BadEvent(f"event {eid!r}: bad action: {err}") from None
-    if len(event.pmf) != len(ids):
+    if len(record.pmf) != len(ids):
         raise BadEvent(f"event {eid!r}: pmf and actions differ in length")
-    excluded = set(event.excluded)
+    excluded = set(record.excluded)
     allowed = [i for i, action_id in enumerate(ids) if action_id not in excluded]
     try:
-        chosen = ids.index(event.chosen)
+        chosen = ids.index(record.chosen)
         action = allowed.index(chosen)
     except ValueError:
         raise BadEvent(
-            f"event {eid!r}: chosen action {event.chosen!r} is not a candidate"
+            f"event {eid!r}: chosen action {record.chosen!r} is not a candidate"
         ) from None
-    pmf = np.asarray([event.pmf[i] for i in allowed], dtype=np.float64)
+    pmf = np.asarray([record.pmf[i] for i in allowed], dtype=np.float64)
     if not np.all(np.isfinite(pmf)) or pmf.min() < 0.0 or abs(pmf.sum() - 1.0) > _PMF_TOLERANCE:
         raise BadEvent(f"event {eid!r}: the logged pmf is not a distribution over the candidates")
     pscore = float(pmf[action])
@@ -99,9 +100,9 @@ def eval_event(event: TrainingEvent, slates: str = "skip") -> EvalEvent | None:
         raise BadEvent(f"event {eid!r}: reward must be finite, got {reward!r}")
     return EvalEvent(
         event_id=eid,
-        decided_at=event.decided_at,
-        context=event.context,
-        candidates=tuple(event.actions[i] for i in allowed),
+        decided_at=record.decided_at,
+        context=record.context,
+        candidates=tuple(record.actions[i] for i in allowed),
         logged_pmf=pmf / pmf.sum(),
         action=action,
         pscore=pscore,

@@ -25,11 +25,10 @@ from collections.abc import Generator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine
-
-from learn.events import EventWindow, Key, Order, fetch_events, iter_key_chunks
+from learn.events import EventWindow, JoinedKey, Order, fetch_joined, iter_joined_keys
 from learn.examples import BadEvent, LineBuilder, Prepared
-from log.schema import make_engine
+from log.db import check_shareable, database_url
+from log.schema import Engine, make_engine
 
 __all__ = ["WorkerError", "iter_prepared"]
 
@@ -44,30 +43,31 @@ class WorkerError(RuntimeError):
 
 
 def _worker(url: str, loop: str, tasks: Any, results: Any, parent: int) -> None:
-    """Fetch and build each chunk of event ids received; answer {event_id: examples | error}.
+    """Fetch and build each chunk of event ids received; answer {event_id: (decided_at,
+    examples | error)}.
     Ends at the stop marker, or when the learner is gone (killed without cleaning up)."""
     try:
         engine = make_engine(url, pool_size=1)
         builder = LineBuilder()
-        with engine.connect() as conn:
-            while True:
-                try:
-                    ids = tasks.get(timeout=_ORPHAN_CHECK_S)
-                except queue.Empty:
-                    if os.getppid() != parent:
-                        break
-                    continue
-                if ids is _STOP:
+        while True:
+            try:
+                ids = tasks.get(timeout=_ORPHAN_CHECK_S)
+            except queue.Empty:
+                if os.getppid() != parent:
                     break
-                # decided_at/joined_at are the learner's business: the keys stay with it
-                events = fetch_events(conn, loop, [(i, _EPOCH, _EPOCH) for i in ids])
-                out: dict[str, list[list[str]] | str] = {}
-                for event in events:
-                    try:
-                        out[event.event_id] = builder.event_lines(event)
-                    except BadEvent as err:
-                        out[event.event_id] = str(err)
-                results.put(("ok", out))
+                continue
+            if ids is _STOP:
+                break
+            # join_seq/joined_at are the learner's business: the keys stay with it
+            events = fetch_joined(engine, loop, [(i, 0, _EPOCH) for i in ids])
+            out: dict[str, tuple[datetime, list[list[str]] | str]] = {}
+            for event in events:
+                record = event.record
+                try:
+                    out[record.event_id] = (record.decided_at, builder.event_lines(event))
+                except BadEvent as err:
+                    out[record.event_id] = (record.decided_at, str(err))
+            results.put(("ok", out))
         engine.dispose()
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the learner cleans up
         pass
@@ -88,10 +88,14 @@ def iter_prepared(
     processes (see the module docstring). Rows gone since the keys were read are left out."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    if engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
-        raise ValueError("workers need a database they can open too: not an in-memory SQLite")
+    try:
+        check_shareable(engine)
+    except ValueError:
+        raise ValueError(
+            "workers need a database they can open too: not an in-memory SQLite"
+        ) from None
     ctx = multiprocessing.get_context("spawn")
-    url = engine.url.render_as_string(hide_password=False)
+    url = database_url(engine)
     tasks = [ctx.Queue() for _ in range(workers)]
     results = [ctx.Queue() for _ in range(workers)]
     procs = [
@@ -105,9 +109,9 @@ def iter_prepared(
     ]
     for proc in procs:
         proc.start()
-    in_flight: deque[tuple[int, list[Key]]] = deque()
+    in_flight: deque[tuple[int, list[JoinedKey]]] = deque()
 
-    def receive(k: int, keys: list[Key]) -> Generator[Prepared, None, None]:
+    def receive(k: int, keys: list[JoinedKey]) -> Generator[Prepared, None, None]:
         w = k % workers
         while True:
             try:
@@ -120,23 +124,22 @@ def iter_prepared(
                     ) from None
         if status != "ok":
             raise WorkerError(f"training worker {w} failed:\n{payload}")
-        for event_id, decided_at, joined_at in keys:
-            blocks = payload.get(event_id)
-            if blocks is not None:
-                yield event_id, decided_at, joined_at, blocks
+        for event_id, join_seq, joined_at in keys:
+            built = payload.get(event_id)
+            if built is not None:
+                yield event_id, built[0], join_seq, joined_at, built[1]
 
     clean = False
     try:
-        with engine.connect() as conn:
-            chunks = iter_key_chunks(conn, loop, window, order=order, chunk_size=chunk_size)
-            try:
-                for k, keys in enumerate(chunks):
-                    tasks[k % workers].put([key[0] for key in keys])
-                    in_flight.append((k, keys))
-                    if len(in_flight) >= 2 * workers:
-                        yield from receive(*in_flight.popleft())
-            finally:
-                chunks.close()
+        chunks = iter_joined_keys(engine, loop, window, order=order, chunk_size=chunk_size)
+        try:
+            for k, keys in enumerate(chunks):
+                tasks[k % workers].put([key[0] for key in keys])
+                in_flight.append((k, keys))
+                if len(in_flight) >= 2 * workers:
+                    yield from receive(*in_flight.popleft())
+        finally:
+            chunks.close()
         while in_flight:
             yield from receive(*in_flight.popleft())
         for q in tasks:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from sqlalchemy import Engine
+from log.schema import Engine
 
 __all__ = ["ModelInfo", "Registry"]
 
@@ -29,6 +29,9 @@ class ModelInfo(Protocol):
 
     @property
     def checkpoint(self) -> datetime | None: ...
+
+    @property
+    def checkpoint_seq(self) -> int | None: ...
 
     def to_json(self) -> dict[str, object]: ...
 
@@ -53,5 +56,6 @@ class Registry(Protocol):
         trained_until: datetime | None = None,
         n_events: int = 0,
         checkpoint: datetime | None = None,
+        checkpoint_seq: int | None = None,
         promote_now: bool = False,
     ) -> ModelInfo: ...

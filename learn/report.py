@@ -298,13 +298,16 @@ def render_html(result: dict[str, Any]) -> str:
         out.append("<h2>Training data (time split)</h2>")
         out.append(
             _table(
-                ["policy", "time split", "evaluated from", "training"],
+                ["policy", "time split", "evaluated from", "training", "warnings"],
                 [
                     [
                         _e(p["name"]),
                         _e(p.get("time_split")),
                         _e(p.get("eval_from") or "–"),
                         _e(", ".join(f"{k}={v}" for k, v in p["training"].items())),
+                        f'<span class="bad">{_e("; ".join(p["warnings"]))}</span>'
+                        if p.get("warnings")
+                        else "–",
                     ]
                     for p in trained
                 ],

@@ -1,13 +1,13 @@
 """The scheduled learner (DESIGN §6): every interval, join due reward windows, then train.
 
 Each round, for every loop (all loops in the store when none are named): the joiner closes the
-windows that ended `settle_s` ago, then :func:`learn.train.learn_once` trains a candidate on
-the events joined up to that watermark. The service's own joiner runs concurrently (with
-watermark = its clock - `join_grace_s`): a join of its that is still committing must not slip
-under the new checkpoint, so `settle_s` (default: `join_grace_s` + 30 s) must exceed the
-service's join grace plus its longest join transaction. The events this round joins itself are
-learned in the same round. Rounds run one at a time in a worker thread; Ctrl-C stops the
-learner: a training in progress is abandoned at its next event and registers nothing.
+windows that ended `settle_s` ago (default: `join_grace_s` + 30 s), then
+:func:`learn.train.learn_once` trains a candidate on every join batch committed after the live
+version's `checkpoint_seq`: those of this round's join and those of the service's own joiners
+running concurrently. Join batches are numbered in commit order (join_seq), so a batch still
+committing while the learner reads is simply learned next round, never skipped. Rounds run
+one at a time in a worker thread; Ctrl-C stops the learner: a training in progress is
+abandoned at its next event and registers nothing.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from datetime import UTC, datetime, timedelta
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import Engine
 
 from learn.registry import Registry
 from learn.train import LearnResult, Mode, learn_once
 from log.joiner import join_loop
 from log.loops import get_loop, list_loops
+from log.schema import Engine
 
 __all__ = ["Stopped", "learn_round", "make_scheduler", "run_learner"]
 
@@ -91,7 +91,6 @@ def learn_round(
                 registry=registry,
                 mode=mode,
                 promote=promote,
-                joined_before=watermark,
                 progress=progress,
                 workers=workers,
                 on_event=check_stop if stop is not None else None,

@@ -1,11 +1,15 @@
 """Vowpal Wabbit training from joined events: online continuation and batch retraining.
 
-Online: the loop's live model continued on the events joined after its checkpoint (the join
-watermark), in (joined_at, event_id) order; without a live model, a fresh workspace with the
-loop's VW arguments. Batch: a fresh workspace trained on the events decided in [since, until),
-in (decided_at, event_id) order. Either way the result is registered as a candidate in one
-transaction (live directly with `promote`), or nothing is registered when there was nothing new.
-Interrupting training (an exception, Ctrl-C) registers nothing.
+Online: the loop's live model continued on the events joined after its `checkpoint_seq` (the
+commit-ordered join watermark, see :mod:`log.training_reads`), in (join_seq, event_id) order;
+without a live model, a fresh workspace with the loop's VW arguments. The new version's
+`checkpoint_seq` is the largest join_seq it read, so consecutive versions learn disjoint runs
+of join batches and none is ever skipped, whatever the hosts' clocks say; its training window
+covers its whole lineage (the registry widens it by the parent's). Batch: a fresh workspace
+trained on the events decided in [since, until), in (decided_at, event_id) order. Either way
+the result is registered as a candidate in one transaction (live directly with `promote`), or
+nothing is registered when there was nothing new. Interrupting training (an exception,
+Ctrl-C) registers nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Engine
 from tqdm import tqdm
 
 from learn.events import EventWindow, Order, count_training_events, iter_training_events
@@ -27,6 +30,7 @@ from learn.examples import LineBuilder, Prepared, TrainingEvent, prepare
 from learn.parallel import iter_prepared
 from learn.registry import ModelInfo, Registry
 from log.loops import get_loop
+from log.schema import Engine
 from policies.vw import VWPolicy
 
 __all__ = ["LearnResult", "Mode", "TrainStats", "learn_once", "train"]
@@ -48,7 +52,9 @@ class TrainStats:
     n_skipped: int = 0
     decided_from: datetime | None = None
     decided_until: datetime | None = None
-    # The largest join watermark seen (skipped events included: they are never retried).
+    # The largest join_seq seen (skipped events included: they are never retried), and the
+    # largest joined_at (informative: host clocks).
+    checkpoint_seq: int | None = None
     checkpoint: datetime | None = None
 
 
@@ -99,7 +105,9 @@ def learn_prepared(
         mininterval=0.5,
         smoothing=0.1,
     ) as bar:
-        for _event_id, decided, joined, blocks in prepared:
+        for _event_id, decided, seq, joined, blocks in prepared:
+            if stats.checkpoint_seq is None or seq > stats.checkpoint_seq:
+                stats.checkpoint_seq = seq
             if stats.checkpoint is None or joined > stats.checkpoint:
                 stats.checkpoint = joined
             pending += 1
@@ -158,6 +166,24 @@ class LearnResult:
         }
 
 
+def _resume_after(parent: ModelInfo | None) -> int | None:
+    """The join_seq online continuation of `parent` resumes after (None: from the start)."""
+    if parent is None:
+        return None
+    if parent.checkpoint_seq is not None:
+        return parent.checkpoint_seq
+    # registered before join_seq existed: it learned what was joined then, which carries no
+    # seq (reads as 0); everything with a seq is new to it
+    return 0 if parent.checkpoint is not None else None
+
+
+def _checkpoint_seq(parent: ModelInfo | None, stats: TrainStats) -> int | None:
+    """The largest join_seq the new version's lineage learned."""
+    parent_seq = None if parent is None else parent.checkpoint_seq
+    seqs = [s for s in (stats.checkpoint_seq, parent_seq) if s is not None]
+    return max(seqs) if seqs else None
+
+
 def learn_once(
     engine: Engine,
     loop: str,
@@ -167,7 +193,7 @@ def learn_once(
     promote: bool = False,
     since: datetime | None = None,
     until: datetime | None = None,
-    joined_before: datetime | None = None,
+    through_seq: int | None = None,
     progress: bool = True,
     chunk_size: int = 1000,
     workers: int = 0,
@@ -178,16 +204,16 @@ def learn_once(
     `registry` is ``deploy.registry`` (passed in: `learn` does not import `deploy`).
 
     `since`/`until` bound decided_at in batch mode (default: everything joined).
-    `joined_before` leaves out events joined later (the scheduled learner uses it so that a
-    join still committing cannot slip under the new checkpoint). `workers` > 0 reads and
-    builds the examples in that many processes (:mod:`learn.parallel`; the same model, faster
-    where cores are free). Raises LookupError for an unknown loop, ValueError for bad arguments.
+    `through_seq` leaves out the join batches after that join_seq (a fixed snapshot; without
+    it, everything committed when the keys are read). `workers` > 0 reads and builds the
+    examples in that many processes (:mod:`learn.parallel`; the same model, faster where cores
+    are free). Raises LookupError for an unknown loop, ValueError for bad arguments.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "online" and (since is not None or until is not None):
         raise ValueError("since/until apply to batch mode only (online resumes at the checkpoint)")
-    for name, value in (("since", since), ("until", until), ("joined_before", joined_before)):
+    for name, value in (("since", since), ("until", until)):
         if value is not None and value.tzinfo is None:
             raise ValueError(f"{name} must be a timezone-aware datetime, got {value.isoformat()}")
     if workers < 0:
@@ -202,19 +228,16 @@ def learn_once(
     parent: ModelInfo | None = None
     if mode == "online":
         parent = registry.live_version(engine, loop)
-        window = EventWindow(
-            joined_after=None if parent is None else parent.checkpoint,
-            joined_before=joined_before,
-        )
+        window = EventWindow(after_seq=_resume_after(parent), through_seq=through_seq)
     else:
-        window = EventWindow(joined_before=joined_before, since=since, until=until)
+        window = EventWindow(through_seq=through_seq, since=since, until=until)
     total = count_training_events(engine, loop, window) if progress else None
     if parent is not None:
         policy = VWPolicy(parent.vw_args, model=registry.load_artifact(engine, parent.version))
     else:
         policy = VWPolicy(stored.config.vw_args)
     try:
-        order: Order = "joined" if mode == "online" else "decided"
+        order: Order = "seq" if mode == "online" else "decided"
         prepared: Generator[Prepared, None, None]
         if workers > 0:
             prepared = iter_prepared(
@@ -255,6 +278,7 @@ def learn_once(
                 trained_until=stats.decided_until,
                 n_events=stats.n_events,
                 checkpoint=stats.checkpoint,
+                checkpoint_seq=_checkpoint_seq(parent, stats),
                 promote_now=promote,
             )
             message = (

@@ -109,8 +109,12 @@ def timestamp(when: datetime) -> str:
 
 
 def _candidates(d: LoggedDecision) -> tuple[list[dict[str, Any]], list[float]]:
-    excluded = set(d.excluded)
-    kept = [(a, p) for a, p in zip(d.actions, d.pmf, strict=True) if a["id"] not in excluded]
+    excluded = set(d.record.excluded)
+    kept = [
+        (a, p)
+        for a, p in zip(d.record.actions, d.record.pmf, strict=True)
+        if a["id"] not in excluded
+    ]
     return [a for a, _ in kept], [float(p) for _, p in kept]
 
 
@@ -121,7 +125,7 @@ def _context(
         {"a": {f"id={_clean(str(a['id']))}": 1.0, **vw_features(a.get("features") or {})}}
         for a in actions
     ]
-    c: dict[str, Any] = {"c": vw_features(d.context), "_multi": multi}
+    c: dict[str, Any] = {"c": vw_features(d.record.context), "_multi": multi}
     if slots is not None:
         c["_slots"] = [{"_id": str(k)} for k in range(slots)]
     return c
@@ -144,13 +148,13 @@ def _observations(d: LoggedDecision, slot: int, index: str | None) -> list[dict[
     out: list[dict[str, Any]] = []
     outcome = d.outcomes[slot]
     if not outcome.default_applied:
-        obs: dict[str, Any] = {"v": outcome.reward, "EventId": d.event_id}
+        obs: dict[str, Any] = {"v": outcome.reward, "EventId": d.record.event_id}
         if index is not None:
             obs["Index"] = index
         obs["ActionTaken"] = False
         out.append(obs)
-    if d.deferred and d.activated_at is not None:
-        act: dict[str, Any] = {"EventId": d.event_id}
+    if d.record.deferred and d.record.activated_at is not None:
+        act: dict[str, Any] = {"EventId": d.record.event_id}
         if index is not None:
             act["Index"] = index
         act["ActionTaken"] = True
@@ -161,7 +165,7 @@ def _observations(d: LoggedDecision, slot: int, index: str | None) -> list[dict[
 def cb_line(d: LoggedDecision) -> dict[str, Any]:
     """The ``--cb_explore_adf --dsjson`` line of a joined single decision (key order matters)."""
     actions, pmf = _candidates(d)
-    chosen = _index(actions, d.chosen, d.event_id)
+    chosen = _index(actions, d.record.chosen, d.record.event_id)
     order = _ranked(pmf, chosen)
     a = [i + 1 for i in order]
     p = [pmf[i] for i in order]
@@ -171,13 +175,13 @@ def cb_line(d: LoggedDecision) -> dict[str, Any]:
         "_label_Action": a[0],
         "_labelIndex": a[0] - 1,
         "o": _observations(d, 0, None),
-        "Timestamp": timestamp(d.decided_at),
+        "Timestamp": timestamp(d.record.decided_at),
         "Version": "1",
-        "EventId": d.event_id,
+        "EventId": d.record.event_id,
         "a": a,
         "c": _context(d, actions),
         "p": p,
-        "VWState": {"m": d.model_version},
+        "VWState": {"m": d.record.model_version},
     }
 
 
@@ -185,9 +189,9 @@ def ccb_line(d: LoggedDecision) -> dict[str, Any]:
     """The ``--ccb_explore_adf --dsjson`` line of a joined slate decision."""
     actions, pmf = _candidates(d)
     outcomes = []
-    for slot in sorted(d.slots, key=lambda s: int(s["slot"])):
+    for slot in sorted(d.record.slots, key=lambda s: int(s["slot"])):
         k = int(slot["slot"])
-        chosen = _index(actions, slot["action_id"], d.event_id)
+        chosen = _index(actions, slot["action_id"], d.record.event_id)
         if k == 0:
             order = _ranked(pmf, chosen)
             probs = [pmf[i] for i in order]
@@ -204,18 +208,18 @@ def ccb_line(d: LoggedDecision) -> dict[str, Any]:
             }
         )
     return {
-        "Timestamp": timestamp(d.decided_at),
+        "Timestamp": timestamp(d.record.decided_at),
         "Version": "1",
-        "EventId": d.event_id,
-        "c": _context(d, actions, slots=d.n_slots),
+        "EventId": d.record.event_id,
+        "c": _context(d, actions, slots=d.record.n_slots),
         "_outcomes": outcomes,
-        "VWState": {"m": d.model_version},
+        "VWState": {"m": d.record.model_version},
     }
 
 
 def dsjson_line(d: LoggedDecision) -> bytes:
     """One line (with its newline) for a joined decision."""
-    line = ccb_line(d) if d.is_slate else cb_line(d)
+    line = ccb_line(d) if d.record.is_slate else cb_line(d)
     return orjson.dumps(line) + b"\n"
 
 
@@ -250,5 +254,5 @@ def export_dsjson(
             fh.write(dsjson_line(d))
             stats.rows += 1
             stats.joined += 1
-            stats.slates += d.is_slate
+            stats.slates += d.record.is_slate
     return stats

@@ -72,20 +72,20 @@ def _json(value: Any) -> str:
 
 
 def _row(d: LoggedDecision) -> dict[str, Any]:
-    slots = sorted(d.slots, key=lambda s: int(s["slot"]))
+    slots = sorted(d.record.slots, key=lambda s: int(s["slot"]))
     first = d.outcomes.get(0)
     joined = d.joined
     return {
-        "loop": d.loop,
-        "event_id": d.event_id,
-        "decided_at": d.decided_at,
-        "model_version": d.model_version,
-        "context": _json(d.context),
-        "action_ids": [str(a["id"]) for a in d.actions],
-        "action_features": [_json(a.get("features") or {}) for a in d.actions],
-        "probabilities": [float(p) for p in d.pmf],
-        "excluded": list(d.excluded),
-        "chosen": d.chosen,
+        "loop": d.record.loop,
+        "event_id": d.record.event_id,
+        "decided_at": d.record.decided_at,
+        "model_version": d.record.model_version,
+        "context": _json(d.record.context),
+        "action_ids": [str(a["id"]) for a in d.record.actions],
+        "action_features": [_json(a.get("features") or {}) for a in d.record.actions],
+        "probabilities": [float(p) for p in d.record.pmf],
+        "excluded": list(d.record.excluded),
+        "chosen": d.record.chosen,
         "chosen_probability": float(slots[0]["probability"]),
         "slots": [
             {
@@ -99,8 +99,8 @@ def _row(d: LoggedDecision) -> dict[str, Any]:
         "reward": first.reward if first else None,
         "default_applied": first.default_applied if first else None,
         "joined": joined,
-        "deferred": d.deferred,
-        "activated": not d.deferred or d.activated_at is not None,
+        "deferred": d.record.deferred,
+        "activated": not d.record.deferred or d.record.activated_at is not None,
     }
 
 
@@ -128,7 +128,7 @@ def export_parquet(
             batch.append(row)
             stats.rows += 1
             stats.joined += row["joined"]
-            stats.slates += d.is_slate
+            stats.slates += d.record.is_slate
             if len(batch) >= batch_rows:
                 writer.write_table(pa.Table.from_pylist(batch, schema=SCHEMA))
                 batch = []

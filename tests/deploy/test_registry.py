@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select, update
+from sqlalchemy import exc as sa_exc
 
+import log.registry_store
 from decision_service import create_app
 from deploy.registry import (
     IntegrityError,
+    LiveVersionConflict,
     get_version,
     list_versions,
     live_version,
@@ -26,6 +31,8 @@ from log.models import DecisionRow, ModelRow
 from log.schema import make_engine, migrate
 from policies import VWPolicy
 from tests.conftest import make_settings
+
+HOUR = timedelta(hours=1)
 
 
 @pytest.fixture
@@ -81,12 +88,22 @@ def test_register_rejects(engine: Engine, kwargs: dict[str, object], match: str)
         register(engine, **args)  # type: ignore[arg-type]
 
 
-def test_interrupted_registration_leaves_nothing(engine: Engine) -> None:
-    with pytest.raises(RuntimeError, match="interrupted"), engine.begin() as conn:
-        register(engine, loop="default", kind="batch", vw_args="", artifact=b"abc", conn=conn)
+def test_interrupted_registration_leaves_nothing(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = register(engine, loop="default", kind="batch", vw_args="", artifact=b"v1")
+    promote(engine, live.version)
+
+    def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("interrupted")
+
+    # the row is inserted, then the transaction fails before it commits
+    monkeypatch.setattr(log.registry_store, "_set_live", broken)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        register(engine, loop="default", kind="batch", vw_args="", artifact=b"v2", promote_now=True)
     with engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(ModelRow)).scalar_one() == 0
+        assert conn.execute(select(func.count()).select_from(ModelRow)).scalar_one() == 1
+    assert live_version(engine, "default") == get_version(engine, live.version)
 
 
 def test_corrupted_artifact_is_refused(engine: Engine) -> None:
@@ -153,3 +170,137 @@ def test_hot_switch_under_concurrent_requests(db_url: str, tmp_path: Path) -> No
     # once switched, a worker never goes back
     first_new = versions.index(v1.version)
     assert set(versions[first_new + 4 * 2 :]) <= {v1.version}
+
+
+# --- lineage: an online version's training window covers its ancestors' (defect 8) ---------
+
+
+def test_training_window_covers_the_lineage(engine: Engine) -> None:
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    args: dict[str, Any] = {"loop": "default", "vw_args": "-q ca"}
+    v1 = register(
+        engine, kind="online", artifact=b"1", trained_from=t, trained_until=t + HOUR, **args
+    )
+    assert (v1.trained_from, v1.trained_until) == (t, t + HOUR)
+    # an increment of events joined late: decided before everything its parent learned
+    v2 = register(
+        engine,
+        kind="online",
+        artifact=b"2",
+        parent=v1.version,
+        trained_from=t - 2 * HOUR,
+        trained_until=t - HOUR,
+        **args,
+    )
+    assert (v2.trained_from, v2.trained_until) == (t - 2 * HOUR, t + HOUR)
+    v3 = register(
+        engine,
+        kind="online",
+        artifact=b"3",
+        parent=v2.version,
+        trained_from=t + 2 * HOUR,
+        trained_until=t + 3 * HOUR,
+        **args,
+    )
+    assert (v3.trained_from, v3.trained_until) == (t - 2 * HOUR, t + 3 * HOUR)
+    assert get_version(engine, v3.version) == v3
+    with pytest.raises(LookupError, match="parent version 'nope' does not exist"):
+        register(engine, kind="online", artifact=b"4", parent="nope", **args)
+    other = register(engine, loop="other", kind="batch", vw_args="", artifact=b"5")
+    with pytest.raises(LookupError, match="does not exist in loop 'default'"):
+        register(engine, kind="online", artifact=b"6", parent=other.version, **args)
+
+
+# --- at most one live version per loop (defect 9) ---------------------------------------------
+
+
+def _live(engine: Engine, loop: str = "default") -> list[str]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(ModelRow.version).where(ModelRow.loop == loop, ModelRow.status == "live")
+            ).scalars()
+        )
+
+
+def _race(n: int, call: Callable[[int], object]) -> tuple[list[object], list[BaseException]]:
+    """`call(i)` for i in range(n), all threads released at once."""
+    barrier = threading.Barrier(n)
+    results: list[object] = []
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results.append(call(i))
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors
+
+
+def test_concurrent_promotions_leave_one_live_version(engine: Engine) -> None:
+    n = 6
+    versions = [
+        register(engine, loop="default", kind="batch", vw_args="", artifact=bytes([i + 1]))
+        for i in range(n)
+    ]
+    register(engine, loop="other", kind="batch", vw_args="", artifact=b"o", promote_now=True)
+    for _ in range(3):
+        results, errors = _race(n, lambda i: promote(engine, versions[i].version))
+        # promotions of one loop are serialised: each succeeds in turn, the last one wins
+        assert not errors, errors
+        assert all(r.status == "live" for r in results)  # type: ignore[attr-defined]
+        live = _live(engine)
+        assert len(live) == 1
+        statuses = {v.status for v in list_versions(engine, "default")}
+        assert statuses == {"live", "retired"}
+        assert len(_live(engine, "other")) == 1
+    # registering live concurrently: the same
+    results, errors = _race(
+        n,
+        lambda i: register(
+            engine,
+            loop="default",
+            kind="online",
+            vw_args="",
+            artifact=bytes([100 + i]),
+            promote_now=True,
+        ),
+    )
+    assert not errors, errors
+    assert len(_live(engine)) == 1
+
+
+def test_the_database_refuses_a_second_live_version(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the promotion lock the unique index still holds: a promotion that loses the
+    race fails with a clear error and changes nothing; never two live versions."""
+    a = register(engine, loop="default", kind="batch", vw_args="", artifact=b"a")
+    b = register(engine, loop="default", kind="batch", vw_args="", artifact=b"b")
+    promote(engine, a.version)
+    with pytest.raises(sa_exc.IntegrityError), engine.begin() as conn:
+        conn.execute(update(ModelRow).where(ModelRow.version == b.version).values(status="live"))
+    assert _live(engine) == [a.version]
+
+    # two promotions racing without the lock (more would also deadlock on PostgreSQL)
+    monkeypatch.setattr(log.registry_store, "_lock_loop", lambda conn, loop: None)
+    versions = [
+        register(engine, loop="default", kind="batch", vw_args="", artifact=bytes([i + 1]))
+        for i in range(20)
+    ]
+    conflicts = 0
+    for k in range(0, 20, 2):
+        results, errors = _race(2, lambda i, k=k: promote(engine, versions[k + i].version))
+        assert all(isinstance(e, LiveVersionConflict) for e in errors), errors
+        assert all("became live concurrently" in str(e) for e in errors)
+        assert len(results) + len(errors) == 2 and results
+        assert len(_live(engine)) == 1
+        conflicts += len(errors)
+    print(f"unlocked promotion races: {conflicts} of 10 refused by the unique index")

@@ -12,6 +12,7 @@ from evaluation.simulator import Simulator
 from explore.types import Action
 from log.ops import Op
 from log.records import DecisionRecord, RewardRecord
+from log.training_reads import JoinedDecision
 from log.writer import GroupCommitWriter
 from policies.vw import VWPolicy
 
@@ -118,3 +119,29 @@ def greedy(policy: VWPolicy) -> Callable[[Any, Any], np.ndarray]:
         return out
 
     return fn
+
+
+def joined_event(**fields: Any) -> JoinedDecision:
+    """A joined decision from the record's fields that matter to training (the others get
+    neutral values) plus `rewards`, `join_seq` (default 1) and `joined_at` (default decided_at)."""
+    rewards = fields.pop("rewards")
+    join_seq = fields.pop("join_seq", 1)
+    decided_at = fields.get("decided_at", T0)
+    joined_at = fields.pop("joined_at", decided_at)
+    values: dict[str, Any] = {
+        "loop": "default",
+        "event_id": "e1",
+        "decided_at": decided_at,
+        "model_version": "untrained",
+        "policy_arm": "live",
+        "request_digest": "0" * 64,
+        "excluded": [],
+        "n_slots": len(fields.get("slots", [None])),
+        "is_slate": False,
+        "deferred": False,
+        "activated_at": None,
+        "reward_deadline": decided_at + timedelta(seconds=WAIT_S),
+        "response": {},
+    }
+    values.update(fields)
+    return JoinedDecision(DecisionRecord(**values), rewards, join_seq, joined_at)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime, timedelta
 
+import pytest
 from sqlalchemy import Engine
 
 from evaluation.simulator import Simulator, SimulatorConfig
 from learn import EventWindow, count_training_events, iter_training_events
+from learn.events import last_join_seq
 from log.joiner import join_loop
 from log.records import DecisionRecord, RewardRecord
 from log.writer import GroupCommitWriter
@@ -22,7 +24,7 @@ def _join(engine: Engine, now: datetime) -> None:
     join_loop(engine, LOOP, default_reward=0.0, aggregation="earliest", now=now)
 
 
-def test_only_joined_events_in_join_then_decision_order(
+def test_only_joined_events_in_join_seq_then_decision_order(
     engine: Engine, writer: GroupCommitWriter
 ) -> None:
     ops = sim_events(SIM, 30, seed=1)
@@ -47,11 +49,14 @@ def test_only_joined_events_in_join_then_decision_order(
     ]
     assert count_training_events(engine, LOOP) == 33
 
-    after_first = EventWindow(joined_after=deadline(19))
+    seqs = {e.event_id: e.join_seq for e in iter_training_events(engine, LOOP)}
+    assert {seqs[i] for i in first} == {1} and {seqs[i] for i in second} == {2}
+    after_first = EventWindow(after_seq=1)
     assert [e.event_id for e in iter_training_events(engine, LOOP, after_first)] == second
     assert count_training_events(engine, LOOP, after_first) == 13
-    before_second = EventWindow(joined_before=deadline(28))
-    assert [e.event_id for e in iter_training_events(engine, LOOP, before_second)] == first
+    through_first = EventWindow(through_seq=1)
+    assert [e.event_id for e in iter_training_events(engine, LOOP, through_first)] == first
+    assert last_join_seq(engine, LOOP) == 2 and last_join_seq(engine, "other") == 0
     decided = EventWindow(since=T0 + timedelta(seconds=5), until=T0 + timedelta(seconds=8))
     got = [e.event_id for e in iter_training_events(engine, LOOP, decided, order="decided")]
     assert got == ["e000005", "e000006", "e000007"]
@@ -68,8 +73,22 @@ def test_events_carry_the_logged_row_and_rewards(engine: Engine, writer: GroupCo
     assert len(small) == 40
     for ev in small:
         row = rows[ev.event_id]
-        assert ev.decided_at == row["decided_at"]
-        assert ev.joined_at == deadline(39)
-        for name in ("context", "actions", "pmf", "excluded", "chosen", "slots", "is_slate"):
-            assert getattr(ev, name) == row[name], name
+        # the record exactly as logged, every field
+        assert ev.record.row() == row
+        assert ev.decided_at == row["decided_at"] and ev.event_id == row["event_id"]
+        assert ev.joined_at == deadline(39) and ev.join_seq == 1
         assert ev.rewards == {s: float((ev.event_id, s) in clicked) for s in range(3)}
+
+
+def test_window_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="after_seq must be an int >= 0"):
+        EventWindow(after_seq=-1)
+    with pytest.raises(ValueError, match="since must be a timezone-aware datetime"):
+        EventWindow(since=datetime(2026, 1, 1))
+
+
+def test_order_and_chunk_size_are_checked(engine: Engine) -> None:
+    with pytest.raises(ValueError, match="order must be one of"):
+        iter_training_events(engine, LOOP, order="joined")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="chunk_size must be an int >= 1"):
+        iter_training_events(engine, LOOP, chunk_size=0)

@@ -11,6 +11,7 @@ import pytest
 from explore.types import Action
 from learn import BadEvent, LineBuilder, SlotExample, TrainingEvent, slot_examples
 from policies.vw_text import example_lines
+from tests.learn.helpers import joined_event
 
 T = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -31,7 +32,7 @@ def event(**overrides: Any) -> TrainingEvent:
         "rewards": {0: 1.0},
     }
     values.update(overrides)
-    return TrainingEvent(**values)
+    return joined_event(**values)
 
 
 SLATE: dict[str, Any] = {
@@ -100,7 +101,7 @@ def test_lines_are_the_serving_encoding() -> None:
         {"id": "three", "features": {}},
         {"id": "four", "features": {"n": 2.5}},
     ]
-    ev2 = replace(ev, actions=other)
+    ev2 = replace(ev, record=replace(ev.record, actions=other))
     expected2 = []
     for ex in slot_examples(ev2):
         cands = [Action(other[i]["id"], other[i]["features"]) for i in ex.candidates]

@@ -26,8 +26,8 @@ from log.joiner import join_loop
 from log.loops import LoopConfig, put_loop
 from log.models import OutcomeRow
 from log.writer import GroupCommitWriter
-from tests.learn.conftest import LOOP
-from tests.learn.helpers import T0, deadline, sim_events, write
+from tests.learn.conftest import LOOP, VW_ARGS
+from tests.learn.helpers import T0, deadline, joined_event, sim_events, write
 
 SIM = Simulator(SimulatorConfig(seed=3))
 N_TRAIN = 1500
@@ -327,7 +327,7 @@ def _event(**changes: Any) -> TrainingEvent:
         "rewards": {0: 1.0},
     }
     fields.update(changes)
-    return TrainingEvent(**fields)
+    return joined_event(**fields)
 
 
 def test_events_and_baseline_targets() -> None:
@@ -357,3 +357,61 @@ def test_events_and_baseline_targets() -> None:
             eval_event(_event(**changes))
     with pytest.raises(ValueError, match="needs a policy"):
         Target("model")
+
+
+def test_an_online_version_is_never_scored_on_its_ancestors_training_data(
+    engine: Engine, writer: GroupCommitWriter
+) -> None:
+    """Issue 7, defect 8: an online version's window covers its lineage, so the evaluation's
+    time split leaves out every event any ancestor learned, and says how many it left out."""
+    write(writer, sim_events(SIM, 300, seed=31))
+    _join(engine, 299)
+    v1 = learn_once(engine, LOOP, registry=registry, promote=True, progress=False).version
+    assert v1 is not None
+    # late events (decided a day earlier) joined after v1's checkpoint: v2 learns only them
+    day = timedelta(days=1)
+    write(writer, sim_events(SIM, 20, seed=32, prefix="late", start=T0 - day))
+    _join(engine, 299)
+    v2 = learn_once(engine, LOOP, registry=registry, progress=False).version
+    assert v2 is not None and v2.n_events == 20 and v2.parent == v1.version
+    assert (v2.trained_from, v2.trained_until) == (T0 - day, T0 + timedelta(seconds=299))
+    # new events, learned by no version
+    write(writer, sim_events(SIM, 300, seed=33, prefix="new", start=T0 + timedelta(seconds=300)))
+    _join(engine, 600)
+    manual = registry.register(
+        engine,
+        loop=LOOP,
+        kind="manual",
+        vw_args=VW_ARGS,
+        artifact=registry.load_artifact(engine, v2.version),
+    )
+
+    spec = EvaluationSpec(
+        policies=(
+            PolicySpec("model", name="v2", version=v2.version),
+            PolicySpec("model", name="manual", version=manual.version),
+        ),
+        estimators=("ips",),
+    )
+    result = run_evaluation(engine, LOOP, spec, registry=registry)
+    p = _by_name(result)
+    assert p["live"]["n"] == 620
+    assert p["v2"]["n"] == 300 and p["v2"]["eval_from"] == v2.trained_until.isoformat()
+    assert p["v2"]["trained_on_in_window"] == 320
+    assert "overlaps the training data: 320 events" in p["v2"]["warnings"][0]
+    assert p["v2"]["training"]["trained_from"] == (T0 - day).isoformat()
+    # no recorded training window: scored on everything, with a warning
+    assert p["manual"]["n"] == 620 and p["manual"]["time_split"] == "unknown"
+    assert "no recorded training window" in p["manual"]["warnings"][0]
+    page = render_html(result)
+    assert "overlaps the training data: 320 events" in page
+
+    # a window entirely inside the lineage's training data: refused for that policy
+    inside = EvaluationSpec(
+        policies=(PolicySpec("model", name="v2", version=v2.version),),
+        estimators=("ips",),
+        until=T0 + timedelta(seconds=200),
+    )
+    p = _by_name(run_evaluation(engine, LOOP, inside, registry=registry))
+    assert p["v2"]["n"] == 0 and p["v2"]["estimates"] == {}
+    assert "later than its training data" in p["v2"]["error"]

@@ -90,6 +90,6 @@ def test_interrupting_stops_the_workers(engine: Engine, writer: GroupCommitWrite
 def test_workers_need_a_shared_database() -> None:
     engine = make_engine("sqlite://")
     with pytest.raises(ValueError, match="not an in-memory SQLite"):
-        next(iter_prepared(engine, LOOP, EventWindow(), order="joined", chunk_size=10, workers=1))
+        next(iter_prepared(engine, LOOP, EventWindow(), order="seq", chunk_size=10, workers=1))
     with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
-        next(iter_prepared(engine, LOOP, EventWindow(), order="joined", chunk_size=10, workers=0))
+        next(iter_prepared(engine, LOOP, EventWindow(), order="seq", chunk_size=10, workers=0))

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import Engine
 
 import deploy.registry as registry
+import log.registry_store
 from evaluation.simulator import Simulator, SimulatorConfig
 from explore.types import Action
 from learn import iter_training_events, learn_once, train
@@ -67,6 +68,7 @@ def test_online_continuation_equals_one_pass(engine: Engine, writer: GroupCommit
     v1 = registry.live_version(engine, LOOP)
     assert v1 is not None and v1.version == first.version.version
     assert (v1.kind, v1.parent, v1.checkpoint) == ("online", None, deadline(299))
+    assert v1.checkpoint_seq == 1
     assert (v1.trained_from, v1.trained_until) == (T0, T0 + timedelta(seconds=299))
 
     _join(engine, deadline(n))
@@ -75,7 +77,9 @@ def test_online_continuation_equals_one_pass(engine: Engine, writer: GroupCommit
     v2 = registry.live_version(engine, LOOP)
     assert v2 is not None and v2.version == second.version.version
     assert (v2.parent, v2.checkpoint, v2.n_events) == (v1.version, deadline(n), 300)
-    assert v2.trained_from == T0 + timedelta(seconds=300)
+    assert v2.checkpoint_seq == 2
+    # the training window covers the lineage: v2's model has learned v1's events too
+    assert (v2.trained_from, v2.trained_until) == (T0, T0 + timedelta(seconds=n - 1))
 
     one_pass = VWPolicy(VW_ARGS)
     stats = train(one_pass, iter_training_events(engine, LOOP))
@@ -177,7 +181,7 @@ def test_failed_registration_leaves_nothing(
         raise RuntimeError("connection lost")
 
     # the version row is inserted, then the transaction fails before it commits
-    monkeypatch.setattr(registry, "_promote", broken)
+    monkeypatch.setattr(log.registry_store, "_set_live", broken)
     with pytest.raises(RuntimeError, match="connection lost"):
         learn_once(engine, LOOP, registry=registry, promote=True, progress=False)
     assert registry.list_versions(engine, LOOP) == []
@@ -208,7 +212,7 @@ def test_progress_bar_on_stderr(
             ValueError,
             "until must be a timezone-aware datetime, got 2026-01-01T00:00:00",
         ),
-        ({"joined_before": datetime(2026, 1, 1)}, ValueError, "joined_before must be"),
+        ({"through_seq": -1}, ValueError, "through_seq must be an int >= 0"),
     ],
 )
 def test_invalid_arguments(

@@ -154,24 +154,8 @@ def test_dsjson_round_trip_through_vw_learns_the_favourites(
 
 
 def _logged(event_id: str, row: dict[str, Any], reward: float) -> LoggedDecision:
-    return LoggedDecision(
-        loop=row["loop"],
-        event_id=event_id,
-        decided_at=row["decided_at"],
-        model_version=row["model_version"],
-        context=row["context"],
-        actions=row["actions"],
-        pmf=row["pmf"],
-        excluded=row["excluded"],
-        chosen=row["chosen"],
-        slots=row["slots"],
-        n_slots=row["n_slots"],
-        is_slate=row["is_slate"],
-        deferred=False,
-        activated_at=None,
-        joined_at=T0,
-        outcomes={0: SlotOutcome(reward, False)},
-    )
+    record = DecisionRecord.from_row({**row, "event_id": event_id})
+    return LoggedDecision(record, T0, 1, {0: SlotOutcome(reward, False)})
 
 
 def test_dsjson_features_hash_like_serving() -> None:
