@@ -1,4 +1,6 @@
-"""DESIGN §2: imports flow one way between our packages; nothing does I/O at import time."""
+"""DESIGN §2: imports flow one way between our packages; each third-party framework stays in
+the one package that owns it (the database libraries in `log`, the web stack in
+`decision_service`); nothing does I/O at import time."""
 
 from __future__ import annotations
 
@@ -22,18 +24,57 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 
+# Third-party packages only one of ours may import (benchmarks/ and tests/ are exempt).
+# Every import counts: at module level, inside functions, under TYPE_CHECKING.
+OWNER: dict[str, str] = {
+    "sqlalchemy": "log",
+    "psycopg": "log",
+    "psycopg2": "log",
+    "psycopg_pool": "log",
+    "alembic": "log",
+    "fastapi": "decision_service",
+    "pydantic": "decision_service",
+    "pydantic_settings": "decision_service",
+    "pydantic_core": "decision_service",
+    "starlette": "decision_service",
+    "uvicorn": "decision_service",
+}
+
+# Modules that still break the rule above, each with the owned packages it imports: to be
+# emptied. An entry that no longer breaks the rule fails the test (it must be removed).
+PENDING: dict[str, set[str]] = {
+    "decision_service/routes_evaluations.py": {"sqlalchemy"},
+}
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """The top-level names of every absolute import in the module at `path`."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
 def imported_packages(package: str) -> dict[str, set[str]]:
     """Our top-level packages imported by each module of `package`."""
+    return {
+        str(path.relative_to(ROOT)): (top_level_imports(path) & set(PACKAGES)) - {package}
+        for path in (ROOT / package).rglob("*.py")
+    }
+
+
+def misplaced_third_party() -> dict[str, set[str]]:
+    """Each module of ours importing a third-party package another package owns."""
     found: dict[str, set[str]] = {}
-    for path in (ROOT / package).rglob("*.py"):
-        tree = ast.parse(path.read_text(), filename=str(path))
-        names: set[str] = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names.update(alias.name.split(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.add(node.module.split(".")[0])
-        found[str(path.relative_to(ROOT))] = (names & set(PACKAGES)) - {package}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            bad = {n for n in top_level_imports(path) if OWNER.get(n, package) != package}
+            if bad:
+                found[str(path.relative_to(ROOT))] = bad
     return found
 
 
@@ -45,6 +86,31 @@ def test_imports_flow_one_way(package: str) -> None:
         if deps - ALLOWED[package]
     }
     assert not bad, f"{package} may import only {sorted(ALLOWED[package])}: {bad}"
+
+
+def test_third_party_frameworks_stay_in_their_package() -> None:
+    found = misplaced_third_party()
+    new = {m: sorted(bad - PENDING.get(m, set())) for m, bad in found.items()}
+    new = {m: bad for m, bad in new.items() if bad}
+    owners = {
+        owner: sorted(n for n, o in OWNER.items() if o == owner) for owner in set(OWNER.values())
+    }
+    assert not new, f"only their owner may import these {owners}: {new}"
+    stale = {m: sorted(names - found.get(m, set())) for m, names in PENDING.items()}
+    stale = {m: names for m, names in stale.items() if names}
+    assert not stale, f"no longer imported, remove from PENDING: {stale}"
+
+
+def test_the_rule_sees_every_kind_of_import(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "import sqlalchemy.orm as orm\n"
+        "if TYPE_CHECKING:\n    from fastapi import Request\n"
+        "def f():\n    from psycopg import sql\n"
+        "from . import relative\n"
+    )
+    assert top_level_imports(module) == {"typing", "sqlalchemy", "fastapi", "psycopg"}
 
 
 def test_importing_opens_no_database(tmp_path: Path) -> None:
