@@ -382,3 +382,45 @@ def test_a_rank_too_costly_for_the_loops_interactions_is_refused(
         ok = client.post("/v1/loops/cubic/rank", json={"context": small, "actions": actions})
         assert ok.status_code == 201, ok.text
     assert decision_count(sqlite_settings, "cubic") == 1
+
+
+def test_a_client_leaving_mid_body_is_not_an_error(
+    sqlite_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that disconnects while sending its body gets no answer (it is gone), and the
+    service logs no error for it."""
+    app = create_app(sqlite_settings)
+    sent: list[dict[str, Any]] = []
+    messages = iter(
+        [
+            {"type": "http.request", "body": b'{"actions": [', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/loops/default/rank",
+        "raw_path": b"/v1/loops/default/rank",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"t"), (b"content-type", b"application/json")],
+        "client": ("c", 1),
+        "server": ("t", 80),
+    }
+    with TestClient(app) as client, caplog.at_level(logging.INFO):
+        assert client.portal is not None
+        client.portal.call(app, scope, receive, send)
+    assert sent == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("client disconnected" in r.getMessage() for r in caplog.records)

@@ -127,3 +127,22 @@ def test_a_rank_within_the_budget_stays_fast(
         best = min(best, time.perf_counter() - t0)
     print(f"\n{args}: {n:,} features in {best * 1e3:.1f} ms")
     assert best < 0.1
+
+
+@pytest.mark.parametrize("terms", [(), ("ca",), ("cca",), ("ca", "aa"), ("ccc",)])
+def test_refuses_exactly_when_the_count_is_over_budget(terms: tuple[str, ...]) -> None:
+    """The quick bound never decides differently from the exact count."""
+    before = rank_budget()
+    try:
+        for n_context, n_features, n_actions in [(5, 3, 10), (30, 10, 200), (64, 1, 40)]:
+            ex = lines(n_context, n_features, n_actions)
+            exact = rank_features(terms, ex)
+            for budget in (exact - 1, exact, exact + 1):
+                configure_rank_budget(max(budget, 1))
+                if exact > max(budget, 1):
+                    with pytest.raises(InvalidInput):
+                        check_rank_cost(terms, ex)
+                else:
+                    check_rank_cost(terms, ex)
+    finally:
+        configure_rank_budget(before)
