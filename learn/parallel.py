@@ -16,6 +16,7 @@ it for large batches on a host with free cores, not for small online increments.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import queue
@@ -49,6 +50,7 @@ def _worker(url: str, loop: str, tasks: Any, results: Any, parent: int) -> None:
     try:
         engine = make_engine(url, pool_size=1)
         builder = LineBuilder()
+        gc.freeze()  # what exists now lives as long as the worker: never rescan it
         while True:
             try:
                 ids = tasks.get(timeout=_ORPHAN_CHECK_S)
