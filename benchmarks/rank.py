@@ -319,7 +319,6 @@ def run_service(args: argparse.Namespace, actions: int) -> dict[str, Any]:
             "DS_DATABASE_URL": url,
             "DS_DURABILITY": args.mode,
             "DS_SPOOL_DIR": spool,
-            "DS_DEFAULT_SEED": "12345",
         }
         if args.premigrate:
             premigrate(url)

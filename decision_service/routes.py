@@ -151,6 +151,9 @@ async def status(request: Request) -> Response:
                 "errors": stats.errors,
                 "last_error": stats.last_error,
                 "lost_fast_rows": stats.lost_fast_ops,
+                "refused_unverifiable": stats.refused_unverifiable,
+                "watermark": stats.watermark.isoformat() if stats.watermark else None,
+                "writer_id": service.writer.writer_id,
             },
             "loops": {name: rt.policy.version for name, rt in service.loops.loops.items()},
         }

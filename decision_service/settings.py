@@ -72,11 +72,6 @@ class Settings(BaseSettings):
         description="Memory budget (bytes, per worker) of the memo caches of the VW text "
         "encoding (least recently used entries are evicted; 0 disables them).",
     )
-    default_seed: int | None = Field(
-        None,
-        description="Deprecated and ignored: every loop, `default` included, gets a random "
-        "256-bit sampling key that no route shows.",
-    )
 
 
 @lru_cache(maxsize=1)

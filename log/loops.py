@@ -253,12 +253,8 @@ def put_loop(
     raise RuntimeError(f"could not store loop {name!r}: concurrent writers kept conflicting")
 
 
-def ensure_default_loop(engine: Engine, seed: int | None = None) -> None:
-    """The `default` loop exists from the first start, with a fresh random sampling key.
-
-    `seed` is ignored (deprecated: loops no longer have a public seed; kept so that callers
-    written for it keep working)."""
-    del seed
+def ensure_default_loop(engine: Engine) -> None:
+    """The `default` loop exists from the first start, with a fresh random sampling key."""
     if get_loop(engine, DEFAULT_LOOP) is None:
         try:
             put_loop(engine, DEFAULT_LOOP, LoopConfig())

@@ -82,7 +82,6 @@ def make_settings(db_url: str, tmp_path: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "database_url": db_url,
         "spool_dir": str(tmp_path / "spool"),
-        "default_seed": 7,
         "join_interval_s": 3600,
         "loop_refresh_s": 3600,
         "group_commit_ms": 1.0,

@@ -177,7 +177,6 @@ def service_env(database_url: str, spool_dir: Path, **extra: str) -> dict[str, s
             "DS_JOIN_INTERVAL_S": "1",
             "DS_JOIN_GRACE_S": "0.5",
             "DS_LOOP_REFRESH_S": "0.5",
-            "DS_DEFAULT_SEED": "7",
         }
     )
     env.update(extra)
