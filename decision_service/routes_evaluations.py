@@ -52,7 +52,6 @@ from pydantic import (
     StrictInt,
     ValidationError,
 )
-from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, Response
 
@@ -73,6 +72,7 @@ from log.evaluations import (
     list_evaluations,
 )
 from log.loops import get_loop
+from log.schema import Engine
 
 __all__ = ["REQUEST_MODELS", "EvaluationOut", "EvaluationRequest", "router", "spawn_job"]
 
