@@ -40,11 +40,6 @@ OWNER: dict[str, str] = {
     "uvicorn": "decision_service",
 }
 
-# Modules that still break the rule above, each with the owned packages it imports: to be
-# emptied. An entry that no longer breaks the rule fails the test (it must be removed).
-PENDING: dict[str, set[str]] = {}
-
-
 def top_level_imports(path: Path) -> set[str]:
     """The top-level names of every absolute import in the module at `path`."""
     tree = ast.parse(path.read_text(), filename=str(path))
@@ -87,16 +82,11 @@ def test_imports_flow_one_way(package: str) -> None:
 
 
 def test_third_party_frameworks_stay_in_their_package() -> None:
-    found = misplaced_third_party()
-    new = {m: sorted(bad - PENDING.get(m, set())) for m, bad in found.items()}
-    new = {m: bad for m, bad in new.items() if bad}
+    found = {m: sorted(bad) for m, bad in misplaced_third_party().items() if bad}
     owners = {
         owner: sorted(n for n, o in OWNER.items() if o == owner) for owner in set(OWNER.values())
     }
-    assert not new, f"only their owner may import these {owners}: {new}"
-    stale = {m: sorted(names - found.get(m, set())) for m, names in PENDING.items()}
-    stale = {m: names for m, names in stale.items() if names}
-    assert not stale, f"no longer imported, remove from PENDING: {stale}"
+    assert not found, f"only their owner may import these {owners}: {found}"
 
 
 def test_the_rule_sees_every_kind_of_import(tmp_path: Path) -> None:
