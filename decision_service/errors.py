@@ -3,7 +3,8 @@
 Every error answers ``{"error": {"code", "message"}}``. The packages raise the domain errors of
 `explore.errors` (never an HTTP status); `STATUS` below is the only map from those classes to
 statuses. 429 and 503 also say when to retry (``Retry-After``); a 413 closes the connection (the
-rest of the body is not read). Anything else that escapes a route is a bug: it is logged with its
+rest of the body is not read). A database that does not answer, wherever a route meets it, is a
+503 ``store_unavailable``. Anything else that escapes a route is a bug: it is logged with its
 traceback and answered as a JSON 500 ``internal_error`` (the connection stays open for the
 client's next request).
 """
@@ -35,6 +36,7 @@ from explore.errors import (
     Unauthorized,
     Unavailable,
 )
+from log.store import is_unreachable
 
 __all__ = [
     "STATUS",
@@ -157,11 +159,18 @@ class InternalErrors:
             await self.app(scope, receive, tracked)
         except ClientDisconnect:  # the client left mid-body: nobody to answer, nothing broken
             logger.info("client disconnected during %s %s", scope.get("method"), scope.get("path"))
-        except Exception:
-            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+        except Exception as err:
+            where = (scope.get("method"), scope.get("path"))
             if started:
+                logger.exception("error after the response started on %s %s", *where)
                 raise
-            response = error_response(500, "internal_error", INTERNAL_MESSAGE)
+            if is_unreachable(err):  # the store did not answer: not a bug; retrying is safe
+                logger.warning("store unreachable on %s %s: %s", *where, err)
+                unavailable = Unavailable("the event store is unreachable; retry shortly")
+                response = domain_error_response(unavailable)
+            else:
+                logger.exception("unhandled error on %s %s", *where)
+                response = error_response(500, "internal_error", INTERNAL_MESSAGE)
             await response(scope, receive, send)
 
 

@@ -38,6 +38,7 @@ from log.store import (
     find_event,
     get_stored_decision,
     get_stored_reward,
+    is_unreachable,
 )
 from log.writer import GroupCommitWriter
 
@@ -69,11 +70,37 @@ class Service:
         self.writer.start()
 
     async def start(self) -> None:
-        await run_in_threadpool(self.start_sync)
+        """Migrate, load the loops, register the writer. A worker that starts while the
+        database is unreachable (a restart during an outage) does not exit: it answers 503
+        until the database answers, retrying every `DS_START_RETRY_S`."""
+        try:
+            await run_in_threadpool(self.start_sync)
+        except Exception as err:
+            if not is_unreachable(err):
+                raise
+            logger.warning("the event store is unreachable at start-up; retrying: %s", err)
+            self._tasks = [asyncio.create_task(self._start_when_reachable())]
+            return
+        self._start_background()
+
+    def _start_background(self) -> None:
         self._tasks = [
             asyncio.create_task(self._every(self.settings.loop_refresh_s, self.loops.refresh)),
             asyncio.create_task(self._every(self.settings.join_interval_s, self.join_due)),
         ]
+
+    async def _start_when_reachable(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.start_retry_s)
+            try:
+                await run_in_threadpool(self.start_sync)
+            except Exception as err:
+                if not is_unreachable(err):
+                    logger.exception("start-up failed")
+                continue
+            logger.info("the event store answers: serving")
+            self._start_background()
+            return
 
     async def stop(self) -> None:
         for task in self._tasks:

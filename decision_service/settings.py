@@ -43,6 +43,13 @@ class Settings(BaseSettings):
         5.0, ge=0, description="Windows are closed this long after their deadline."
     )
     loop_refresh_s: float = Field(2.0, gt=0, description="How often workers re-read loops.")
+    start_retry_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="A worker started while the database is unreachable answers 503 and "
+        "retries its start-up this often.",
+    )
     gc_tuning: bool = Field(
         True, description="Freeze start-up objects and raise GC thresholds (serving latency)."
     )

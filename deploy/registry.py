@@ -19,6 +19,7 @@ import hashlib
 import secrets
 from datetime import UTC, datetime
 
+from explore.errors import NotFound
 from log.registry_store import (
     LiveVersionConflict,
     ModelRecord,
@@ -121,7 +122,9 @@ def register(
     if parent is not None:
         parent_version = get_model(engine, parent)
         if parent_version is None or parent_version.loop != loop:
-            raise LookupError(f"parent version {parent!r} does not exist in loop {loop!r}")
+            raise NotFound(
+                f"parent version {parent!r} does not exist in loop {loop!r}", "model_not_found"
+            )
     trained_from, trained_until = lineage_window(parent_version, trained_from, trained_until)
     now = datetime.now(UTC)
     digest = hashlib.sha256(artifact).hexdigest()
@@ -172,7 +175,7 @@ def load_artifact(engine: Engine, version: str) -> bytes:
     """The artifact bytes, checked against the stored sha256."""
     found = read_artifact(engine, version)
     if found is None:
-        raise LookupError(f"model version {version!r} does not exist")
+        raise NotFound(f"model version {version!r} does not exist", "model_not_found")
     data, sha256 = found
     if hashlib.sha256(data).hexdigest() != sha256:
         raise IntegrityError(f"artifact of {version!r} does not match its sha256")

@@ -50,8 +50,8 @@ class PayloadTooLarge(DomainError):
     default_code = "payload_too_large"
 
 
-class NotFound(DomainError):
-    """A loop, event, model or evaluation that does not exist (404)."""
+class NotFound(DomainError, LookupError):
+    """A loop, event, model or evaluation that does not exist (404). Also a LookupError."""
 
     default_code = "not_found"
 

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine, exc, insert, select, text, update
 
-from explore.errors import Conflict
+from explore.errors import Conflict, NotFound
 from log.models import ModelRow
 
 __all__ = [
@@ -155,7 +155,7 @@ def promote_model(engine: Engine, version: str, *, now: datetime) -> ModelRecord
             _take_write_lock(conn)
             found = _get(conn, version)
             if found is None:
-                raise LookupError(f"model version {version!r} does not exist")
+                raise NotFound(f"model version {version!r} does not exist", "model_not_found")
             _lock_loop(conn, found.loop)
             _set_live(conn, found.loop, version, now)
             stored = _get(conn, version)

@@ -22,6 +22,12 @@ class StoreUnreachable(Exception):
     """The database did not answer (connection refused, dropped, timed out)."""
 
 
+def is_unreachable(err: BaseException) -> bool:
+    """True when `err` says the database could not be reached (as opposed to a bug or a
+    refused statement): the request may be retried once it answers again."""
+    return isinstance(err, StoreUnreachable | exc.OperationalError | exc.InterfaceError)
+
+
 @dataclass(frozen=True)
 class EventInfo:
     """What the reward and activation routes need to know about a decision."""

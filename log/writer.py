@@ -144,7 +144,8 @@ class GroupCommitWriter:
         thread. Needs the database: a writer that cannot register must not acknowledge."""
         if self._thread is not None:
             return
-        self._lock_fd = self.spool.hold_writer_lock()
+        if self._lock_fd is None:
+            self._lock_fd = self.spool.hold_writer_lock()
         self._publish(force=True, raise_errors=True)
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()

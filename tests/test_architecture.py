@@ -40,6 +40,7 @@ OWNER: dict[str, str] = {
     "uvicorn": "decision_service",
 }
 
+
 def top_level_imports(path: Path) -> set[str]:
     """The top-level names of every absolute import in the module at `path`."""
     tree = ast.parse(path.read_text(), filename=str(path))

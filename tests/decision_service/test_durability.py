@@ -203,3 +203,37 @@ def test_reward_idempotency_key(db_url: str, tmp_path: Path) -> None:
         assert clash.status_code == 409 and clash.json()["error"]["code"] == "reward_conflict"
         assert client.post(url, json={"value": 1}).status_code == 202  # no key: a new reward
     assert counts(db_url)[1] == 2
+
+
+def test_a_worker_started_during_an_outage_waits_for_the_database(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A worker (re)started while the database is unreachable does not exit (uvicorn would
+    then stop every worker): it answers 503 and starts serving once the database answers."""
+    closed = "postgresql://postgres@127.0.0.1:9/test?connect_timeout=2"  # nothing listens
+    settings = make_settings(closed, tmp_path, start_retry_s=0.1)
+    with TestClient(create_app(settings)) as client:
+        for method, path in (("POST", "/v1/loops/default/rank"), ("GET", "/v1/loops")):
+            r = client.request(method, path, json=BODY if method == "POST" else None)
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "store_unavailable" and r.headers["retry-after"]
+        assert client.get("/v1/status").status_code == 200
+        service = client.app.state.service  # type: ignore[attr-defined]
+        good = make_engine(pg_url)  # the database answers (here: at another address)
+        service.engine = service.writer.engine = service.loops.engine = good
+        deadline = time.monotonic() + 20
+        while (r := client.post("/v1/loops/default/rank", json=BODY)).status_code == 503:
+            assert time.monotonic() < deadline, "the worker never started"
+            time.sleep(0.1)
+        assert r.status_code == 201
+    assert counts(pg_url)[0] == 1
+
+
+def test_reads_during_an_outage_answer_503(db_url: str, tmp_path: Path) -> None:
+    settings = make_settings(db_url, tmp_path)
+    with TestClient(create_app(settings)) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        with database_down(service, tmp_path):
+            for path in ("/v1/loops", "/v1/loops/default"):
+                r = client.get(path)
+                assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"

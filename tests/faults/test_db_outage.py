@@ -283,15 +283,17 @@ async def _kill_during_outage(svc: ServiceProcess, pg: ThrowawayPostgres, spool:
         gen.phase = "starting"
         await asyncio.to_thread(pg.start)
         outage = time.monotonic() - down
-        # a worker started while the database was down may have failed its start-up and
-        # taken the supervisor with it: the operator's answer is to start the service again
-        supervisor = "kept serving"
+        # the replacement worker started while the database was down: it must wait for the
+        # database (answering 503), never fail its start-up and take the supervisor with it
         try:
             await asyncio.to_thread(svc.wait_ready, 120)
+            supervisor = "kept serving"
         except RuntimeError:  # the supervisor exited
             code = svc.proc.returncode if svc.proc is not None else None
-            supervisor = f"exited ({code}): a worker failed its start-up; service restarted"
-            await asyncio.to_thread(svc.restart)
+            raise AssertionError(
+                f"the supervisor exited ({code}): a worker started during the outage failed "
+                f"its start-up\n{svc.log_tail()}"
+            ) from None
         run.say(f"uvicorn supervisor {supervisor}")
         gen.phase = "after"
         await asyncio.sleep(3.0)

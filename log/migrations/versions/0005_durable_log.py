@@ -71,6 +71,43 @@ def upgrade() -> None:
         sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     )
+    _backfill_join_seq()
+
+
+# Windows joined before this revision: one join_seq per distinct joined_at of a loop (a join run
+# stamped all its batches with one joined_at), in joined_at order; the clock continues after
+# the highest; a model's checkpoint (a joined_at) becomes the highest join_seq at or before it.
+_BACKFILL = (
+    """
+    UPDATE decisions SET join_seq = (
+      SELECT r.seq FROM (
+        SELECT loop, joined_at, DENSE_RANK() OVER (PARTITION BY loop ORDER BY joined_at) AS seq
+        FROM decisions WHERE joined_at IS NOT NULL
+      ) r WHERE r.loop = decisions.loop AND r.joined_at = decisions.joined_at LIMIT 1)
+    WHERE joined_at IS NOT NULL AND join_seq IS NULL
+    """,
+    """
+    UPDATE outcomes SET join_seq = (
+      SELECT d.join_seq FROM decisions d
+      WHERE d.loop = outcomes.loop AND d.event_id = outcomes.event_id)
+    WHERE join_seq IS NULL
+    """,
+    """
+    INSERT INTO join_clock (loop, seq)
+    SELECT loop, MAX(join_seq) FROM decisions WHERE join_seq IS NOT NULL GROUP BY loop
+    """,
+    """
+    UPDATE models SET checkpoint_seq = (
+      SELECT MAX(d.join_seq) FROM decisions d
+      WHERE d.loop = models.loop AND d.joined_at <= models.checkpoint)
+    WHERE checkpoint IS NOT NULL AND checkpoint_seq IS NULL
+    """,
+)
+
+
+def _backfill_join_seq() -> None:
+    for statement in _BACKFILL:
+        op.execute(sa.text(statement))
 
 
 def downgrade() -> None:
