@@ -177,7 +177,7 @@ class GroupCommitWriter:
 
     # -- submitting ------------------------------------------------------------------------
     def _put(self, ops: list[Op] | Callable[[datetime], list[Op]], waiter: Waiter) -> list[Op]:
-        if not self.running:
+        if self._thread is None:
             raise Unavailable("the write path is not running", "writer_stopped")
         with self._lock:
             if callable(ops):
