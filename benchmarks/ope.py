@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from evaluation import ESTIMATORS, INTERVALS, Diagnostics, EventStats, evaluate_many
+from evaluation.ope import BOUNDED_INTERVALS
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -74,8 +75,18 @@ def run(n_events: int, n_actions: int, interval: str, chunk: int, seed: int) -> 
     t0 = time.perf_counter()
     stats = EventStats.concatenate(parts)
     del parts
+    # Bernstein and cs need a priori bounds (and leave out the self-normalised estimators,
+    # which have none): rewards are Bernoulli, and 10% uniform logging caps every weight at
+    # 1 / (0.1 / n_actions).
+    bounded = interval in BOUNDED_INTERVALS
     estimates = evaluate_many(
-        list(ESTIMATORS), stats=stats, interval=interval, alpha=0.05, seed=seed
+        None if bounded else list(ESTIMATORS),
+        stats=stats,
+        interval=interval,
+        alpha=0.05,
+        seed=seed,
+        reward_range=(0.0, 1.0) if bounded else None,
+        weight_bound=10.0 * n_actions if bounded else None,
     )
     diag = Diagnostics.from_weights(stats.weight)
     elapsed += time.perf_counter() - t0
