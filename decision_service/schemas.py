@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
+from log.deploy_settings import AUTO_LEVELS, DEPLOY_BOUNDS
 from log.loops import AGGREGATIONS, BOUNDS, MAX_VW_ARGS_CHARS, STRATEGIES
 
 Number = StrictInt | StrictFloat
@@ -58,6 +59,110 @@ def _bounded(default: float, name: str, description: str) -> Any:
     )
 
 
+def _deploy(default: Any, section: str, name: str, description: str) -> Any:
+    """A deploy setting (log.deploy_settings), its bound documented and enforced the same way."""
+    lo, hi = DEPLOY_BOUNDS[(section, name)]
+    return Field(
+        default,
+        description=f"{description} In [{lo:.10g}, {hi:.10g}].",
+        json_schema_extra={"minimum": lo, "maximum": hi},
+    )
+
+
+class GateIn(_Body):
+    """The promotion gate's criteria (every field optional)."""
+
+    confidence: Number = _deploy(0.95, "gate", "confidence", "Confidence level of the gate.")
+    margin: Number = _deploy(
+        0.0, "gate", "margin", "The lower bound of (candidate - live) must exceed this."
+    )
+    min_events: StrictInt = _deploy(
+        1000, "gate", "min_events", "Fewest held-out events before a candidate can pass."
+    )
+    min_ess: Number = _deploy(200.0, "gate", "min_ess", "Smallest effective sample size.")
+    max_weight: Number = _deploy(
+        1000.0, "gate", "max_weight", "Largest importance weight allowed on the held-out events."
+    )
+    min_support: Number = _deploy(
+        0.99,
+        "gate",
+        "min_support",
+        "Smallest share of the candidate's probability on actions the logging policy could serve.",
+    )
+    max_events: StrictInt = _deploy(
+        1_000_000, "gate", "max_events", "A candidate undecided after this many is rejected."
+    )
+    sequential: StrictBool = Field(
+        True,
+        description="Anytime-valid confidence sequence (repeated looks as data arrive) instead "
+        "of a one-look interval.",
+    )
+    guardrails: dict[str, Number] = Field(
+        default_factory=dict,
+        description="Guardrail metric (a reward's `metric`, e.g. report) -> the largest increase "
+        "of its rate allowed, in [0, 1]. At most 8.",
+    )
+
+
+class RolloutIn(_Body):
+    """How far candidates move without a gatekeeper, and the canary's split and analysis."""
+
+    auto: str = Field(
+        "canary",
+        description="Furthest state the learner moves a candidate that passed the gate to.",
+        json_schema_extra={"enum": list(AUTO_LEVELS)},
+    )
+    canary_percent: Number = _deploy(
+        10.0, "rollout", "canary_percent", "Share of traffic (%) a canary serves."
+    )
+    shadow_min_events: StrictInt = _deploy(
+        1000, "rollout", "shadow_min_events", "Shadowed decisions before a shadow moves on."
+    )
+    canary_min_events: StrictInt = _deploy(
+        1000, "rollout", "canary_min_events", "Canary decisions before a canary may go live."
+    )
+    confidence: Number = _deploy(
+        0.95, "rollout", "confidence", "Confidence of the canary's sequential A/B analysis."
+    )
+    auto_rollback: StrictBool = Field(
+        True, description="Roll a canary back when it is significantly worse or trips a guardrail."
+    )
+
+
+class LearnerIn(_Body):
+    """The learner's schedule for the loop."""
+
+    freshness_s: Number = _deploy(
+        60.0,
+        "learner",
+        "freshness_s",
+        "Seconds between freshness updates of the live model (0: off).",
+    )
+    freshness_min_events: StrictInt = _deploy(
+        100, "learner", "freshness_min_events", "Fewest new joined events for a freshness update."
+    )
+    collapse_ratio: Number = _deploy(
+        0.5,
+        "learner",
+        "collapse_ratio",
+        "A freshness update whose served-distribution entropy falls below this share of the "
+        "previous version's is refused.",
+    )
+    candidate_interval_s: Number = _deploy(
+        3600.0, "learner", "candidate_interval_s", "Seconds between candidate trainings."
+    )
+    train_window_s: Number = _deploy(
+        604800.0, "learner", "train_window_s", "Candidates learn the events of this last window."
+    )
+    holdout_fraction: Number = _deploy(
+        0.3, "learner", "holdout_fraction", "Newest share of the window held out for the gate."
+    )
+    candidates: list[str] = Field(
+        default_factory=list,
+        description="VW argument sets trained as candidates (batch), at most 8.",
+    )
+
+
 class LoopConfigIn(_Body):
     """Every field optional; PUT replaces the configuration (missing fields take defaults).
     The loop's sampling key is the server's secret: it cannot be set and is never shown."""
@@ -88,6 +193,9 @@ class LoopConfigIn(_Body):
         "--cb_type, learning rate, regularisation, -b <= 24, ...).",
         json_schema_extra={"maxLength": MAX_VW_ARGS_CHARS},
     )
+    gate: GateIn = Field(default_factory=GateIn, description="The promotion gate's criteria.")
+    rollout: RolloutIn = Field(default_factory=RolloutIn, description="The rollout policy.")
+    learner: LearnerIn = Field(default_factory=LearnerIn, description="The learner's schedule.")
 
 
 # ----------------------------------------------------------------------------------- responses
@@ -155,6 +263,9 @@ class LoopConfigOut(BaseModel):
     min_reward: float
     max_reward: float
     vw_args: str
+    gate: GateIn
+    rollout: RolloutIn
+    learner: LearnerIn
 
 
 class LoopCounts(BaseModel):

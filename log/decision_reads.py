@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 DEFAULT_YIELD_PER = 1000
-JSON_FIELDS = frozenset(("context", "actions", "pmf", "excluded", "slots", "response"))
+JSON_FIELDS = frozenset(("context", "actions", "pmf", "excluded", "slots", "response", "shadow"))
 _TABLE = DecisionRow.__table__
 
 
@@ -79,7 +79,8 @@ def record_from_row(row: Any) -> DecisionRecord:
     values = list(row)
     loads = orjson.loads
     for i in _JSON_AT:
-        values[i] = loads(values[i])
+        value = values[i]
+        values[i] = None if value is None else loads(value)
     if len(values) != _N_COLUMNS:
         del values[_N_COLUMNS:]
     return DecisionRecord(*values)

@@ -23,6 +23,13 @@ from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from explore.sampling import check_sampling_key, new_sampling_key
+from log.deploy_settings import (
+    GateSettings,
+    LearnerSettings,
+    RolloutSettings,
+    section_json,
+    settings_from_json,
+)
 from log.models import Loop
 
 __all__ = [
@@ -94,6 +101,10 @@ class LoopConfig:
     min_reward: float = -1.0
     max_reward: float = 1.0
     vw_args: str = "-q ca --cb_type mtr"
+    # Deploy settings (log.deploy_settings): the gate's criteria, the rollout policy, the learner.
+    gate: GateSettings = field(default_factory=GateSettings)
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
+    learner: LearnerSettings = field(default_factory=LearnerSettings)
     # The secret key of the loop's sampling (32 bytes): never shown by any route, never set over
     # HTTP. repr=False keeps it out of logs and tracebacks.
     sampling_key: bytes = field(default_factory=new_sampling_key, repr=False)
@@ -122,10 +133,16 @@ class LoopConfig:
         check_sampling_key(self.sampling_key, "sampling_key")
         if not isinstance(self.extra, dict):
             raise ValueError("extra must be an object")
+        for name, cls in _SECTIONS.items():  # nested sections may be given as JSON objects
+            object.__setattr__(self, name, settings_from_json(cls, getattr(self, name), name))
 
     def to_json(self) -> dict[str, Any]:
         """The public configuration (what routes return): no sampling key, no `extra`."""
-        return {name: getattr(self, name) for name in PUBLIC_FIELDS}
+        return {
+            name: section_json(value) if name in _SECTIONS else value
+            for name in PUBLIC_FIELDS
+            for value in (getattr(self, name),)
+        }
 
     def storage_json(self) -> dict[str, Any]:
         """Everything, for the `loops` table: the public fields, the key (hex) and `extra`."""
@@ -144,6 +161,11 @@ class LoopConfig:
         return cls(**known)
 
 
+_SECTIONS: dict[str, Any] = {
+    "gate": GateSettings,
+    "rollout": RolloutSettings,
+    "learner": LearnerSettings,
+}
 PUBLIC_FIELDS = tuple(f.name for f in fields(LoopConfig) if f.name not in ("sampling_key", "extra"))
 
 

@@ -93,6 +93,12 @@ class DecisionRow(Base):
     joined_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The join batch that closed the window: commit-ordered per loop (see log/joiner.py).
     join_seq: Mapped[int | None] = mapped_column(BigInteger)
+    # The probability of the arm (live or canary) that served it: 1 without a canary split.
+    arm_probability: Mapped[float] = mapped_column(
+        Float, nullable=False, server_default=text("1.0")
+    )
+    # The shadow candidate's {"version", "pmf"} scored beside the served decision, never served.
+    shadow: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     __table_args__ = (
         Index(
@@ -120,6 +126,8 @@ class RewardRow(Base):
     value: Mapped[float] = mapped_column(Float, nullable=False)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     late: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    # "" for the reward; otherwise the name of a guardrail metric ("report", "hide"...).
+    metric: Mapped[str] = mapped_column(String(64), nullable=False, server_default=text("''"))
 
     __table_args__ = (Index("ix_rewards_loop_event", "loop", "event_id"),)
 
@@ -138,6 +146,8 @@ class OutcomeRow(Base):
     decided_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     joined_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     join_seq: Mapped[int | None] = mapped_column(BigInteger)
+    # Per guardrail metric, how many of its signals were received inside the window.
+    guardrails: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_outcomes_loop_decided", "loop", "decided_at"),)
 
@@ -164,16 +174,24 @@ class ModelRow(Base):
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    # The share of traffic (percent) a canary version serves.
+    canary_percent: Mapped[float | None] = mapped_column(Float)
+    # The version that was live when this version's lineage became live (rollback target).
+    replaced: Mapped[str | None] = mapped_column(String(ID_LEN))
+    live_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         Index("ix_models_loop_status", "loop", "status"),
-        # at most one live version per loop, enforced by the database
-        Index(
-            "ux_models_one_live",
-            "loop",
-            unique=True,
-            sqlite_where=text("status = 'live'"),
-            postgresql_where=text("status = 'live'"),
+        # at most one live, one canary and one shadow version per loop, enforced by the database
+        *(
+            Index(
+                f"ux_models_one_{status}",
+                "loop",
+                unique=True,
+                sqlite_where=text(f"status = '{status}'"),
+                postgresql_where=text(f"status = '{status}'"),
+            )
+            for status in ("live", "canary", "shadow")
         ),
     )
 
@@ -244,3 +262,90 @@ class WriterRow(Base):
     watermark: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+
+class GateVerdictRow(Base):
+    """One verdict of the promotion gate on a candidate: passed or not, why, and every number."""
+
+    __tablename__ = "gate_verdicts"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    loop: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    version: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    incumbent: Mapped[str | None] = mapped_column(String(ID_LEN))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    # 1 for the first check of this candidate, 2 for the next... (sequential looks)
+    look: Mapped[int] = mapped_column(Integer, nullable=False)
+    passed: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    criteria: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    numbers: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+
+    __table_args__ = (Index("ix_gate_verdicts_loop_version", "loop", "version", "at"),)
+
+
+class ApiKeyRow(Base):
+    """An API key: only a hash of its secret is stored. `loops` NULL: every loop."""
+
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    loops: Mapped[list[str] | None] = mapped_column(JSON)
+    secret_hash: Mapped[str] = mapped_column(String(128), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    created_by: Mapped[str | None] = mapped_column(String(ID_LEN))
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_by: Mapped[str | None] = mapped_column(String(ID_LEN))
+
+
+class AuditRow(Base):
+    """Append-only (database triggers refuse UPDATE and DELETE): who did what, when, why."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    actor: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    role: Mapped[str | None] = mapped_column(String(16))
+    loop: Mapped[str | None] = mapped_column(String(ID_LEN))
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    target: Mapped[str | None] = mapped_column(String(ID_LEN))
+    reason: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+
+    __table_args__ = (Index("ix_audit_log_loop_seq", "loop", "seq"),)
+
+
+class AlarmRow(Base):
+    """An alarm of a loop: firing until cleared."""
+
+    __tablename__ = "alarms"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    loop: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    kind: Mapped[str] = mapped_column(String(64), nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    raised_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    message: Mapped[str] = mapped_column(Text, nullable=False)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+
+    __table_args__ = (Index("ix_alarms_loop_state", "loop", "state"),)
+
+
+class LearnerStateRow(Base):
+    """The learner's per-loop state: the freshness track (stopped by a failed safety check
+    until a gatekeeper resumes it) and when each track last ran."""
+
+    __tablename__ = "learner_state"
+
+    loop: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    freshness_stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    freshness_reason: Mapped[str | None] = mapped_column(Text)
+    last_freshness_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_candidate_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)

@@ -32,6 +32,8 @@ _PG_TYPES = {
     "activated_at": "timestamptz",
     "reward_deadline": "timestamptz",
     "response": "json",
+    "arm_probability": "float8",
+    "shadow": "json",
 }
 assert tuple(_PG_TYPES) == DECISION_COLUMNS, "keep _PG_TYPES in the order of DecisionRecord"
 _JSON = frozenset(name for name, kind in _PG_TYPES.items() if kind == "json")
@@ -43,13 +45,17 @@ def _dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
+def _json_or_none(value: Any) -> Json | None:
+    return None if value is None else Json(value, dumps=_dumps)
+
+
 def _write_rows(cur: Any, table: str, records: list[DecisionRecord]) -> None:
     with cur.copy(f"COPY {table} ({_NAMES}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(_TYPES)
         for rec in records:
             copy.write_row(
                 [
-                    Json(getattr(rec, name), dumps=_dumps) if name in _JSON else getattr(rec, name)
+                    _json_or_none(getattr(rec, name)) if name in _JSON else getattr(rec, name)
                     for name in DECISION_COLUMNS
                 ]
             )

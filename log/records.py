@@ -79,6 +79,13 @@ class DecisionRecord:
     activated_at: datetime | None
     reward_deadline: datetime | None  # None while a deferred decision waits for activation
     response: dict[str, Any]
+    # The probability that this decision was served by its arm (`policy_arm`: "live" or
+    # "canary"): the canary's share, or 1 - share, during a canary split; 1 otherwise. `pmf` is
+    # the arm's distribution, i.e. the probability of each action given the arm.
+    arm_probability: float = 1.0
+    # The shadow candidate scored beside the served decision (never served):
+    # {"version": ..., "pmf": [...] aligned with `actions`}; None without a shadow.
+    shadow: dict[str, Any] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -90,8 +97,9 @@ class DecisionRecord:
 
     @classmethod
     def from_row(cls, row: Any) -> DecisionRecord:
-        """From any mapping with the column names (a row's `_mapping`, a spooled dict)."""
-        return cls(**{name: row[name] for name in DECISION_COLUMNS})
+        """From any mapping with the column names (a row's `_mapping`, a spooled dict; lines
+        spooled before a field existed take its default)."""
+        return cls(**{name: row[name] for name in DECISION_COLUMNS if name in row})
 
 
 DECISION_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(DecisionRecord))
@@ -109,6 +117,9 @@ class RewardRecord:
     value: float
     received_at: datetime
     late: bool
+    # "" for the reward itself; the name of a guardrail metric (negative feedback such as
+    # "report" or "hide", declared in the loop's gate settings) otherwise.
+    metric: str = ""
 
     def row(self) -> dict[str, Any]:
         return {
@@ -119,6 +130,7 @@ class RewardRecord:
             "value": self.value,
             "received_at": self.received_at,
             "late": self.late,
+            "metric": self.metric,
         }
 
     @classmethod
@@ -131,6 +143,7 @@ class RewardRecord:
             float(row["value"]),
             row["received_at"],
             bool(row["late"]),
+            str(row.get("metric") or ""),
         )
 
 

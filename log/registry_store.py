@@ -65,6 +65,9 @@ class ModelRecord:
     status: str
     created_at: datetime
     updated_at: datetime
+    canary_percent: float | None = None
+    replaced: str | None = None
+    live_since: datetime | None = None
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = asdict(self)

@@ -36,6 +36,14 @@ def test_concurrent_migrations(db_url: str) -> None:
     assert {"loops", "decisions", "rewards", "outcomes", "models", "alembic_version"} <= tables
 
 
+def _row_0004(event_id: str) -> dict[str, object]:
+    """A decisions row as revision 0004 had it (later revisions added columns)."""
+    row = decision_rec(event_id).row()
+    for later in ("arm_probability", "shadow"):  # revision 0006
+        del row[later]
+    return row
+
+
 def test_upgrade_numbers_earlier_joins_and_checkpoints(db_url: str) -> None:
     """Revision 0005 gives windows joined before it a join_seq (one per join run, in order),
     continues the clock after them, and turns a model's checkpoint into a checkpoint_seq, so an
@@ -45,7 +53,7 @@ def test_upgrade_numbers_earlier_joins_and_checkpoints(db_url: str) -> None:
     runs = [T0 + timedelta(minutes=m) for m in (10, 20, 30)]
     with engine.begin() as conn:
         for i in range(6):
-            row = decision_rec(f"e{i}").row()
+            row = _row_0004(f"e{i}")
             row["joined_at"] = runs[i // 2]
             conn.execute(DecisionRow.__table__.insert().values(**row))
             conn.execute(
@@ -60,7 +68,7 @@ def test_upgrade_numbers_earlier_joins_and_checkpoints(db_url: str) -> None:
                     joined_at=runs[i // 2],
                 )
             )
-        conn.execute(DecisionRow.__table__.insert().values(**decision_rec("open").row()))
+        conn.execute(DecisionRow.__table__.insert().values(**_row_0004("open")))
         conn.execute(
             ModelRow.__table__.insert().values(
                 version="v1",
