@@ -11,11 +11,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, text, update
 
 from log.models import AlarmRow
 
-__all__ = ["ALARM_STATES", "Alarm", "clear_alarms", "list_alarms", "raise_alarm"]
+__all__ = [
+    "ALARM_STATES",
+    "Alarm",
+    "clear_alarms",
+    "list_alarms",
+    "raise_alarm",
+    "raise_alarm_once",
+]
 
 ALARM_STATES = ("firing", "cleared")
 MAX_LIST = 500
@@ -135,3 +142,35 @@ def list_alarms(
             stmt.order_by(AlarmRow.raised_at.desc(), AlarmRow.id).limit(limit)
         ).all()
     return [_alarm(r) for r in rows]
+
+
+def raise_alarm_once(
+    engine: Engine,
+    *,
+    loop: str,
+    kind: str,
+    version: str,
+    message: str,
+    at: datetime,
+    details: dict[str, Any] | None = None,
+) -> Alarm | None:
+    """Raise an alarm of `kind` about model `version` unless one is already firing (the same
+    problem seen again at the next look, or after a restart). Returns the new alarm or None."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "sqlite":  # writer from the start: the check below holds
+            conn.execute(text("UPDATE alarms SET state = state WHERE 0 = 1"))
+        firing = conn.execute(
+            select(AlarmRow.details).where(
+                AlarmRow.loop == loop, AlarmRow.kind == kind, AlarmRow.state == "firing"
+            )
+        ).all()
+        if any((row[0] or {}).get("version") == version for row in firing):
+            return None
+        return raise_alarm(
+            conn,
+            loop=loop,
+            kind=kind,
+            message=message,
+            at=at,
+            details={**(details or {}), "version": version},
+        )

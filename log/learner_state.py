@@ -37,6 +37,8 @@ FRESHNESS_ALARM = "freshness_stopped"
 TRACKS = ("freshness", "candidates", "rollout")
 MAX_RUNS = 20
 """How many run summaries the state keeps (newest first)."""
+QUIET_OUTCOMES = ("waiting", "idle")
+"""Outcomes of runs that did nothing: repeated, only the newest is kept."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,15 @@ def _ensure_row(conn: Connection, loop: str) -> None:
 def _runs_with(conn: Connection, loop: str, run: LearnerRun) -> dict[str, Any]:
     row = conn.execute(select(LearnerStateRow.details).where(LearnerStateRow.loop == loop)).first()
     details = dict((row[0] if row is not None else None) or {})
-    runs = [run.to_json(), *details.get("runs", [])][:MAX_RUNS]
+    runs = list(details.get("runs", []))
+    if (
+        run.outcome in QUIET_OUTCOMES
+        and runs
+        and runs[0].get("track") == run.track
+        and runs[0].get("outcome") == run.outcome
+    ):
+        runs = runs[1:]  # a track that keeps waiting keeps one summary, the newest
+    runs = [run.to_json(), *runs][:MAX_RUNS]
     details["runs"] = runs
     return details
 
@@ -188,7 +198,6 @@ def stop_freshness(
     """Stop the loop's freshness track: the stop, its alarm and its audit row (actor
     "learner") in one transaction. Returns the alarm, or None when the track was already
     stopped (nothing changes then)."""
-    run = LearnerRun("freshness", at, "stopped", message, details=details)
     with engine.begin() as conn:
         _ensure_row(conn, loop)
         changed = conn.execute(
@@ -198,7 +207,6 @@ def stop_freshness(
                 freshness_stopped_at=at,
                 freshness_reason=reason,
                 last_freshness_at=at,
-                details=_runs_with(conn, loop, run),
             )
         ).rowcount
         if not changed:
