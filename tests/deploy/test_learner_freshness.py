@@ -22,7 +22,7 @@ from log.alarms import list_alarms
 from log.audit import read_audit
 from log.learner_state import get_learner_state, record_run
 from log.learner_versions import LiveVersionChanged, swap_in_continuation
-from log.loops import get_loop
+from log.loops import StoredLoop, get_loop
 from log.registry_store import ModelRecord
 from log.schema import make_engine, migrate
 from log.writer import GroupCommitWriter
@@ -58,7 +58,7 @@ def writer(engine: Engine, tmp_path: Path) -> Iterator[GroupCommitWriter]:
     w.stop()
 
 
-def _stored(engine: Engine):  # type: ignore[no-untyped-def]
+def _stored(engine: Engine) -> StoredLoop:
     stored = get_loop(engine, LOOP)
     assert stored is not None
     return stored
@@ -261,7 +261,9 @@ def test_a_continuation_is_not_stored_when_live_changed_meanwhile(
 EPS = make_explorer("epsilon_greedy", epsilon=0.2)
 
 
-def _events(new: list[list[float]], live: list[list[float]], rewards: list[float], action: int = 0):  # type: ignore[no-untyped-def]
+def _events(
+    new: list[list[float]], live: list[list[float]], rewards: list[float], action: int = 0
+) -> list[SampleEvent]:
     return [
         SampleEvent(np.asarray(n), np.asarray(l_), action, 1.0 / len(n), r)
         for n, l_, r in zip(new, live, rewards, strict=True)
