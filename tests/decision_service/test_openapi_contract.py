@@ -83,12 +83,16 @@ EXPECTED = {
     ("get", "/v1/loops/{loop}/evaluations"): {"200", "404", "422"},
     ("get", "/v1/loops/{loop}/evaluations/{evaluation_id}"): {"200", "404"},
     ("get", "/v1/loops/{loop}/evaluations/{evaluation_id}/report"): {"200", "404", "409"},
+    ("get", "/v1/loops/{loop}/learner"): {"200", "404", "422"},
+    ("get", "/v1/loops/{loop}/alarms"): {"200", "404", "422"},
+    ("post", "/v1/loops/{loop}/freshness/resume"): {"200", "400", "404", "409", "413", "422"},
 }  # fmt: skip
 BODIES = {
     ("put", "/v1/loops/{loop}"): "LoopConfigIn",
     ("post", "/v1/loops/{loop}/rank"): "RankRequest",
     ("post", "/v1/loops/{loop}/events/{event_id}/reward"): "RewardRequest",
     ("post", "/v1/loops/{loop}/evaluations"): "EvaluationRequest",
+    ("post", "/v1/loops/{loop}/freshness/resume"): "ResumeRequest",
 }
 
 
