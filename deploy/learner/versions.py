@@ -5,14 +5,16 @@ freshness continuations (live at once, their parent retired, audited), each in o
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from deploy.registry import ModelVersion, lineage_window, new_version_id
+from deploy.rollout import TransitionRequest, plan_transition
 from learn.train import Trained
 from log.audit import AuditEntry
-from log.learner_versions import LiveVersionChanged, store_candidate, swap_in_continuation
-from log.registry_store import ModelRecord
+from log.learner_versions import LiveVersionChanged, store_candidate
+from log.registry_store import LoopModels, ModelRecord, RolloutPlan, register_model
 from log.schema import Engine
 
 __all__ = ["LEARNER", "LiveVersionChanged", "register_candidate", "swap_in"]
@@ -75,37 +77,31 @@ def swap_in(
     engine: Engine,
     trained: Trained,
     *,
-    parent: ModelVersion | None,
+    parent: ModelVersion,
     now: datetime,
     reason: str,
     details: dict[str, Any],
 ) -> ModelVersion:
-    """Register a freshness continuation of `parent` (the live version it was trained from;
-    None when the loop had none) and make it live, retiring `parent`, with its audit row
-    ("model.live", track "freshness"), in one transaction. Raises LiveVersionChanged when the
-    live version is no longer `parent` (nothing is stored)."""
+    """Register a freshness continuation of `parent` (the live version it was trained from)
+    and make it live, retiring `parent`, with its audit row ("model.live", track "freshness",
+    actor "learner"), in one transaction serialised per loop (the rollout planner of
+    `deploy.rollout`: a continuation of the live version needs no gate verdict and inherits its
+    `replaced`). Raises LiveVersionChanged when the live version is no longer `parent`
+    (nothing is stored)."""
     record, artifact = _record(trained, kind="online", parent=parent, now=now)
-    audit = AuditEntry(
-        at=now,
-        actor=LEARNER,
-        action="model.live",
-        loop=record.loop,
-        target=record.version,
-        reason=reason,
-        details={
-            "from": None,
-            "to": "live",
-            "track": "freshness",
-            "override": False,
-            "retired": None if parent is None else parent.version,
-            **details,
-        },
+    record = replace(record, replaced=parent.replaced)
+    request = TransitionRequest(
+        to="live", actor=LEARNER, role=None, reason=reason, at=now, details=details
     )
-    return swap_in_continuation(
-        engine,
-        record,
-        artifact,
-        expected_live=None if parent is None else parent.version,
-        audit=audit,
-        now=now,
-    )
+
+    def planner(state: LoopModels) -> RolloutPlan:
+        live = state.live
+        if live is None or live.version != parent.version:
+            raise LiveVersionChanged(
+                f"the live version of loop {record.loop!r} is "
+                f"{None if live is None else live.version!r}, not {parent.version!r}: the "
+                "continuation was not stored"
+            )
+        return plan_transition(state, request)
+
+    return register_model(engine, record, artifact, planner=planner)
