@@ -31,7 +31,6 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from deploy.ab import analyse_canary
 from deploy.gate import check_candidate, latest_gate_verdict
 from deploy.learner.faults import Faults
 from deploy.learner.versions import LEARNER
@@ -136,6 +135,8 @@ class _Rollout:
         return latest.decision
 
     def canary(self, canary: ModelVersion) -> None:
+        from deploy.ab import analyse_canary
+
         loop = self.stored.name
         analysis = analyse_canary(self.engine, loop, settings=self.settings)
         numbers = _analysis_json(analysis)
