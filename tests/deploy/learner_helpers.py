@@ -80,3 +80,41 @@ def recent(minutes: float) -> datetime:
 
 def actions(engine: Engine, loop: str = LOOP) -> list[str]:
     return [e.action for e in read_audit(engine, loop=loop, limit=1000)]
+
+
+def replay_statuses(engine: Engine, loop: str = LOOP) -> dict[str, str]:
+    """Each version's status as the audit log tells it (its model.* rows, in order)."""
+    statuses: dict[str, str] = {}
+    for entry in read_audit(engine, loop=loop, limit=1000):
+        if not entry.action.startswith("model.") or entry.target is None:
+            continue
+        if entry.action == "model.rollback":
+            statuses[entry.target] = "retired"
+            statuses[entry.details["restored"]] = "live"
+            continue
+        statuses[entry.target] = entry.details["to"]
+        retired = entry.details.get("retired")
+        if retired:
+            statuses[retired] = "retired"
+    return statuses
+
+
+def check_store(engine: Engine, loop: str = LOOP) -> None:
+    """What a kill must never break: every version whole (its artifact matches its sha256),
+    at most one live, one canary and one shadow version, every status the audit log's (every
+    status change has its audit row and every audit row its change), a stopped freshness track
+    exactly when its alarm fires."""
+    import deploy.registry as registry
+    from log.alarms import list_alarms
+    from log.learner_state import get_learner_state
+
+    versions = registry.list_versions(engine, loop)
+    for v in versions:
+        registry.load_artifact(engine, v.version)  # raises IntegrityError on a mismatch
+    for status in ("live", "canary", "shadow"):
+        assert sum(v.status == status for v in versions) <= 1, status
+    audited = replay_statuses(engine, loop)
+    assert {v.version: v.status for v in versions} == audited
+    state = get_learner_state(engine, loop)
+    firing = [a for a in list_alarms(engine, loop, state="firing") if a.kind == "freshness_stopped"]
+    assert state.freshness_stopped == bool(firing)
