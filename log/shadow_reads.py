@@ -70,15 +70,7 @@ def shadow_counts(engine: Engine, loop: str, version: str) -> ShadowCounts:
                 func.max(DecisionRow.decided_at),
             ).where(*_shadowed(loop, version))
         ).one()
-    first, last = row[2], row[3]
-    # aggregates lose the column type on SQLite: read them through it
-    if isinstance(first, str):
-        processor = DecisionRow.__table__.c.decided_at.type.process_result_value
-        first, last = (
-            processor(datetime.fromisoformat(first), None),
-            processor(datetime.fromisoformat(last), None),
-        )
-    return ShadowCounts(int(row[0]), int(row[1]), first, last)
+    return ShadowCounts(int(row[0]), int(row[1]), row[2], row[3])
 
 
 def iter_shadowed(

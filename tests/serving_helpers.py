@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ from sqlalchemy import Engine, update
 
 from deploy.registry import register
 from explore import Action, make_explorer
-from log.models import ModelRow
+from log.models import ModelRow, WriterRow
 from policies import VWPolicy
 from tests.decision_service.test_propensity import asgi_post
 
@@ -101,24 +101,40 @@ def model_pmf(
     return out
 
 
-def rank_many(
-    client: TestClient, loop: str, bodies: Sequence[dict[str, Any]]
+def post_many(
+    client: TestClient, requests: Sequence[tuple[str, dict[str, Any]]], expected: int
 ) -> list[dict[str, Any]]:
-    """POST every body to the loop's rank route, 64 at a time, inside the app's event loop."""
-    path = f"/v1/loops/{loop}/rank"
+    """POST every (path, body), 64 at a time, inside the app's event loop (the TestClient's
+    portal, where its lifespan runs), so the writer groups the commits."""
 
     async def run() -> list[dict[str, Any]]:
         gate = asyncio.Semaphore(64)
 
-        async def one(body: dict[str, Any]) -> dict[str, Any]:
+        async def one(path: str, body: dict[str, Any]) -> dict[str, Any]:
             async with gate:
                 status, raw = await asgi_post(client.app, path, orjson.dumps(body))
-            assert status == 201, raw
+            assert status == expected, raw
             data: dict[str, Any] = orjson.loads(raw)
             return data
 
-        return list(await asyncio.gather(*(one(b) for b in bodies)))
+        return list(await asyncio.gather(*(one(p, b) for p, b in requests)))
 
     portal = client.portal
     assert portal is not None
     return portal.call(run)
+
+
+def rank_many(
+    client: TestClient, loop: str, bodies: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """POST every body to the loop's rank route (201 each)."""
+    return post_many(client, [(f"/v1/loops/{loop}/rank", b) for b in bodies], 201)
+
+
+def join_later(client: TestClient, hours: float) -> None:
+    """Run the joiner as if `hours` had passed (the writers' watermarks moved there too)."""
+    service = client.app.state.service  # type: ignore[attr-defined]
+    later = datetime.now(UTC) + timedelta(hours=hours)
+    with service.engine.begin() as conn:
+        conn.execute(update(WriterRow).values(watermark=later))
+    service.join_due(later)
