@@ -23,12 +23,12 @@ from datetime import datetime, timedelta
 import deploy.registry as registry
 from deploy.learner.faults import Faults
 from deploy.learner.versions import register_candidate
-from deploy.registry import list_versions
 from learn.events import EventWindow, count_training_events
 from learn.train import train_version
 from log.evaluations import joined_decided_at
 from log.learner_state import LearnerRun, LearnerState
 from log.loops import StoredLoop
+from log.registry_store import list_models
 from log.schema import Engine
 from policies import check_vw_args
 
@@ -84,7 +84,7 @@ def run_candidates(
     if window is None:
         return LearnerRun("candidates", now, "idle", "too few joined events in the window")
     since, until, n_train, n_holdout = window
-    busy = {v.vw_args for v in list_versions(engine, loop) if v.status in IN_ROLLOUT}
+    busy = {v.vw_args for v in list_models(engine, loop, statuses=IN_ROLLOUT)}
     registered: list[str] = []
     refused: dict[str, str] = {}
     waiting: list[str] = []

@@ -16,9 +16,10 @@ from there:
    look). "worse" or "guardrail": an alarm ("canary_rolled_back", or "canary_worse" without
    `rollout.auto_rollback`) and, with `auto_rollback`, the canary is rejected with the
    analysis' numbers (live was serving the rest all along: rejecting it IS the rollback). Not
-   worse and at least `rollout.canary_min_events` canary decisions: it goes live when
-   `rollout.auto` is "live" or a gatekeeper approved it (an audit row `model.approve` on the
-   version); a gatekeeper may also move it live through the API at any time.
+   worse and at least `rollout.canary_min_events` joined decisions served by the canary: it goes
+   live when
+   `rollout.auto` is "live". Otherwise a gatekeeper's approval (a transition to live through
+   the API, which needs the passed gate verdict) is what makes it live.
 
 The alarm of an automatic rollback is raised before the transition that rejects the canary,
 and not raised twice for one version: a kill between the two leaves the alarm, and the next
@@ -31,52 +32,31 @@ import logging
 from datetime import datetime
 from typing import Any
 
+from deploy.ab import analyse_canary
 from deploy.gate import check_candidate, latest_gate_verdict
+from deploy.learner.candidates import IN_ROLLOUT
 from deploy.learner.faults import Faults
 from deploy.learner.versions import LEARNER
-from deploy.registry import ModelVersion, list_versions
+from deploy.registry import ModelVersion
 from deploy.rollout import transition
 from log.alarms import raise_alarm_once
-from log.audit import read_audit
 from log.deploy_settings import AUTO_LEVELS
 from log.learner_state import LearnerRun
 from log.loops import StoredLoop
-from log.rollout_counts import count_canary, count_shadowed
+from log.registry_store import list_models
+from log.rollout_counts import count_shadowed
 from log.schema import Engine
 
-__all__ = ["APPROVE_ACTION", "approved", "run_rollout"]
+__all__ = ["ROLLBACK_ALARM", "WORSE_ALARM", "run_rollout"]
 
 logger = logging.getLogger(__name__)
 
-APPROVE_ACTION = "model.approve"
-"""The audit action of a gatekeeper's approval of a version for live."""
 ROLLBACK_ALARM = "canary_rolled_back"
 WORSE_ALARM = "canary_worse"
 
 
 def _level(auto: str) -> int:
     return AUTO_LEVELS.index(auto)
-
-
-def approved(engine: Engine, loop: str, version: str) -> bool:
-    """Whether a gatekeeper approved `version` for live (an audit row `model.approve`)."""
-    after = 0
-    while True:
-        page = read_audit(engine, loop=loop, after_seq=after, limit=1000)
-        if any(e.action == APPROVE_ACTION and e.target == version for e in page):
-            return True
-        if len(page) < 1000:
-            return False
-        after = page[-1].seq or after
-
-
-def _analysis_json(analysis: Any) -> dict[str, Any]:
-    to_json = getattr(analysis, "to_json", None)
-    if callable(to_json):
-        out = to_json()
-        if isinstance(out, dict):
-            return out
-    return {"decision": getattr(analysis, "decision", None)}
 
 
 class _Rollout:
@@ -135,11 +115,9 @@ class _Rollout:
         return latest.decision
 
     def canary(self, canary: ModelVersion) -> None:
-        from deploy.ab import analyse_canary
-
         loop = self.stored.name
         analysis = analyse_canary(self.engine, loop, settings=self.settings)
-        numbers = _analysis_json(analysis)
+        numbers = analysis.to_json()
         decision = analysis.decision
         self.steps.append({"version": canary.version, "analysis": decision})
         if decision in ("worse", "guardrail"):
@@ -161,27 +139,22 @@ class _Rollout:
             if self.settings.auto_rollback:
                 self.move(canary, "rejected", message, {"analysis": numbers, "auto_rollback": True})
             return
-        served = count_canary(self.engine, loop, canary.version, since=canary.updated_at)
+        served = analysis.n_canary  # joined decisions the canary served
         if served < self.settings.canary_min_events:
             return
-        auto_live = self.settings.auto == "live"
-        if auto_live or approved(self.engine, loop, canary.version):
-            why = "rollout.auto is live" if auto_live else "a gatekeeper approved it"
+        if self.settings.auto == "live":
             self.move(
                 canary,
                 "live",
-                f"canary not worse than live after {served} decisions ({decision}); {why}",
+                f"canary not worse than live after {served} decisions ({decision}); "
+                "rollout.auto is live",
                 {"analysis": numbers, "canary_decisions": served},
             )
 
     def run(self) -> LearnerRun:
         loop = self.stored.name
         level = _level(self.settings.auto)
-        versions = [
-            v
-            for v in list_versions(self.engine, loop)
-            if v.status in ("candidate", "shadow", "canary")
-        ]
+        versions = list_models(self.engine, loop, statuses=IN_ROLLOUT)
         shadow = next((v for v in versions if v.status == "shadow"), None)
         canary = next((v for v in versions if v.status == "canary"), None)
         for candidate in (v for v in versions if v.status == "candidate"):

@@ -4,8 +4,9 @@ loop's rollout.auto allows; a failing candidate is rejected."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,12 @@ from deploy.gate import verdicts_of
 from deploy.learner.candidates import run_candidates
 from deploy.learner.faults import Faults
 from deploy.learner.progress import run_rollout
+from log.alarms import list_alarms
 from log.audit import read_audit
+from log.joiner import join_loop
 from log.loops import StoredLoop, get_loop
-from log.records import DecisionRecord
-from log.rollout_counts import count_canary, count_shadowed
+from log.records import DecisionRecord, RewardRecord
+from log.rollout_counts import count_shadowed
 from log.schema import make_engine, migrate
 from log.writer import GroupCommitWriter
 from tests.deploy.learner_helpers import LOOP, SIM, configure, log_joined, recent
@@ -188,11 +191,129 @@ def test_the_shadow_slot_is_one_per_loop(engine: Engine, writer: GroupCommitWrit
     assert _status(engine, second) == "shadow"
 
 
-def test_counts_of_canary_decisions(engine: Engine, writer: GroupCommitWriter) -> None:
-    configure(engine)
-    since = datetime.now(UTC) - timedelta(seconds=1)
-    _log_as(writer, 7, prefix="c", policy_arm="canary", model_version="v1", arm_probability=0.1)
-    _log_as(writer, 3, prefix="l", policy_arm="live", model_version="v1", arm_probability=0.9)
-    assert count_canary(engine, LOOP, "v1", since=since) == 7
-    assert count_canary(engine, LOOP, "v2", since=since) == 0
-    assert count_canary(engine, LOOP, "v1", since=datetime.now(UTC) + timedelta(hours=1)) == 0
+def _canary(engine: Engine, writer: GroupCommitWriter, **rollout: Any) -> str:
+    """A candidate taken to canary by two rollout steps."""
+    version = _candidate(
+        engine,
+        writer,
+        gate=PASSING,
+        rollout={"shadow_min_events": 0, "canary_percent": 50, **rollout},
+    )
+    _tick(engine)
+    _tick(engine)
+    assert _status(engine, version) == "canary"
+    return version
+
+
+def _split(
+    engine: Engine,
+    writer: GroupCommitWriter,
+    version: str,
+    n: int,
+    *,
+    canary_reward: float,
+    live_reward: float,
+    prefix: str,
+) -> None:
+    """`n` joined decisions of a 50 % split served alternately by the canary and live, with
+    these rewards."""
+    ops = [
+        op
+        for op in sim_events(SIM, n, seed=5, start=datetime.now(UTC), prefix=prefix, spacing_s=1e-4)
+        if isinstance(op, DecisionRecord)
+    ]
+    records: list[Any] = []
+    for i, op in enumerate(ops):
+        canary = i % 2 == 0
+        records.append(
+            dataclasses.replace(
+                op,
+                policy_arm="canary" if canary else "live",
+                model_version=version if canary else "live-version",
+                arm_probability=0.5,
+                reward_deadline=op.decided_at,  # a window that closes at once
+            )
+        )
+        records.append(
+            RewardRecord.from_row(
+                {
+                    "reward_id": f"{op.event_id}-r",
+                    "loop": LOOP,
+                    "event_id": op.event_id,
+                    "slot": 0,
+                    "value": canary_reward if canary else live_reward,
+                    "received_at": op.decided_at,
+                    "late": False,
+                }
+            )
+        )
+    write(writer, records)
+    # the joiner closes no window past the writers' published watermark (every 0.5 s)
+    last = ops[-1].decided_at
+    for _ in range(600):
+        if writer.stats.watermark is not None and writer.stats.watermark > last:
+            break
+        time.sleep(0.05)
+    join_loop(engine, LOOP, default_reward=0.0, aggregation="earliest", now=datetime.now(UTC))
+
+
+def test_auto_live_a_canary_not_worse_goes_live_after_enough_events(
+    engine: Engine, writer: GroupCommitWriter
+) -> None:
+    version = _canary(engine, writer, auto="live", canary_min_events=30)
+    live_before = registry.live_version(engine, LOOP)
+    _split(engine, writer, version, 40, canary_reward=1.0, live_reward=1.0, prefix="x")
+    _tick(engine)  # 20 canary events: not enough
+    assert _status(engine, version) == "canary"
+    _split(engine, writer, version, 40, canary_reward=1.0, live_reward=1.0, prefix="y")
+    assert _tick(engine) == "moved"
+    live = registry.live_version(engine, LOOP)
+    assert live is not None and live.version == version
+    assert live.replaced == (None if live_before is None else live_before.version)
+    entry = read_audit(engine, loop=LOOP)[-1]
+    assert (entry.action, entry.actor) == ("model.live", "learner")
+    assert entry.details["canary_decisions"] == 40
+    assert entry.details["analysis"]["decision"] in ("undecided", "better")
+
+
+def test_auto_canary_a_good_canary_waits_for_a_gatekeeper(
+    engine: Engine, writer: GroupCommitWriter
+) -> None:
+    version = _canary(engine, writer, auto="canary", canary_min_events=10)
+    _split(engine, writer, version, 100, canary_reward=1.0, live_reward=0.0, prefix="x")
+    _tick(engine)
+    assert _status(engine, version) == "canary"
+    from deploy.rollout import transition
+
+    transition(engine, version, "live", actor="key:gk", role="gatekeeper", reason="approved")
+    assert _status(engine, version) == "live"
+
+
+def test_a_worse_canary_is_rolled_back_with_an_alarm(
+    engine: Engine, writer: GroupCommitWriter, caplog: pytest.LogCaptureFixture
+) -> None:
+    version = _canary(engine, writer, auto="live", canary_min_events=10_000)
+    _split(engine, writer, version, 200, canary_reward=0.0, live_reward=1.0, prefix="x")
+    assert _tick(engine) == "moved"
+    assert _status(engine, version) == "rejected"
+    entry = read_audit(engine, loop=LOOP)[-1]
+    assert (entry.action, entry.actor, entry.target) == ("model.rejected", "learner", version)
+    assert entry.details["auto_rollback"] is True
+    analysis = entry.details["analysis"]
+    assert analysis["decision"] == "worse" and analysis["difference"]["ci_high"] < 0
+    (alarm,) = list_alarms(engine, LOOP, state="firing")
+    assert alarm.kind == "canary_rolled_back" and alarm.details["version"] == version
+    assert alarm.details["analysis"]["n_canary"] == 100
+    assert "significantly worse than live: rolled back" in caplog.text
+
+
+def test_without_auto_rollback_a_worse_canary_raises_one_alarm_and_stays(
+    engine: Engine, writer: GroupCommitWriter
+) -> None:
+    version = _canary(engine, writer, auto="live", auto_rollback=False)
+    _split(engine, writer, version, 200, canary_reward=0.0, live_reward=1.0, prefix="x")
+    _tick(engine)
+    _tick(engine)
+    assert _status(engine, version) == "canary"
+    (alarm,) = list_alarms(engine, LOOP, state="firing")
+    assert alarm.kind == "canary_worse" and "auto_rollback is off" in alarm.message
