@@ -6,6 +6,7 @@ track.
 | ``GET .../learner`` | the tracks' schedule and state, the last runs, firing alarms | read |
 | ``GET .../alarms`` | the loop's alarms, newest first (``?state=firing``) | read |
 | ``POST .../freshness/resume`` | resume a stopped freshness track, ``{reason}`` | gatekeep |
+| ``POST .../alarms/{alarm_id}/clear`` | acknowledge a firing alarm, ``{reason}`` | gatekeep |
 
 (``...`` is ``/v1/loops/{loop}``.)
 
@@ -15,9 +16,14 @@ track.
 | body not JSON / too large | 400 / 413 | invalid_json / payload_too_large |
 | no reason, an empty or overlong one, unknown fields | 422 | invalid_request |
 | the freshness track is not stopped | 409 | freshness_not_stopped |
+| unknown alarm (or one of another loop) | 404 | alarm_not_found |
+| the alarm is not firing | 409 | alarm_not_firing |
+| a freshness_stopped alarm (resume the track instead) | 409 | alarm_needs_resume |
 
 Resuming clears the stop and the loop's firing "freshness_stopped" alarms and appends an audit
 row (who, why), in one transaction; of two concurrent resumes one succeeds, the other is a 409.
+Clearing an alarm (a rolled-back canary's, say) appends an audit row ("alarm_clear") in the
+same transaction.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -35,8 +41,8 @@ from decision_service.routes import LOOP_NAME, LoopName, _json, _service, read_j
 from decision_service.schemas import body_ref, error_responses
 from deploy.learner.freshness import resume
 from explore.errors import InvalidInput, NotFound
-from log.alarms import MAX_LIST, Alarm, list_alarms
-from log.learner_state import LearnerState, get_learner_state
+from log.alarms import MAX_LIST, Alarm, clear_alarm, list_alarms
+from log.learner_state import FRESHNESS_ALARM, LearnerState, get_learner_state
 from log.loops import StoredLoop, get_loop
 from log.schema import Engine
 
@@ -47,7 +53,8 @@ MAX_REASON = 2000
 
 
 class ResumeRequest(BaseModel):
-    """Body of ``POST /v1/loops/{loop}/freshness/resume``."""
+    """Body of ``POST /v1/loops/{loop}/freshness/resume`` and of
+    ``POST /v1/loops/{loop}/alarms/{alarm_id}/clear``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -198,16 +205,50 @@ async def resume_freshness(request: Request, loop: LoopName) -> Response:
     and its alarm; audited. 409 when the track is not stopped."""
     engine, stored = await _existing_loop(request, loop)
     body = await read_json(request)
+    reason = _reason(body)
+    actor, role = actor_of(request)
+    await run_in_threadpool(
+        lambda: resume(engine, loop, actor=actor, role=role, reason=reason, now=datetime.now(UTC))
+    )
+    return _json(await run_in_threadpool(_learner, engine, stored))
+
+
+AlarmId = Annotated[str, Path(description="The alarm's id.", examples=["0f" * 16])]
+
+
+@router.post(
+    "/v1/loops/{loop}/alarms/{alarm_id}/clear",
+    response_model=AlarmOut,
+    responses=error_responses(400, 404, 409, 413, 422),
+    openapi_extra=body_ref(ResumeRequest),
+)
+async def clear_one_alarm(request: Request, loop: LoopName, alarm_id: AlarmId) -> Response:
+    """Acknowledge a firing alarm (a gatekeeper, with a reason); audited. A freshness_stopped
+    alarm is cleared by resuming the track instead (409 alarm_needs_resume)."""
+    engine, _ = await _existing_loop(request, loop)
+    body = await read_json(request)
+    reason = _reason(body)
+    actor, role = actor_of(request)
+    alarm = await run_in_threadpool(
+        lambda: clear_alarm(
+            engine,
+            loop,
+            alarm_id,
+            at=datetime.now(UTC),
+            actor=actor,
+            role=role,
+            reason=reason,
+            keep_kinds=(FRESHNESS_ALARM,),
+        )
+    )
+    return _json(_alarm_json(alarm))
+
+
+def _reason(body: Any) -> str:
     try:
         parsed = ResumeRequest.model_validate(body)
     except ValidationError as err:
         raise InvalidInput(describe_validation(err.errors())) from None
     if not parsed.reason.strip() or "\x00" in parsed.reason:
         raise InvalidInput("reason must be a non-empty string without NUL", "invalid_request")
-    actor, role = actor_of(request)
-    await run_in_threadpool(
-        lambda: resume(
-            engine, loop, actor=actor, role=role, reason=parsed.reason, now=datetime.now(UTC)
-        )
-    )
-    return _json(await run_in_threadpool(_learner, engine, stored))
+    return parsed.reason

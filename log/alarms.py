@@ -7,17 +7,20 @@ and its alarm, a rollback and its alarm): neither is ever stored without the oth
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select, text, update
 
+from explore.errors import Conflict, NotFound
+from log.audit import AuditEntry, append_audit
 from log.models import AlarmRow
 
 __all__ = [
     "ALARM_STATES",
     "Alarm",
+    "clear_alarm",
     "clear_alarms",
     "list_alarms",
     "raise_alarm",
@@ -174,3 +177,52 @@ def raise_alarm_once(
             at=at,
             details={**(details or {}), "version": version},
         )
+
+
+def clear_alarm(
+    engine: Engine,
+    loop: str,
+    alarm_id: str,
+    *,
+    at: datetime,
+    actor: str,
+    role: str | None,
+    reason: str,
+    keep_kinds: tuple[str, ...] = (),
+) -> Alarm:
+    """Clear one firing alarm of `loop` (a gatekeeper acknowledged it) with its audit row
+    ("alarm_clear"), in one transaction. Raises NotFound (alarm_not_found), Conflict
+    (alarm_not_firing; alarm_needs_resume for the kinds in `keep_kinds`, which only the action
+    that fixes them clears)."""
+    with engine.begin() as conn:
+        row = conn.execute(
+            select(*_COLUMNS).where(AlarmRow.loop == loop, AlarmRow.id == alarm_id)
+        ).first()
+        if row is None:
+            raise NotFound(f"no alarm {alarm_id!r} in loop {loop!r}", "alarm_not_found")
+        alarm = _alarm(row)
+        if alarm.kind in keep_kinds:
+            raise Conflict(
+                f"a {alarm.kind} alarm is cleared by resuming what it stopped", "alarm_needs_resume"
+            )
+        done = conn.execute(
+            update(AlarmRow)
+            .where(AlarmRow.id == alarm_id, AlarmRow.state == "firing")
+            .values(state="cleared", cleared_at=at)
+        ).rowcount
+        if not done:
+            raise Conflict(f"alarm {alarm_id!r} is not firing", "alarm_not_firing")
+        append_audit(
+            conn,
+            AuditEntry(
+                at=at,
+                actor=actor,
+                role=role,
+                action="alarm_clear",
+                loop=loop,
+                target=alarm_id,
+                reason=reason,
+                details={"kind": alarm.kind, "message": alarm.message},
+            ),
+        )
+    return replace(alarm, state="cleared", cleared_at=at)

@@ -107,3 +107,36 @@ def test_a_loop_refuses_candidate_arguments_outside_the_allowlist(client: TestCl
     r = client.put("/v1/loops/a", json={"learner": {"candidates": ["-qca  --cb_type dr"]}})
     assert r.status_code == 201
     assert r.json()["config"]["learner"]["candidates"] == ["-q ca --cb_type dr"]
+
+
+def test_a_gatekeeper_clears_an_alarm_with_a_reason(client: TestClient) -> None:
+    from log.alarms import raise_alarm_once
+
+    client.put("/v1/loops/a", json=LOOP_BODY)
+    alarm = raise_alarm_once(
+        _engine(client),
+        loop="a",
+        kind="canary_rolled_back",
+        version="v1",
+        message="canary v1 rolled back",
+        at=datetime.now(UTC),
+    )
+    assert alarm is not None
+    url = f"/v1/loops/a/alarms/{alarm.id}/clear"
+    r = client.post(url, json={"reason": "seen, the config is fixed"})
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "cleared" and r.json()["kind"] == "canary_rolled_back"
+    entry = read_audit(_engine(client), loop="a")[-1]
+    assert (entry.action, entry.target) == ("alarm_clear", alarm.id)
+    r = client.post(url, json={"reason": "again"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "alarm_not_firing"
+    r = client.post("/v1/loops/a/alarms/nope/clear", json={"reason": "x"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "alarm_not_found"
+    r = client.post(f"/v1/loops/b/alarms/{alarm.id}/clear", json={"reason": "x"})
+    assert r.status_code == 404
+    _stop(client)
+    (stopped,) = client.get("/v1/loops/a/alarms?state=firing").json()["alarms"]
+    r = client.post(f"/v1/loops/a/alarms/{stopped['id']}/clear", json={"reason": "x"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "alarm_needs_resume"
+    r = client.post(f"/v1/loops/a/alarms/{stopped['id']}/clear", json={"reason": ""})
+    assert r.status_code == 422

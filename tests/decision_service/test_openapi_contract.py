@@ -86,6 +86,9 @@ EXPECTED = {
     ("get", "/v1/loops/{loop}/learner"): {"200", "404", "422"},
     ("get", "/v1/loops/{loop}/alarms"): {"200", "404", "422"},
     ("post", "/v1/loops/{loop}/freshness/resume"): {"200", "400", "404", "409", "413", "422"},
+    ("post", "/v1/loops/{loop}/alarms/{alarm_id}/clear"): {
+        "200", "400", "404", "409", "413", "422",
+    },
 }  # fmt: skip
 BODIES = {
     ("put", "/v1/loops/{loop}"): "LoopConfigIn",
@@ -93,6 +96,7 @@ BODIES = {
     ("post", "/v1/loops/{loop}/events/{event_id}/reward"): "RewardRequest",
     ("post", "/v1/loops/{loop}/evaluations"): "EvaluationRequest",
     ("post", "/v1/loops/{loop}/freshness/resume"): "ResumeRequest",
+    ("post", "/v1/loops/{loop}/alarms/{alarm_id}/clear"): "ResumeRequest",
 }
 
 
