@@ -29,11 +29,19 @@ from sqlalchemy import Engine, select
 from decision_service import Settings
 from deploy.registry import promote
 from explore.arms import ArmSplit, split_unit
+from learn.examples import slot_examples
+from learn.offline_eval_targets import eval_event
+from learn.train import train
 from log.loops import LoopConfig, put_loop
 from log.models import DecisionRow
+from log.training_reads import iter_joined
+from policies import VWPolicy
 from tests.decision_service.test_propensity import P_MIN, chi2
 from tests.serving_helpers import (
+    VW_ARGS,
+    join_later,
     model_pmf,
+    post_many,
     rank_many,
     register_version,
     set_status,
@@ -268,3 +276,46 @@ def test_slates_with_a_canary(client: TestClient, settings: Settings) -> None:
             assert chi2([counter[a] for a in left], cond) > P_MIN, (arm, a0)
             tested += 1
         assert tested >= 2
+
+
+def test_canary_decisions_train_and_evaluate_with_their_arms_probabilities(
+    client: TestClient,
+) -> None:
+    """A decision served by the canary is learned (label probability) and evaluated (logged
+    pmf, propensity) with the canary's probabilities, one served by live with live's: the
+    training and evaluation reads take them from the decision as logged."""
+    arms = Arms(client)
+    n = 300
+    bodies = [
+        {"event_id": f"t{i}", "user_id": f"user-{i}", "context": CONTEXT, "actions": ACTIONS}
+        for i in range(n)
+    ]
+    responses = rank_many(client, LOOP, bodies)
+    post_many(
+        client,
+        [(f"/v1/loops/{LOOP}/events/{r['event_id']}/reward", {"value": 1.0}) for r in responses],
+        202,
+    )
+    join_later(client, 1.0)
+    events = list(iter_joined(arms.engine, LOOP))
+    assert len(events) == n
+    seen: Counter[str] = Counter()
+    for event in events:
+        version = event.record.model_version
+        pmf = arms.pmf[version]
+        chosen = IDS.index(event.record.chosen)
+        (example,) = slot_examples(event)
+        assert example.probability == pytest.approx(pmf[chosen], rel=1e-12)
+        ev = eval_event(event)
+        assert ev is not None
+        np.testing.assert_allclose(ev.logged_pmf, pmf, rtol=1e-9)
+        assert ev.pscore == pytest.approx(pmf[chosen], rel=1e-12)
+        seen[event.record.policy_arm] += 1
+    assert seen["canary"] > 50 and seen["live"] > 150
+    # and a training pass learns every one of them
+    policy = VWPolicy(VW_ARGS)
+    try:
+        stats = train(policy, events)
+    finally:
+        policy.close()
+    assert (stats.n_events, stats.n_skipped) == (n, 0)

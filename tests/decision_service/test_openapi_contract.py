@@ -89,6 +89,7 @@ EXPECTED = {
     ("post", "/v1/loops/{loop}/alarms/{alarm_id}/clear"): {
         "200", "400", "404", "409", "413", "422",
     },
+    ("get", "/v1/loops/{loop}/shadow"): {"200", "404", "422"},
 }  # fmt: skip
 BODIES = {
     ("put", "/v1/loops/{loop}"): "LoopConfigIn",
