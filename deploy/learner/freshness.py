@@ -107,6 +107,7 @@ def check_continuation(
         explorer_for(stored.config),
         collapse_ratio=stored.config.learner.collapse_ratio,
         confidence=stored.config.gate.confidence,
+        reward_range=(stored.config.min_reward, stored.config.max_reward),
     )
 
 

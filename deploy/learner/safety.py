@@ -8,9 +8,16 @@ model, on a sample of the newest joined events, before it is swapped in.
 3. **No significant loss of value**: the IPS value of the new version on the sample (the last
    window: the events it was just trained on) is not significantly below the live version's:
    the one-sided upper confidence bound (at the gate's confidence) of the paired difference
-   new - live must be >= 0. The sample is the events the new version learned, so the check is
-   optimistic for it: it catches a broken update (a step that destroyed what the model knew),
-   not a subtle regression. Candidates with another configuration go through the gate instead.
+   new - live must be >= 0. The bound is the anytime-valid confidence sequence of
+   :mod:`evaluation.intervals` (``cs``) with a priori bounds on the terms (the loop's reward
+   range times the largest importance weight the sample's logged propensities allow): valid in
+   finite samples, so the chance that a run stops the track although the new version is not
+   worse is at most 1 - confidence. (A normal interval is not: two versions that agree on most
+   events give a paired difference of mostly zeros, whose sample variance understates the
+   heavy tail, and it flagged continuations that were not worse.) The sample is the events the
+   new version learned, so the check is optimistic for it: it catches a broken update (a step
+   that destroyed what the model knew), not a subtle regression. Candidates with another
+   configuration go through the gate instead.
 
 The sample holds only events served by the live arm (`policy_arm` "live"), whose logged pmf is
 the live arm's conditional distribution: IPS on them is unbiased for that population. Fewer
@@ -27,8 +34,8 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import ndtri
 
+from evaluation.intervals import cs_interval
 from explore import Explorer
 
 __all__ = ["SafetyNumbers", "SafetyVerdict", "SampleEvent", "check_safety", "entropy"]
@@ -83,11 +90,12 @@ def entropy(pmf: FloatArray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def _upper(diff: FloatArray, confidence: float) -> float:
-    """One-sided upper confidence bound of the mean of `diff` (normal, at `confidence`)."""
-    n = diff.size
-    sd = float(diff.std(ddof=1))
-    return float(diff.mean() + float(ndtri(confidence)) * sd / math.sqrt(n))
+def _upper(diff: FloatArray, confidence: float, bound: float) -> float:
+    """One-sided upper confidence bound, at `confidence`, of the mean of `diff` whose terms lie
+    in [-bound, bound] a priori (the two-sided sequence at 2 (1 - confidence))."""
+    alpha = min(2.0 * (1.0 - confidence), 0.999)
+    _low, high = cs_interval(diff, alpha=alpha, bounds=(-bound, bound))
+    return float(high)
 
 
 def check_safety(
@@ -96,8 +104,10 @@ def check_safety(
     *,
     collapse_ratio: float,
     confidence: float,
+    reward_range: tuple[float, float],
 ) -> SafetyVerdict:
-    """The verdict of the three checks (module docstring) on `sample`."""
+    """The verdict of the three checks (module docstring) on `sample`; `reward_range`: the
+    loop's (min_reward, max_reward)."""
     n = len(sample)
     nonfinite = sum(int((~np.isfinite(e.new_scores)).sum()) for e in sample)
 
@@ -136,7 +146,12 @@ def check_safety(
     w_live = np.asarray([p[e.action] for p, e in zip(live_pmfs, sample, strict=True)]) / pscore
     t_new, t_live = reward * w_new, reward * w_live
     diff = t_new - t_live
-    upper = _upper(diff, confidence) if n >= 2 else None
+    # a priori: each version's weight is in [0, 1 / pscore], so each IPS term lies in
+    # [w_max * min(0, r_min), w_max * max(0, r_max)] and their difference within +- the span
+    w_max = float((1.0 / pscore).max())
+    r_lo, r_hi = reward_range
+    span = w_max * (max(0.0, r_hi) - min(0.0, r_lo))
+    upper = _upper(diff, confidence, span) if n >= 2 and span > 0 else None
     found = numbers(
         entropy_new=h_new,
         entropy_live=h_live,
