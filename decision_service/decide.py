@@ -1,8 +1,44 @@
-"""The decision path of one rank request: filter, score, explore, sample (DESIGN §4)."""
+"""The decision path of one rank request: arm, filter, score, explore, sample (DESIGN §4).
+
+**Arms.** Without a canary every request is served by the live policy (`policy_arm` "live",
+`arm_probability` 1). With a canary, a stable keyed hash of the request's unit (its `user_id`
+when it sends one, else its event id; :mod:`explore.arms`) sends `canary_percent` % of the units
+to the canary: the decision logs `policy_arm` ("live" or "canary"), `model_version` = that arm's
+version, `pmf`/`slots` = that arm's probabilities, and `arm_probability` = the share of units
+the arm gets (p for the canary, 1 - p for live). The user id itself is not stored: the context is
+logged as sent, and the arm the id led to is in `policy_arm` (the request digest covers the id,
+so a replay with another user id is a 409).
+
+**Why the logged pmf is the propensity.** The arm is a deterministic function of the request
+(its unit, the loop's secret key and the canary's version): given the request, the only
+randomness in what is served is the draw from the arm's pmf. So the logging policy is the
+context-dependent mixture ``pi_log(a | x) = pmf_canary(a | x) if x's unit hashes into the
+canary else pmf_live(a | x)``, and the probability of the logged action given the request is
+exactly the logged ``pmf[chosen]`` (or each slot's conditional probability). IPS/DR estimators,
+training (the label probability) and the chi-square tests use it as it is; multiplying it by
+`arm_probability`, or using the mixture ``p pmf_canary + (1 - p) pmf_live``, would be wrong
+(that is the propensity only when the arm is drawn independently per request, which it is not).
+
+**Where `arm_probability` matters.** In the A/B analysis of the arms (canary vs live, built
+by deploy/ from `policy_arm` and `arm_probability`): each arm's decisions are a random sample
+of the units (the keyed hash acts as a random assignment with probability p), so the arm's mean
+reward estimates what that arm would give on all traffic, and totals over the whole traffic
+weight an arm's decisions by 1 / arm_probability. Units, not decisions, are what is randomised:
+several decisions of one user are correlated.
+
+**Shadow.** A shadow version scores the same candidates with the same explorer (same exclusions;
+for a slate its first-slot pmf over all actions); its pmf is logged as
+``shadow = {"version", "pmf"}`` beside the served one. It is never served: it is computed after
+the served decision, draws nothing from the event's sampling stream (the draws are those of the
+served arm alone, so a replay is identical), and never changes the response. A shadow that fails
+to score (non-finite scores, over the feature budget, any error) logs ``shadow = null`` and is
+counted (`/v1/status`); the request is served as if there were no shadow.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -11,9 +47,12 @@ import orjson
 
 from decision_service.rank_input import RankInput
 from decision_service.runtime import LoopRuntime
-from explore import event_stream, rank_order, sample_index, sample_slate
+from explore import Action, event_stream, rank_order, sample_index, sample_slate
+from explore.arms import CANARY
 from explore.errors import InvalidInput
 from log.records import DecisionRecord
+
+logger = logging.getLogger(__name__)
 
 # hashlib releases the GIL while it hashes 2,048 bytes or more at once; a serving thread that
 # lets go of the GIL for a few microseconds hands it to the writer thread and waits up to a
@@ -42,7 +81,7 @@ def decide(
     allowed = np.flatnonzero([a.id not in excluded for a in actions])
     candidates = [actions[i] for i in allowed]
 
-    policy = runtime.policy
+    arm, policy, arm_probability = runtime.arm(req.user_id, event_id)
     scores_c = policy.scores(req.context, candidates)
     if not np.isfinite(scores_c).all():
         raise InvalidInput(
@@ -95,12 +134,14 @@ def decide(
     if req.slots is not None:
         response["slots"] = slots
     deferred = req.defer_activation
+    if arm == CANARY:
+        runtime.counters.canary_served += 1
     return DecisionRecord(
         loop=runtime.name,
         event_id=event_id,
         decided_at=now,
         model_version=policy.version,
-        policy_arm="live",
+        policy_arm=arm,
         request_digest=request_digest(body),
         context=req.context,
         actions=[{"id": a.id, "features": a.features} for a in actions],
@@ -114,4 +155,35 @@ def decide(
         activated_at=None,
         reward_deadline=None if deferred else now + timedelta(seconds=runtime.config.reward_wait_s),
         response=response,
+        arm_probability=arm_probability,
+        shadow=None if runtime.shadow is None else shadow_pmf(runtime, req, candidates, allowed),
     )
+
+
+def shadow_pmf(
+    runtime: LoopRuntime, req: RankInput, candidates: list[Action], allowed: np.ndarray
+) -> dict[str, Any] | None:
+    """The shadow's pmf over the request's actions (excluded ones 0), as logged; None when it
+    cannot score this request (counted; the request is served all the same)."""
+    shadow = runtime.shadow
+    assert shadow is not None
+    try:
+        scores = shadow.scores(req.context, candidates)
+        if not np.isfinite(scores).all():
+            raise ValueError("non-finite scores")
+        pmf_c = runtime.explorer.pmf(scores)
+    except Exception as err:  # the shadow must never fail a request
+        runtime.counters.shadow_failed += 1
+        if runtime.counters.shadow_failed == 1 or runtime.counters.shadow_failed % 1000 == 0:
+            logger.warning(
+                "loop %s: shadow %s could not score a request (%d so far): %s",
+                runtime.name,
+                shadow.version,
+                runtime.counters.shadow_failed,
+                err,
+            )
+        return None
+    runtime.counters.shadow_scored += 1
+    pmf = np.zeros(len(req.actions))
+    pmf[allowed] = pmf_c
+    return {"version": shadow.version, "pmf": pmf.tolist()}

@@ -20,7 +20,15 @@ _SCALARS = (str, int, float, bool)
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 LOOP_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")  # use with fullmatch
 _RANK_FIELDS = frozenset(
-    ("event_id", "context", "actions", "excluded_actions", "slots", "defer_activation")
+    (
+        "event_id",
+        "user_id",
+        "context",
+        "actions",
+        "excluded_actions",
+        "slots",
+        "defer_activation",
+    )
 )
 _ACTION_FIELDS = frozenset(("id", "features"))
 
@@ -33,6 +41,8 @@ class RankInput:
     excluded: list[str]
     slots: int | None
     defer_activation: bool
+    # The unit of a canary split (else the event id is); hashed with the loop's key, not stored.
+    user_id: str | None = None
 
 
 def _invalid(message: str) -> InvalidInput:
@@ -89,6 +99,10 @@ def parse_rank(body: Any, settings: Settings) -> RankInput:
     event_id = body.get("event_id")
     if event_id is not None:
         _check_id(event_id, "event_id", settings)
+
+    user_id = body.get("user_id")
+    if user_id is not None:
+        _check_id(user_id, "user_id", settings)
 
     context = body.get("context", {})
     if context is None:
@@ -168,4 +182,4 @@ def parse_rank(body: Any, settings: Settings) -> RankInput:
     defer = body.get("defer_activation", False)
     if type(defer) is not bool:
         raise _invalid("defer_activation must be true or false")
-    return RankInput(event_id, context, actions, list(excluded), slots, defer)
+    return RankInput(event_id, context, actions, list(excluded), slots, defer, user_id)

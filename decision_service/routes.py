@@ -158,6 +158,7 @@ async def status(request: Request) -> Response:
                 "writer_id": service.writer.writer_id,
             },
             "loops": {name: rt.policy.version for name, rt in service.loops.loops.items()},
+            "serving": {name: rt.serving_json() for name, rt in service.loops.loops.items()},
         }
     )
 

@@ -30,6 +30,15 @@ class ActionIn(_Body):
 
 class RankRequest(_Body):
     event_id: str | None = Field(default=None, min_length=1)
+    user_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="The user the decision is for: the unit of a canary split (the same user "
+        "id always lands in the same arm of a canary; without it the event id is the unit). "
+        "Hashed with the loop's secret key, never stored (the context is logged as sent). "
+        "At most DS_MAX_ID_LENGTH characters, no control characters.",
+    )
     context: dict[str, Any] = Field(default_factory=dict)
     actions: list[ActionIn] = Field(min_length=1)
     excluded_actions: list[str] = Field(default_factory=list)
@@ -298,10 +307,23 @@ class LoopsOut(BaseModel):
     loops: list[LoopOut]
 
 
+class ServingOut(BaseModel):
+    live: str = Field(description="The live version (or `untrained`).")
+    canary: str | None = Field(description="The canary version this worker serves, if any.")
+    canary_percent: float | None = Field(description="The canary's share of units (%).")
+    shadow: str | None = Field(description="The shadow version scored beside, if any.")
+    canary_served: int = Field(description="Decisions the canary served in this worker.")
+    shadow_scored: int = Field(description="Decisions logged with a shadow pmf.")
+    shadow_failed: int = Field(description="Shadow scorings that failed (logged shadow null).")
+
+
 class StatusOut(BaseModel):
     durability: str
     writer: dict[str, Any]
-    loops: dict[str, str] = Field(description="Loop -> the model version this worker serves.")
+    loops: dict[str, str] = Field(description="Loop -> the live model version this worker serves.")
+    serving: dict[str, ServingOut] = Field(
+        description="Loop -> its live, canary and shadow versions in this worker, with counts."
+    )
 
 
 # Models of bodies the routes read themselves (no FastAPI body parameter): the app registers

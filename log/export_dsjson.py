@@ -29,7 +29,14 @@ One JSON object per line, readable by ``vw --cb_explore_adf --dsjson`` (single d
   none when the loop's default reward was applied, plus ``{"EventId", "ActionTaken": true}`` for
   an activated deferred decision.
 * ``Timestamp`` = decided_at in UTC as ``YYYY-MM-DDThh:mm:ss.fffffffZ`` (the producers'
-  seven-digit form), ``Version`` "1", ``EventId``, ``VWState`` ``{"m": model_version}``.
+  seven-digit form), ``Version`` "1", ``EventId``, ``VWState`` ``{"m": model_version}`` (the
+  version of the arm that served it).
+* Rollout fields, last in the line, named with a leading ``_`` (VW's parser skips unknown keys;
+  the tests check a model learns the same with and without them): ``_policy_arm`` ("live" or
+  "canary"), ``_arm_probability`` (the share of units in that arm; not a propensity: ``p`` /
+  ``_p`` are the serving arm's probabilities, which are), and, when a shadow scored the decision,
+  ``_shadow`` = ``{"m": shadow version, "p": its probabilities}`` with ``p`` aligned with ``a``
+  (single decision) or with slot 0's ``_a`` (slate: the shadow's first-slot pmf).
 
 Decisions without outcomes (window still open, or deferred and never activated) are **not
 written**: there is no label yet, and VW drops a ``_skipLearn`` line's features anyway (and
@@ -162,6 +169,25 @@ def _observations(d: LoggedDecision, slot: int, index: str | None) -> list[dict[
     return out
 
 
+def _rollout(d: LoggedDecision, order: list[int]) -> dict[str, Any]:
+    """The rollout fields; `order` lists the candidates (indices into `_candidates`) in the
+    order of the line's `a` (or slot 0's `_a`), which `_shadow.p` follows."""
+    out: dict[str, Any] = {
+        "_policy_arm": d.record.policy_arm,
+        "_arm_probability": float(d.record.arm_probability),
+    }
+    shadow = d.record.shadow
+    if shadow is not None:
+        excluded = set(d.record.excluded)
+        kept = [
+            float(p)
+            for a, p in zip(d.record.actions, shadow["pmf"], strict=True)
+            if a["id"] not in excluded
+        ]
+        out["_shadow"] = {"m": str(shadow["version"]), "p": [kept[i] for i in order]}
+    return out
+
+
 def cb_line(d: LoggedDecision) -> dict[str, Any]:
     """The ``--cb_explore_adf --dsjson`` line of a joined single decision (key order matters)."""
     actions, pmf = _candidates(d)
@@ -182,6 +208,7 @@ def cb_line(d: LoggedDecision) -> dict[str, Any]:
         "c": _context(d, actions),
         "p": p,
         "VWState": {"m": d.record.model_version},
+        **_rollout(d, [i - 1 for i in a]),
     }
 
 
@@ -189,11 +216,13 @@ def ccb_line(d: LoggedDecision) -> dict[str, Any]:
     """The ``--ccb_explore_adf --dsjson`` line of a joined slate decision."""
     actions, pmf = _candidates(d)
     outcomes = []
+    first_order: list[int] = []
     for slot in sorted(d.record.slots, key=lambda s: int(s["slot"])):
         k = int(slot["slot"])
         chosen = _index(actions, slot["action_id"], d.record.event_id)
         if k == 0:
             order = _ranked(pmf, chosen)
+            first_order = order
             probs = [pmf[i] for i in order]
             probs[0] = float(slot["probability"])
         else:
@@ -214,6 +243,7 @@ def ccb_line(d: LoggedDecision) -> dict[str, Any]:
         "c": _context(d, actions, slots=d.record.n_slots),
         "_outcomes": outcomes,
         "VWState": {"m": d.record.model_version},
+        **_rollout(d, first_order),
     }
 
 

@@ -12,7 +12,13 @@ Every decision in the window is written, joined or not (`joined` tells; `reward`
   (null until joined)}; a single decision has one slot;
 * `reward`, `default_applied`: slot 0's joined outcome, null when not joined;
 * `joined`: outcomes written for every slot; `deferred`; `activated`: the decision went live
-  (not deferred, or deferred and activated), i.e. it can be joined.
+  (not deferred, or deferred and activated), i.e. it can be joined;
+* `policy_arm` ("live" or "canary": the arm that served it; `model_version` is that arm's
+  version and `probabilities`/`slots` its probabilities, the propensities to use) and
+  `arm_probability` (the share of units the arm gets: p for a canary, 1 - p for live during a
+  canary split, 1 otherwise; for the A/B analysis of arms, not a propensity of the action);
+* `shadow_version` and `shadow_probabilities` (aligned with `action_ids`; for a slate, the first
+  slot's): the shadow version scored beside the decision, never served; null without one.
 
 Rows are written in row groups of `batch_rows` through `pyarrow.parquet.ParquetWriter` while the
 decisions stream from the database, so memory stays bounded by one batch.
@@ -61,6 +67,10 @@ SCHEMA = pa.schema(
         pa.field("joined", pa.bool_(), nullable=False),
         pa.field("deferred", pa.bool_(), nullable=False),
         pa.field("activated", pa.bool_(), nullable=False),
+        pa.field("policy_arm", pa.string(), nullable=False),
+        pa.field("arm_probability", pa.float64(), nullable=False),
+        pa.field("shadow_version", pa.string()),
+        pa.field("shadow_probabilities", pa.list_(pa.float64())),
     ]
 )
 
@@ -75,6 +85,7 @@ def _row(d: LoggedDecision) -> dict[str, Any]:
     slots = sorted(d.record.slots, key=lambda s: int(s["slot"]))
     first = d.outcomes.get(0)
     joined = d.joined
+    shadow = d.record.shadow
     return {
         "loop": d.record.loop,
         "event_id": d.record.event_id,
@@ -101,6 +112,10 @@ def _row(d: LoggedDecision) -> dict[str, Any]:
         "joined": joined,
         "deferred": d.record.deferred,
         "activated": not d.record.deferred or d.record.activated_at is not None,
+        "policy_arm": d.record.policy_arm,
+        "arm_probability": float(d.record.arm_probability),
+        "shadow_version": None if shadow is None else str(shadow["version"]),
+        "shadow_probabilities": None if shadow is None else [float(p) for p in shadow["pmf"]],
     }
 
 

@@ -83,6 +83,7 @@ EXPECTED = {
     ("get", "/v1/loops/{loop}/evaluations"): {"200", "404", "422"},
     ("get", "/v1/loops/{loop}/evaluations/{evaluation_id}"): {"200", "404"},
     ("get", "/v1/loops/{loop}/evaluations/{evaluation_id}/report"): {"200", "404", "409"},
+    ("get", "/v1/loops/{loop}/shadow"): {"200", "404", "422"},
 }  # fmt: skip
 BODIES = {
     ("put", "/v1/loops/{loop}"): "LoopConfigIn",

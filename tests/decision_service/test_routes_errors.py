@@ -333,6 +333,10 @@ def _cases() -> list[Case]:
         "limit_exceeded",
     )
     add("rank-event-id-too-long", "POST", RANK, rank_body(event_id="e" * 9), 422, "limit_exceeded")
+    add("rank-user-id-too-long", "POST", RANK, rank_body(user_id="u" * 9), 422, "limit_exceeded")
+    add("rank-user-id-empty", "POST", RANK, rank_body(user_id=""), 422, "invalid_request")
+    add("rank-user-id-number", "POST", RANK, rank_body(user_id=7), 422, "invalid_request")
+    add("rank-user-id-control", "POST", RANK, rank_body(user_id="u\x01"), 422, "invalid_request")
     add(
         "rank-action-id-too-long",
         "POST",
@@ -890,8 +894,9 @@ def test_rejected_requests_leave_later_requests_working(db_url: str, tmp_path: P
     [
         rank_body(event_id="e\u0000x"),
         rank_body(event_id="nul", actions=[{"id": "a\u0000"}]),
+        rank_body(event_id="nul-user", user_id="u\u0000"),
     ],
-    ids=["nul-in-event-id", "nul-in-chosen-action-id"],
+    ids=["nul-in-event-id", "nul-in-chosen-action-id", "nul-in-user-id"],
 )
 def test_rank_nul_in_ids_is_rejected(db_url: str, tmp_path: Path, body: dict[str, Any]) -> None:
     # Regression: a NUL once reached PostgreSQL's COPY and killed the writer thread, so every

@@ -331,7 +331,16 @@ def test_ccb_export_parses_and_trains(engine: Engine, writer: GroupCommitWriter)
     raw = out.getvalue().splitlines()
     for x in map(orjson.loads, raw):
         slate = truth[x["EventId"]]
-        assert list(x) == ["Timestamp", "Version", "EventId", "c", "_outcomes", "VWState"]
+        assert list(x) == [
+            "Timestamp",
+            "Version",
+            "EventId",
+            "c",
+            "_outcomes",
+            "VWState",
+            "_policy_arm",
+            "_arm_probability",
+        ]
         assert x["c"]["_slots"] == [{"_id": "0"}, {"_id": "1"}]
         ids = [next(iter(m["a"])).removeprefix("id=") for m in x["c"]["_multi"]]
         assert ids == ITEMS
@@ -356,6 +365,111 @@ def test_ccb_export_parses_and_trains(engine: Engine, writer: GroupCommitWriter)
         assert ws.get_sum_loss() < 0
     finally:
         ws.finish()
+
+
+# --- rollout fields: arm, arm probability, shadow -------------------------------------------
+
+ROLLOUT_KEYS = ("_policy_arm", "_arm_probability", "_shadow")
+
+
+def _rollout_log(writer: GroupCommitWriter, engine: Engine) -> dict[str, dict[str, Any]]:
+    """Canary- and live-served decisions, with and without a shadow, singles and a slate."""
+    rows: dict[str, dict[str, Any]] = {}
+    rng = np.random.default_rng(5)
+    for i in range(40):
+        excluded = ("item0",) if i % 4 == 0 else ()
+        pmf = [
+            0.0 if a in excluded else float(x) for a, x in zip(ITEMS, rng.random(4), strict=True)
+        ]
+        pmf = [x / sum(pmf) for x in pmf]
+        shadow = [
+            0.0 if a in excluded else float(x) for a, x in zip(ITEMS, rng.random(4), strict=True)
+        ]
+        shadow = [x / sum(shadow) for x in shadow]
+        chosen_i = 1 + i % 3
+        slate = i % 10 == 9
+        chosen = ((ITEMS[chosen_i], pmf[chosen_i]),)
+        if slate:
+            second = next(k for k in range(4) if k != chosen_i and ITEMS[k] not in excluded)
+            chosen = (*chosen, (ITEMS[second], pmf[second] / (1 - pmf[chosen_i])))
+        row = decision(f"r{i}", i, pmf=pmf, excluded=excluded, chosen=chosen)
+        canary = i % 2 == 0
+        row.update(
+            policy_arm="canary" if canary else "live",
+            arm_probability=0.3 if canary else 0.7,
+            model_version="m-canary" if canary else "m-live",
+            shadow={"version": "m-shadow", "pmf": shadow} if i % 3 else None,
+        )
+        rows[row["event_id"]] = row
+    write(writer, [DecisionRecord.from_row(r) for r in rows.values()])
+    write(
+        writer,
+        [reward_rec(eid, 1.0, received_at=T0 + timedelta(seconds=50)) for eid in list(rows)[::2]],
+    )
+    join_all(engine)
+    return rows
+
+
+def test_exports_carry_the_arm_its_probability_and_the_shadow(
+    engine: Engine, writer: GroupCommitWriter, tmp_path: Path
+) -> None:
+    rows = _rollout_log(writer, engine)
+    path = tmp_path / "rollout.parquet"
+    export_parquet(engine, "default", path)
+    table = pq.read_table(path)
+    assert table.schema.equals(SCHEMA)
+    for r in table.to_pylist():
+        row = rows[r["event_id"]]
+        assert (r["policy_arm"], r["arm_probability"]) == (
+            row["policy_arm"],
+            row["arm_probability"],
+        )
+        assert r["model_version"] == row["model_version"] and r["probabilities"] == row["pmf"]
+        if row["shadow"] is None:
+            assert r["shadow_version"] is None and r["shadow_probabilities"] is None
+        else:
+            assert r["shadow_version"] == "m-shadow"
+            assert r["shadow_probabilities"] == row["shadow"]["pmf"]
+
+    out = io.BytesIO()
+    export_dsjson(engine, "default", out)
+    lines = lines_of(out.getvalue())
+    assert len(lines) == len(rows)
+    for x in lines:
+        row = rows[x["EventId"]]
+        assert (x["_policy_arm"], x["_arm_probability"]) == (
+            row["policy_arm"],
+            row["arm_probability"],
+        )
+        assert x["VWState"] == {"m": row["model_version"]}
+        kept = [a for a in ITEMS if a not in row["excluded"]]
+        order = x["a"] if "a" in x else [i + 1 for i in x["_outcomes"][0]["_a"]]
+        if row["shadow"] is None:
+            assert "_shadow" not in x
+        else:
+            full = dict(zip(ITEMS, row["shadow"]["pmf"], strict=True))
+            assert x["_shadow"] == {"m": "m-shadow", "p": [full[kept[i - 1]] for i in order]}
+        if "a" in x:  # p (the serving arm's) and _shadow.p follow the same order
+            assert x["p"] == [dict(zip(ITEMS, row["pmf"], strict=True))[kept[i - 1]] for i in order]
+        assert [k for k in x if k in ROLLOUT_KEYS] == list(ROLLOUT_KEYS[: 2 + ("_shadow" in x)])
+        assert list(x)[-(2 + ("_shadow" in x)) :] == [k for k in x if k in ROLLOUT_KEYS]
+
+    # VW skips the rollout fields: a model learns exactly the same with and without them
+    for slates, args in ((False, "--cb_explore_adf"), (True, "--ccb_explore_adf")):
+        chosen = [x for x in lines if ("_outcomes" in x) == slates]
+        assert chosen
+        stripped = [{k: v for k, v in x.items() if k not in ROLLOUT_KEYS} for x in chosen]
+        predictions = []
+        for variant in (chosen, stripped):
+            ws = vowpalwabbit.Workspace(f"{args} --dsjson -q ca --quiet")
+            try:
+                for x in variant * 3:
+                    ws.learn(orjson.dumps(x).decode())
+                assert ws.get_weighted_examples() == 3 * len(chosen)
+                predictions.append([ws.predict(orjson.dumps(x).decode()) for x in variant])
+            finally:
+                ws.finish()
+        assert predictions[0] == predictions[1]
 
 
 # --- Parquet --------------------------------------------------------------------------------
