@@ -16,7 +16,7 @@ of its stderr.
 | unknown loop (or a name no loop can have) | 404 | loop_not_found |
 | unknown evaluation (or one of another loop) | 404 | evaluation_not_found |
 | body not JSON / too large | 400 / 413 | invalid_json / payload_too_large |
-| wrong shape, unknown fields, bad estimator, alpha, interval | 422 | invalid_request |
+| wrong shape, unknown fields, bad estimator, alpha, interval, guardrails | 422 | invalid_request |
 | two policies with one name | 422 | duplicate_policy |
 | since >= until, naive or unparsable timestamps, train_until >= until | 422 | invalid_window |
 | model version unknown in this loop | 422 | unknown_version |
@@ -108,6 +108,14 @@ class EvaluationRequest(_Body):
     interval: str = "bootstrap"
     slates: Literal["skip", "slot0"] = "skip"
     seed: StrictInt = 0
+    guardrails: list[str] | None = Field(
+        default=None,
+        max_length=8,
+        description="Guardrail metrics (as in the loop's gate.guardrails, e.g. report): each "
+        "policy's result gets, per metric, its rate (share of events with at least one signal "
+        "of the metric inside the window), live's on the same events and the paired difference, "
+        "IPS estimates with this request's interval and alpha.",
+    )
 
 
 class EvaluationLinks(BaseModel):
