@@ -14,10 +14,12 @@ from pydantic.json_schema import models_json_schema
 
 from decision_service import errors
 from decision_service.routes import router
+from decision_service.routes_deploy import router as deploy_router
 from decision_service.routes_evaluations import REQUEST_MODELS as EVALUATION_REQUEST_MODELS
 from decision_service.routes_evaluations import router as evaluations_router
 from decision_service.routes_serving import router as serving_router
 from decision_service.schemas import REQUEST_MODELS
+from decision_service.schemas_deploy import REQUEST_MODELS as DEPLOY_REQUEST_MODELS
 from decision_service.service import Service
 from decision_service.settings import Settings, get_settings
 from policies.rank_cost import configure_rank_budget
@@ -97,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(evaluations_router)
     app.include_router(serving_router)
-    models = REQUEST_MODELS + EVALUATION_REQUEST_MODELS
+    app.include_router(deploy_router)
+    models = REQUEST_MODELS + EVALUATION_REQUEST_MODELS + DEPLOY_REQUEST_MODELS
     app.openapi = lambda: openapi_document(app, models)  # type: ignore[method-assign]
     return app

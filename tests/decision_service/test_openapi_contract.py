@@ -67,6 +67,7 @@ def test_every_reference_resolves(tmp_path: Path) -> None:
     assert "$defs" not in json.dumps(doc)
 
 
+_MOVE = {"200", "400", "404", "409", "413", "422"}  # the deploy routes that change a state
 EXPECTED = {
     ("get", "/v1/status"): {"200"},
     ("get", "/v1/loops"): {"200"},
@@ -84,12 +85,23 @@ EXPECTED = {
     ("get", "/v1/loops/{loop}/evaluations/{evaluation_id}"): {"200", "404"},
     ("get", "/v1/loops/{loop}/evaluations/{evaluation_id}/report"): {"200", "404", "409"},
     ("get", "/v1/loops/{loop}/shadow"): {"200", "404", "422"},
+    ("get", "/v1/loops/{loop}/models"): {"200", "404", "422"},
+    ("get", "/v1/loops/{loop}/models/{version}"): {"200", "404"},
+    ("post", "/v1/loops/{loop}/models/{version}/approve"): _MOVE,
+    ("post", "/v1/loops/{loop}/models/{version}/reject"): _MOVE,
+    ("post", "/v1/loops/{loop}/models/{version}/rollout"): _MOVE,
+    ("post", "/v1/loops/{loop}/rollback"): _MOVE,
+    ("get", "/v1/loops/{loop}/rollout"): {"200", "404"},
 }  # fmt: skip
 BODIES = {
     ("put", "/v1/loops/{loop}"): "LoopConfigIn",
     ("post", "/v1/loops/{loop}/rank"): "RankRequest",
     ("post", "/v1/loops/{loop}/events/{event_id}/reward"): "RewardRequest",
     ("post", "/v1/loops/{loop}/evaluations"): "EvaluationRequest",
+    ("post", "/v1/loops/{loop}/models/{version}/approve"): "ApproveRequest",
+    ("post", "/v1/loops/{loop}/models/{version}/reject"): "RejectRequest",
+    ("post", "/v1/loops/{loop}/models/{version}/rollout"): "RolloutRequest",
+    ("post", "/v1/loops/{loop}/rollback"): "RollbackRequest",
 }
 
 
