@@ -57,7 +57,7 @@ def join(
 
     settings = get_settings()
     service = Service(settings)
-    service.start_sync()
+    service.start_sync(admin_key=False)  # a maintenance command makes no credentials
     try:
         grace = settings.join_grace_s if grace_s is None else grace_s
         stats = service.join_due(datetime.now(UTC) - timedelta(seconds=grace))
