@@ -11,7 +11,8 @@ request with a cached key costs a dict lookup and one HMAC-SHA256; the database 
 per key and period (concurrent requests share that read). A revocation takes effect at once in
 the worker that made it and within `DS_KEY_CACHE_S` in every other. While the database is
 unreachable a worker keeps using the keys it had verified (nothing can be revoked meanwhile
-through this database), and a key it never saw gets 503 `store_unavailable`.
+through this database), and a key it never saw gets 503 `store_unavailable` (as does any key
+while its keys cannot be read at all, e.g. before a worker started during an outage migrated).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING
 from starlette.concurrency import run_in_threadpool
 
 from deploy.keys import ROLES, NewKey, Principal, parse_token, secret_digest, stored_digest
-from explore.errors import Forbidden, Unauthorized
+from explore.errors import Forbidden, Unauthorized, Unavailable
 from log.api_keys import StoredKey, get_key
 from log.schema import Engine
 from log.store import is_unreachable
@@ -91,7 +92,10 @@ class KeyCache:
         except Exception as err:
             stale = self.entries.get(key_id)
             if stale is None or not is_unreachable(err):
-                raise
+                # like a loop that cannot be loaded (Service.runtime): the store is unreachable
+                # or not migrated yet (a worker that started during an outage): retry later
+                logger.warning("reading API key %s failed: %s", key_id, err)
+                raise Unavailable("API keys cannot be read right now; retry") from None
             # the store is unreachable: keep what this worker verified, ask again later
             logger.warning("keys cannot be re-read (%s); using the cached key %s", err, key_id)
             entry = _Entry(

@@ -145,7 +145,7 @@ def _page(entries: list[Any], limit: int) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/audit", response_model=AuditOut)
+@router.get("/v1/audit", response_model=AuditOut, responses=error_responses(422))
 async def audit(request: Request, after_seq: AfterSeq = 0, limit: Limit = 100) -> Response:
     """The audit log in order (who, what, when, why, the numbers); a key scoped to some loops
     reads only their entries."""

@@ -212,14 +212,19 @@ def test_a_worker_started_during_an_outage_waits_for_the_database(
     closed = "postgresql://postgres@127.0.0.1:9/test?connect_timeout=2"  # nothing listens
     settings = make_settings(closed, tmp_path, start_retry_s=0.1)
     with admin_client(create_app(settings)) as client:
-        for method, path in (("POST", "/v1/loops/default/rank"), ("GET", "/v1/loops")):
+        # every route, /v1/status included: the worker cannot verify a key it never saw
+        for method, path in (
+            ("POST", "/v1/loops/default/rank"),
+            ("GET", "/v1/loops"),
+            ("GET", "/v1/status"),
+        ):
             r = client.request(method, path, json=BODY if method == "POST" else None)
             assert r.status_code == 503, r.text
             assert r.json()["error"]["code"] == "store_unavailable" and r.headers["retry-after"]
-        assert client.get("/v1/status").status_code == 200
         service = client.app.state.service  # type: ignore[attr-defined]
         good = make_engine(pg_url)  # the database answers (here: at another address)
         service.engine = service.writer.engine = service.loops.engine = good
+        service.keys.engine = good
         deadline = time.monotonic() + 20
         while (r := client.post("/v1/loops/default/rank", json=BODY)).status_code == 503:
             assert time.monotonic() < deadline, "the worker never started"
