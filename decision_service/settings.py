@@ -12,7 +12,9 @@ from deploy.keys import parse_token
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DS_", extra="ignore")
+    # hide_input_in_errors: a refused value (DS_ADMIN_KEY, a database URL with its password)
+    # is never echoed in the error
+    model_config = SettingsConfigDict(env_prefix="DS_", extra="ignore", hide_input_in_errors=True)
 
     database_url: str = Field(
         "sqlite:///./decision_service.db",
