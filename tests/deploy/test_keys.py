@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import re
 
 import pytest
@@ -18,6 +19,7 @@ from deploy.keys import (
     generate_key,
     hash_secret,
     parse_token,
+    secret_digest,
     stored_digest,
     verify_secret,
 )
@@ -73,6 +75,10 @@ def test_the_hash_is_bound_to_the_id_and_never_holds_the_secret() -> None:
     assert not verify_secret(key.key_id, key.secret[:-1] + "x", stored)
     assert not verify_secret("0" * 12, key.secret, stored)  # another id, same secret
     assert hash_secret(key.key_id, key.secret) == stored  # deterministic: one hash per check
+    plain = hmac.digest(
+        b"decision-service/api-key/v1", f"{key.key_id}:{key.secret}".encode(), "sha256"
+    )
+    assert secret_digest(key.key_id, key.secret) == plain  # HMAC-SHA256, exactly
     for broken in ("", "hmac-sha256$zz", "md5$" + "0" * 64, stored[:-1]):
         assert stored_digest(broken) is None
         assert not verify_secret(key.key_id, key.secret, broken)
