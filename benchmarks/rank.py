@@ -40,6 +40,8 @@ import orjson
 import psycopg
 from psycopg import sql
 
+from benchmarks.loadgen import BENCH_KEY
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
 SERVICE_APP = "decision_service:create_app"
@@ -319,6 +321,7 @@ def run_service(args: argparse.Namespace, actions: int) -> dict[str, Any]:
             "DS_DATABASE_URL": url,
             "DS_DURABILITY": args.mode,
             "DS_SPOOL_DIR": spool,
+            "DS_ADMIN_KEY": BENCH_KEY,  # the key the load generator sends
         }
         if args.premigrate:
             premigrate(url)

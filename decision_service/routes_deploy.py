@@ -19,8 +19,8 @@ changed), `gate_not_passed` (approve without a passed verdict and without overri
 `rollout_slot_taken`, `no_live_version`, `no_rollback_target`; 422 `invalid_request` (blank or
 overlong reason, canary percent out of bounds, unknown fields); 400/413 for bodies.
 
-The actor of an audited change is `request.state.actor` and its role `request.state.role` when
-the authentication layer sets them, else "anonymous".
+Reads need the `read` permission, changes `gatekeep` (decision_service.auth); the caller's key
+(its id and name) and role are the actor of the audited change.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from decision_service.auth import authorize
 from decision_service.errors import describe_validation
 from decision_service.routes import LOOP_NAME, LoopName, _json, _service, read_json
 from decision_service.schemas import body_ref, error_responses
@@ -47,6 +48,7 @@ from decision_service.schemas_deploy import (
     RolloutRequest,
 )
 from deploy.ab import analyse_canary
+from deploy.keys import Principal
 from deploy.registry import ModelVersion, get_version
 from deploy.rollout import rollback, transition
 from explore.errors import Conflict, InvalidInput, NotFound
@@ -65,13 +67,9 @@ VersionId = Annotated[
 ]
 
 
-def actor_of(request: Request) -> tuple[str, str | None]:
-    """(actor, role) of the request for the audit log."""
-    actor = getattr(request.state, "actor", None)
-    role = getattr(request.state, "role", None)
-    return (actor if isinstance(actor, str) and actor else "anonymous"), (
-        role if isinstance(role, str) else None
-    )
+def actor_of(principal: Principal) -> tuple[str, str | None]:
+    """(actor, role) of the caller for the audit log."""
+    return principal.actor, principal.role
 
 
 async def _loop_engine(request: Request, loop: str) -> Engine:
@@ -127,6 +125,7 @@ async def list_models(
     limit: Annotated[int, Query(ge=1, le=MAX_MODELS_READ, description="Most versions.")] = 100,
 ) -> Response:
     """The loop's model versions, newest first, with their latest gate verdict."""
+    await authorize(request, "read", loop)
     engine = await _loop_engine(request, loop)
     if status is not None and status not in REQUEST_STATUSES:
         raise InvalidInput(f"status must be one of {list(REQUEST_STATUSES)}", "invalid_request")
@@ -158,6 +157,7 @@ async def list_models(
 )
 async def get_model(request: Request, loop: LoopName, version: VersionId) -> Response:
     """One version with all its gate verdicts (latest first) and its audited history."""
+    await authorize(request, "read", loop)
     engine = await _loop_engine(request, loop)
     found = await _version(engine, loop, version)
 
@@ -176,11 +176,17 @@ async def get_model(request: Request, loop: LoopName, version: VersionId) -> Res
 
 
 async def _move(
-    request: Request, loop: str, version: str, to: str, body: Any, **kwargs: Any
+    request: Request,
+    principal: Principal,
+    loop: str,
+    version: str,
+    to: str,
+    body: Any,
+    **kwargs: Any,
 ) -> Response:
     engine = await _loop_engine(request, loop)
     found = await _version(engine, loop, version)
-    actor, role = actor_of(request)
+    actor, role = actor_of(principal)
 
     def run() -> dict[str, Any]:
         moved = transition(
@@ -203,8 +209,9 @@ _MOVE_ERRORS = error_responses(400, 404, 409, 413, 422)
 async def approve(request: Request, loop: LoopName, version: VersionId) -> Response:
     """Make the version live (its latest gate verdict must have passed, unless `override`);
     the live version retires and becomes this one's rollback target."""
+    principal = await authorize(request, "gatekeep", loop)
     body = await _body(request, ApproveRequest)
-    return await _move(request, loop, version, "live", body, override=body.override)
+    return await _move(request, principal, loop, version, "live", body, override=body.override)
 
 
 @router.post(
@@ -215,8 +222,9 @@ async def approve(request: Request, loop: LoopName, version: VersionId) -> Respo
 )
 async def reject(request: Request, loop: LoopName, version: VersionId) -> Response:
     """Reject a candidate, shadow or canary (a canary stops serving; live is untouched)."""
+    principal = await authorize(request, "gatekeep", loop)
     body = await _body(request, RejectRequest)
-    return await _move(request, loop, version, "rejected", body)
+    return await _move(request, principal, loop, version, "rejected", body)
 
 
 @router.post(
@@ -228,11 +236,12 @@ async def reject(request: Request, loop: LoopName, version: VersionId) -> Respon
 async def rollout(request: Request, loop: LoopName, version: VersionId) -> Response:
     """Move the version to shadow (scored beside live, never served) or canary (serves
     `canary_percent` % of traffic)."""
+    principal = await authorize(request, "gatekeep", loop)
     body = await _body(request, RolloutRequest)
     if body.to == "shadow" and body.canary_percent is not None:
         raise InvalidInput("canary_percent applies to a canary only", "invalid_request")
     extra = {"canary_percent": body.canary_percent} if body.to == "canary" else {}
-    return await _move(request, loop, version, body.to, body, **extra)
+    return await _move(request, principal, loop, version, body.to, body, **extra)
 
 
 @router.post(
@@ -244,9 +253,10 @@ async def rollout(request: Request, loop: LoopName, version: VersionId) -> Respo
 async def roll_back(request: Request, loop: LoopName) -> Response:
     """Roll the live version back: it retires, the version it replaced (or `to`) is live again.
     Answers the restored version. To stop a canary and keep live, reject the canary."""
+    principal = await authorize(request, "gatekeep", loop)
     engine = await _loop_engine(request, loop)
     body = await _body(request, RollbackRequest)
-    actor, role = actor_of(request)
+    actor, role = actor_of(principal)
 
     def run() -> dict[str, Any]:
         restored = rollback(
@@ -266,6 +276,7 @@ async def roll_back(request: Request, loop: LoopName) -> Response:
 @router.get("/v1/loops/{loop}/rollout", response_model=RolloutOut, responses=error_responses(404))
 async def rollout_state(request: Request, loop: LoopName) -> Response:
     """The live, canary and shadow versions, and the canary's online analysis against live."""
+    await authorize(request, "read", loop)
     engine = await _loop_engine(request, loop)
 
     def build() -> dict[str, Any]:
