@@ -16,7 +16,7 @@ from decision_service import Settings, create_app
 from log.joiner import join_loop
 from log.models import EvaluationRow, OutcomeRow, RewardRow, WriterRow
 from log.schema import make_engine
-from tests.conftest import make_settings
+from tests.conftest import admin_client, make_settings
 from tests.decision_service.test_durability import database_down, wait_shipped
 from tests.decision_service.test_evaluations_api import _wait as wait_for_job
 from tests.learn.helpers import deadline, write
@@ -189,7 +189,7 @@ def test_signals_of_a_slate_go_to_their_slot(client: TestClient, engine: Engine)
 def test_signals_during_an_outage_are_accepted_unverified_with_their_metric(
     db_url: str, tmp_path: Path
 ) -> None:
-    with TestClient(create_app(make_settings(db_url, tmp_path))) as client:
+    with admin_client(create_app(make_settings(db_url, tmp_path))) as client:
         service = client.app.state.service  # type: ignore[attr-defined]
         setup_loop(client)
         rank(client, "e1")
