@@ -21,6 +21,7 @@ import asyncio
 import hmac
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,7 +63,7 @@ class KeyCache:
         self.engine = engine
         self.ttl_s = ttl_s
         self.max_entries = max_entries
-        self.entries: dict[str, _Entry] = {}
+        self.entries: OrderedDict[str, _Entry] = OrderedDict()
         self._reads: dict[str, asyncio.Future[_Entry]] = {}
         self._generation = 0
         self.reads = 0  # database reads made (tests and benchmarks count them)
@@ -75,13 +76,11 @@ class KeyCache:
         return _Entry(principal, stored_digest(stored.secret_hash), not stored.active, expires)
 
     def _store(self, key_id: str, entry: _Entry) -> None:
+        # entries are kept in the order they were read, which is the order they expire in
+        # (one TTL for all): when full, the oldest goes, in constant time
         self.entries.pop(key_id, None)
-        if len(self.entries) >= self.max_entries:
-            now = time.monotonic()
-            for stale in [k for k, e in self.entries.items() if e.expires <= now]:
-                del self.entries[stale]
-            while len(self.entries) >= self.max_entries:  # the oldest first
-                del self.entries[next(iter(self.entries))]
+        while len(self.entries) >= self.max_entries:
+            self.entries.popitem(last=False)
         self.entries[key_id] = entry
 
     async def _read(self, key_id: str) -> _Entry:
