@@ -21,12 +21,13 @@ import asyncio
 import hmac
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
 
-from deploy.keys import ROLES, NewKey, Principal, parse_token, secret_digest, stored_digest
+from deploy.keys import ROLES, Principal, secret_digest, split_token, stored_digest
 from explore.errors import Forbidden, Unauthorized, Unavailable
 from log.api_keys import StoredKey, get_key
 from log.schema import Engine
@@ -62,7 +63,7 @@ class KeyCache:
         self.engine = engine
         self.ttl_s = ttl_s
         self.max_entries = max_entries
-        self.entries: dict[str, _Entry] = {}
+        self.entries: OrderedDict[str, _Entry] = OrderedDict()
         self._reads: dict[str, asyncio.Future[_Entry]] = {}
         self._generation = 0
         self.reads = 0  # database reads made (tests and benchmarks count them)
@@ -75,13 +76,11 @@ class KeyCache:
         return _Entry(principal, stored_digest(stored.secret_hash), not stored.active, expires)
 
     def _store(self, key_id: str, entry: _Entry) -> None:
+        # entries are kept in the order they were read, which is the order they expire in
+        # (one TTL for all): when full, the oldest goes, in constant time
         self.entries.pop(key_id, None)
-        if len(self.entries) >= self.max_entries:
-            now = time.monotonic()
-            for stale in [k for k, e in self.entries.items() if e.expires <= now]:
-                del self.entries[stale]
-            while len(self.entries) >= self.max_entries:  # the oldest first
-                del self.entries[next(iter(self.entries))]
+        while len(self.entries) >= self.max_entries:
+            self.entries.popitem(last=False)
         self.entries[key_id] = entry
 
     async def _read(self, key_id: str) -> _Entry:
@@ -139,9 +138,10 @@ def presented_key(headers: list[tuple[bytes, bytes]]) -> str:
         elif name == _SUBSCRIPTION_KEY:
             subscription = value
     if authorization is not None:
-        scheme, _, token = authorization.decode("latin-1").strip().partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
+        if authorization[:7].lower() == b"bearer ":
+            token = authorization[7:].strip()
+            if token:
+                return token.decode("latin-1")
         if subscription is None:
             raise Unauthorized("the Authorization header must be `Bearer <key>`", "unauthorized")
     if subscription is not None:
@@ -154,20 +154,20 @@ async def authorize(request: Request, permission: str, loop: str | None = None) 
     wrong secret), 403 Forbidden (the role lacks `permission`, or `loop` is outside the key's
     loops). `loop` None: the action is not about one loop (the route filters what it shows by
     `Principal.sees`)."""
-    token = presented_key(request.scope["headers"])
-    key: NewKey | None = parse_token(token)
-    if key is None:
+    parts = split_token(presented_key(request.scope["headers"]))
+    if parts is None:
         raise Unauthorized("the API key is not of the service's form (dsk_...)", "unauthorized")
+    key_id, secret = parts
     cache: KeyCache = request.app.state.service.keys
-    entry = await cache.get(key.key_id)
+    entry = await cache.get(key_id)
     if (
         entry.principal is None
         or entry.digest is None
-        or not hmac.compare_digest(secret_digest(key.key_id, key.secret), entry.digest)
+        or not hmac.compare_digest(secret_digest(key_id, secret), entry.digest)
     ):
         raise Unauthorized("the API key is not valid", "unauthorized")
     if entry.revoked:
-        raise Unauthorized(f"API key {key.key_id} was revoked", "unauthorized")
+        raise Unauthorized(f"API key {key_id} was revoked", "unauthorized")
     principal = entry.principal
     if not principal.may(permission, loop):
         if permission not in ROLES.get(principal.role, ()):

@@ -36,6 +36,7 @@ __all__ = [
     "hash_secret",
     "parse_token",
     "secret_digest",
+    "split_token",
     "stored_digest",
     "verify_secret",
 ]
@@ -133,12 +134,19 @@ def generate_key() -> NewKey:
     return NewKey(secrets.token_hex(6), secret)
 
 
-def parse_token(token: str) -> NewKey | None:
-    """(key id, secret) of a presented key; None when it is not of the key's form."""
+def split_token(token: str) -> tuple[str, str] | None:
+    """(key id, secret) of a presented key; None when it is not of the key's form. (The
+    request path's version: no object built.)"""
     if len(token) != TOKEN_LENGTH:
         return None
     found = _TOKEN.fullmatch(token)
-    return NewKey(found.group(1), found.group(2)) if found else None
+    return (found[1], found[2]) if found else None
+
+
+def parse_token(token: str) -> NewKey | None:
+    """The key a token holds; None when it is not of the key's form."""
+    parts = split_token(token)
+    return NewKey(*parts) if parts else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -381,3 +381,15 @@ def test_pg_revocation_in_sql_is_seen(pg_url: str, tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert client.get("/v1/status").status_code == 200  # the admin key still works
+
+
+def test_the_key_cache_is_bounded(client: TestClient) -> None:
+    """Unknown key ids (anyone can send them) fill the cache up to its bound, oldest out."""
+    cache = client.app.state.service.keys  # type: ignore[attr-defined]
+    cache.max_entries = 3
+    for i in range(10):
+        unknown = bearer(f"dsk_{i:012x}_" + "A" * 43)
+        assert client.get("/v1/loops", headers=unknown).status_code == 401
+    assert list(cache.entries) == [f"{i:012x}" for i in (7, 8, 9)]
+    assert client.get("/v1/loops").status_code == 200  # the admin key is read again
+    assert len(cache.entries) == 3
