@@ -46,6 +46,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
+from benchmarks.loadgen import BENCH_KEY
 from benchmarks.rank_serving import SERVINGS, install_versions, serving_counts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -329,6 +330,7 @@ def run_service(
             "DS_DATABASE_URL": url,
             "DS_DURABILITY": args.mode,
             "DS_SPOOL_DIR": spool,
+            "DS_ADMIN_KEY": BENCH_KEY,  # the key the load generator sends
         }
         if args.premigrate or serving is not None:
             premigrate(url)

@@ -62,6 +62,7 @@ def build_spec(
     slates: str,
     greedy: bool,
     seed: int,
+    guardrails: list[str] | None = None,
 ) -> EvaluationSpec:
     """The spec the options describe; typer.BadParameter when they do not make one."""
     bad = [p for p in policies if p not in BASELINE_KINDS]
@@ -92,6 +93,7 @@ def build_spec(
             interval=interval,
             slates=slates,
             seed=seed,
+            guardrails=tuple(guardrails or ()),
             **fields,
         )
     except SpecError as err:
@@ -155,6 +157,12 @@ def evaluate(
         False, "--greedy", help="Models and VW candidates greedy, not with the loop's exploration."
     ),
     seed: int = typer.Option(0, help="Seed of the bootstrap and of the reward model's folds."),
+    guardrail: list[str] = typer.Option(
+        None,
+        "--guardrail",
+        help="A guardrail metric (e.g. report) whose rate each policy is estimated to have, "
+        "against live's (repeatable, at most 8).",
+    ),
     json_out: Path = typer.Option(None, "--json", help="Write the JSON result here."),
     html_out: Path = typer.Option(None, "--html", help="Write the HTML report here."),
     record: bool = typer.Option(False, "--record", help="Also store the run in `evaluations`."),
@@ -184,6 +192,7 @@ def evaluate(
             slates=slates,
             greedy=greedy,
             seed=seed,
+            guardrails=list(guardrail or []),
         )
         result = _run(engine, loop, spec, record=record, progress=progress)
         typer.echo(summary_table(result))

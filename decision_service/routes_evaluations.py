@@ -16,7 +16,7 @@ of its stderr.
 | unknown loop (or a name no loop can have) | 404 | loop_not_found |
 | unknown evaluation (or one of another loop) | 404 | evaluation_not_found |
 | body not JSON / too large | 400 / 413 | invalid_json / payload_too_large |
-| wrong shape, unknown fields, bad estimator, alpha, interval | 422 | invalid_request |
+| wrong shape, unknown fields, bad estimator, alpha, interval, guardrails | 422 | invalid_request |
 | two policies with one name | 422 | duplicate_policy |
 | since >= until, naive or unparsable timestamps, train_until >= until | 422 | invalid_window |
 | model version unknown in this loop | 422 | unknown_version |
@@ -56,6 +56,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, Response
 
 import deploy.registry as registry
+from decision_service.auth import authorize
 from decision_service.errors import describe_validation
 from decision_service.routes import LOOP_NAME, LoopName, _json, _service, read_json
 from decision_service.schemas import body_ref, error_responses
@@ -108,6 +109,14 @@ class EvaluationRequest(_Body):
     interval: str = "bootstrap"
     slates: Literal["skip", "slot0"] = "skip"
     seed: StrictInt = 0
+    guardrails: list[str] | None = Field(
+        default=None,
+        max_length=8,
+        description="Guardrail metrics (as in the loop's gate.guardrails, e.g. report): each "
+        "policy's result gets, per metric, its rate (share of events with at least one signal "
+        "of the metric inside the window), live's on the same events and the paired difference, "
+        "IPS estimates with this request's interval and alpha.",
+    )
 
 
 class EvaluationLinks(BaseModel):
@@ -230,6 +239,7 @@ def spawn_job(engine: Engine, settings: Settings, evaluation_id: str) -> bool:
 )
 async def create(request: Request, loop: LoopName) -> Response:
     """Queue an offline evaluation of candidate policies on the loop's joined logs."""
+    await authorize(request, "evaluate", loop)
     engine = await _existing_loop(request, loop)
     service = _service(request)
     body = await read_json(request)
@@ -272,12 +282,14 @@ async def list_runs(
     limit: Annotated[int, Query(ge=1, le=MAX_LIST, description="Most runs listed.")] = 50,
 ) -> Response:
     """The loop's latest runs, newest first (without their results)."""
+    await authorize(request, "read", loop)
     engine = await _existing_loop(request, loop)
     records = await run_in_threadpool(lambda: list_evaluations(engine, loop, limit=limit))
     return _json({"evaluations": [_record_json(r, with_result=False) for r in records]})
 
 
 async def _run(request: Request, loop: str, evaluation_id: str) -> EvaluationRecord:
+    await authorize(request, "read", loop)
     engine = await _existing_loop(request, loop)
     record = None
     if EVALUATION_ID.fullmatch(evaluation_id):

@@ -53,7 +53,18 @@ class RewardRequest(_Body):
         default=None,
         min_length=1,
         max_length=128,
-        description="Idempotency key: a retry with the same key is stored once.",
+        description="Idempotency key: a retry with the same key is stored once; the same key "
+        "with another value, slot or metric is a 409 reward_conflict.",
+    )
+    metric: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Absent: the reward. Otherwise a guardrail signal (negative feedback such as "
+        "report or hide) of a metric declared in the loop's gate.guardrails (else 422 "
+        "unknown_metric): it is not part of the reward; the joiner counts the signals of each "
+        "metric received inside the window, and the gate compares their rates. Its value must "
+        "lie in [0, 1e9]: it is stored, but only the signal is counted.",
     )
 
 

@@ -14,8 +14,10 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from decision_service.auth import KeyCache
 from decision_service.decide import decide, request_digest
 from decision_service.errors import describe_validation
+from decision_service.key_bootstrap import ensure_admin_key
 from decision_service.rank_input import CONTROL, LOOP_NAME, parse_rank
 from decision_service.runtime import LoopRegistry, LoopRuntime
 from decision_service.schemas import RewardRequest
@@ -25,6 +27,7 @@ from log.joiner import JoinStats, join_loop
 from log.loops import ensure_default_loop, list_loops
 from log.ops import Op
 from log.records import (
+    GUARDRAIL_MAX_VALUE,
     ActivationRecord,
     RewardRecord,
     is_generated_id,
@@ -60,12 +63,21 @@ class Service:
             max_group=settings.group_commit_max_rows,
         )
         self.loops = LoopRegistry(self.engine)
+        self.keys = KeyCache(self.engine, settings.key_cache_s)
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start_sync(self) -> None:
+    def start_sync(self, *, admin_key: bool = True) -> None:
+        """`admin_key`: make sure an admin key exists (decision_service.key_bootstrap)."""
         migrate(self.engine)
         ensure_default_loop(self.engine)
+        if admin_key:
+            secret = self.settings.admin_key
+            ensure_admin_key(
+                self.engine,
+                secret.get_secret_value() if secret else None,
+                self.settings.admin_key_file,
+            )
         self.loops.refresh()
         self.writer.start()
 
@@ -227,7 +239,22 @@ class Service:
         runtime, info = await self._event(loop, event_id)
         cfg = runtime.config
         value = float(req.value)
-        if not (cfg.min_reward <= value <= cfg.max_reward):
+        metric = req.metric or ""
+        if metric:  # a guardrail signal: counted by the joiner, never part of the reward
+            if metric not in cfg.gate.guardrails:
+                declared = sorted(cfg.gate.guardrails)
+                raise InvalidInput(
+                    f"metric {metric!r} is not a guardrail of loop {loop!r} (declared in its "
+                    f"gate.guardrails: {declared})",
+                    "unknown_metric",
+                )
+            if not (0.0 <= value <= GUARDRAIL_MAX_VALUE):
+                raise InvalidInput(
+                    f"value {value} of guardrail signal {metric!r} is outside [0, 1e9] (the "
+                    "value is stored; the signal is what counts)",
+                    "reward_out_of_range",
+                )
+        elif not (cfg.min_reward <= value <= cfg.max_reward):
             raise InvalidInput(
                 f"value {value} is outside the loop's range [{cfg.min_reward}, {cfg.max_reward}]",
                 "reward_out_of_range",
@@ -245,7 +272,7 @@ class Service:
 
         def build(now: datetime) -> list[Op]:
             late = deadline is not None and now > deadline
-            return [RewardRecord(reward_id, loop, event_id, slot, value, now, late)]
+            return [RewardRecord(reward_id, loop, event_id, slot, value, now, late, metric)]
 
         result = await self.writer.write(build)
         record = result.ops[0] if result.ops else None
@@ -259,7 +286,8 @@ class Service:
             except StoreUnreachable:
                 stored = None
             if stored is not None:
-                if (stored.value, stored.slot) != (value, slot):
+                # the key names one signal: another value, slot or metric is another reward
+                if (stored.value, stored.slot, stored.metric) != (value, slot, metric):
                     raise Conflict(
                         f"reward_id {req.reward_id!r} was already used for a different reward",
                         "reward_conflict",

@@ -1,4 +1,9 @@
-"""Model registry, promotion and rollout."""
+"""Model registry, promotion gate and rollout.
+
+`deploy.registry` (versions), `deploy.rollout` (states, transitions, rollback), `deploy.gate`
+(the off-policy promotion gate; imports `learn`, so it is not imported here), `deploy.ab` (the
+online analysis of a canary against live).
+"""
 
 from deploy.registry import (
     IntegrityError,
@@ -13,6 +18,7 @@ from deploy.registry import (
     promote,
     register,
 )
+from deploy.rollout import rollback, transition
 
 __all__ = [
     "IntegrityError",
@@ -26,4 +32,6 @@ __all__ = [
     "load_artifact",
     "promote",
     "register",
+    "rollback",
+    "transition",
 ]

@@ -19,6 +19,7 @@ import hashlib
 import secrets
 from datetime import UTC, datetime
 
+from deploy import rollout
 from explore.errors import NotFound
 from log.registry_store import (
     LiveVersionConflict,
@@ -27,7 +28,6 @@ from log.registry_store import (
     list_models,
     live_model,
     live_models,
-    promote_model,
     read_artifact,
     register_model,
 )
@@ -50,7 +50,7 @@ __all__ = [
     "register",
 ]
 
-STATUSES = ("candidate", "live", "retired")
+STATUSES = rollout.STATUSES
 KINDS = ("online", "batch", "manual")
 
 ModelVersion = ModelRecord
@@ -102,12 +102,18 @@ def register(
     checkpoint: datetime | None = None,
     checkpoint_seq: int | None = None,
     promote_now: bool = False,
+    actor: str = "cli",
+    reason: str | None = None,
 ) -> ModelVersion:
     """Store a new version (status candidate, or live with `promote_now`) atomically.
 
     `trained_from`/`trained_until` are the decided_at range of the events this training
     learned; with a `parent` (which must be a version of the same loop) the stored window
-    also covers the parent's lineage. `checkpoint_seq` is the largest join_seq learned.
+    also covers the parent's lineage, and the version inherits the parent's `replaced` (a
+    freshness continuation rolls back to what its lineage replaced). `checkpoint_seq` is the
+    largest join_seq learned. With `promote_now` the version goes live in the same transaction
+    (audited with `actor` and `reason`; see :func:`deploy.rollout.promote`: a continuation of the
+    live version is the freshness track, anything else an override of the gate).
     Raises ValueError (bad arguments), LookupError (unknown parent), LiveVersionConflict."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -143,14 +149,30 @@ def register(
         status="candidate",
         created_at=now,
         updated_at=now,
+        replaced=None if parent_version is None else parent_version.replaced,
     )
-    return register_model(engine, record, artifact, promote=promote_now)
+    if not promote_now:
+        return register_model(engine, record, artifact)
+    req = rollout.TransitionRequest(
+        to="live",
+        actor=actor,
+        role=None,
+        reason=reason or f"registered live directly by {actor} (no gate)",
+        at=now,
+        override=True,
+        any_to_live=True,
+    )
+    return register_model(
+        engine, record, artifact, planner=lambda state: rollout.plan_transition(state, req)
+    )
 
 
 def promote(engine: Engine, version: str) -> ModelVersion:
-    """Make `version` live; the loop's previous live version is retired (one transaction,
-    serialised per loop). Raises LookupError for an unknown version, LiveVersionConflict."""
-    return promote_model(engine, version, now=datetime.now(UTC))
+    """Make `version` live whatever its gate verdict (actor "cli"; audited, flagged as an
+    override unless it is a freshness continuation); the loop's previous live version is
+    retired (one transaction, serialised per loop). See :func:`deploy.rollout.promote`.
+    Raises LookupError for an unknown version, LiveVersionConflict."""
+    return rollout.promote(engine, version, actor="cli")
 
 
 def get_version(engine: Engine, version: str) -> ModelVersion | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from log.training_reads import (
     EventWindow,
+    GuardrailCounts,
     JoinedDecision,
     JoinedKey,
     Order,
@@ -22,6 +23,7 @@ from log.training_reads import (
 
 __all__ = [
     "EventWindow",
+    "GuardrailCounts",
     "JoinedDecision",
     "JoinedKey",
     "Order",

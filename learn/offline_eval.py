@@ -376,7 +376,7 @@ def _score_and_estimate(
     *,
     reward_range: tuple[float, float],
 ) -> dict[str, Any]:
-    acc = Accumulator(list(targets), reward_range)
+    acc = Accumulator(list(targets), reward_range, spec.guardrails)
     skipped = _Skipped()
     first: datetime | None = None
     last: datetime | None = None

@@ -14,6 +14,11 @@ weight it could get: per event the largest ``pi(a) / p(a)`` over the actions the
 could take, which the logged pmf gives whichever action was drawn and whatever its reward (see
 :func:`evaluation.ope.term_bounds`). Self-normalised estimators have no such bounds: with these
 intervals they report an error, the others their estimates.
+
+Guardrails: for each metric of the spec, the per-event indicator "at least one signal of the
+metric was received inside the window" (slot 0), shared by every target. A target's rate is its
+IPS estimate (terms ``w * indicator``, a priori in ``[0, W]`` with the target's weight bound W,
+so the bounded intervals apply), compared with the live policy's on the same events (paired).
 """
 
 from __future__ import annotations
@@ -25,13 +30,17 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from evaluation import Diagnostics, EventStats, estimate_many, paired_difference
+from evaluation import Diagnostics, Estimate, EventStats, estimate_many, paired_difference
 from evaluation.estimators import estimator_ess, terms_from_stats
 from evaluation.ope import BOUNDED_INTERVALS, term_bounds
 from learn.offline_eval_spec import EvaluationSpec, PolicySpec
 from learn.offline_eval_targets import EvalEvent
 
-__all__ = ["Accumulator", "policy_result"]
+__all__ = ["GUARDRAIL_ESTIMATOR", "Accumulator", "policy_result"]
+
+GUARDRAIL_ESTIMATOR = "ips"
+"""Guardrail rates are IPS estimates of the indicator of >= 1 signal (in [0, 1])."""
+_INDICATOR_RANGE = (0.0, 1.0)
 
 FloatArray = NDArray[np.float64]
 
@@ -53,15 +62,22 @@ class Accumulator:
     """Per-event terms of every target, appended event by event (a few floats per event).
 
     ``reward_range``: the loop's (min_reward, max_reward), the a priori range of the rewards and
-    of the reward model's predictions.
+    of the reward model's predictions. ``guardrails``: the metrics whose per-event indicator
+    (>= 1 signal) is kept.
     """
 
-    def __init__(self, names: Sequence[str], reward_range: tuple[float, float]) -> None:
+    def __init__(
+        self,
+        names: Sequence[str],
+        reward_range: tuple[float, float],
+        guardrails: Sequence[str] = (),
+    ) -> None:
         self.reward_range = (float(reward_range[0]), float(reward_range[1]))
         self.reward = array("d")
         self.pscore = array("d")
         self.q_logged = array("d")
         self.columns = {name: _Column() for name in names}
+        self.signaled = {metric: array("d") for metric in guardrails}
 
     @property
     def n(self) -> int:
@@ -92,6 +108,8 @@ class Accumulator:
             # included, so that rounding cannot put the observed weight above the bound).
             ratio = np.divide(pi, logged, out=np.zeros_like(pi), where=~unsupported)
             col.max_weight.append(max(float(ratio.max()) / scale, float(pi[a]) / event.pscore))
+        for metric, flags in self.signaled.items():
+            flags.append(1.0 if event.guardrails.get(metric, 0) > 0 else 0.0)
         self.reward.append(event.reward)
         self.pscore.append(event.pscore)
         self.q_logged.append(float(q_hat[a]) if q_hat is not None else 0.0)
@@ -108,6 +126,10 @@ class Accumulator:
         if not with_q:
             return EventStats(weight, reward)
         return EventStats(weight, reward, _arr(self.q_logged)[start:], _arr(col.q_target)[offset:])
+
+    def indicator(self, metric: str, start: int) -> FloatArray:
+        """Per event from index `start` on: 1 when >= 1 signal of `metric` was counted."""
+        return _arr(self.signaled[metric])[start:]
 
     def unsupported_mass(self, name: str) -> float:
         return float(_arr(self.columns[name].unsupported).mean())
@@ -147,6 +169,7 @@ def policy_result(
     n = acc.count(p.name)
     start = acc.columns[p.name].start
     out.update({"n": n, "estimates": {}, "diagnostics": None, "problems": [], "vs_live": None})
+    out["guardrails"] = {}
     out["error"] = None
     if n < 2 or start is None:
         out["error"] = f"{n} events of the window are later than its training data: 2 needed"
@@ -199,4 +222,68 @@ def policy_result(
             out["estimates"].setdefault(name, {"error": str(err)})
             vs_live[name] = {"error": str(err)}
     out["vs_live"] = None if p.name == live else vs_live
+    out["guardrails"] = _guardrails(p.name, acc, live, spec, start, stats, live_stats)
+    return out
+
+
+def _guardrails(
+    name: str,
+    acc: Accumulator,
+    live: str,
+    spec: EvaluationSpec,
+    start: int,
+    stats: EventStats,
+    live_stats: EventStats,
+) -> dict[str, Any]:
+    """Per guardrail metric: the target's rate ("candidate"), the live policy's on the same
+    events ("live") and their paired difference; the live target's own entry has its on-policy
+    rate as both and no difference. Each estimate is IPS of the >= 1-signal indicator with the
+    spec's interval and alpha; a failure is reported as {"error": ...} for that metric."""
+    bounded = spec.interval in BOUNDED_INTERVALS
+    est = GUARDRAIL_ESTIMATOR
+
+    def bounds_of(target: str) -> tuple[float, float] | None:
+        if not bounded:
+            return None
+        weight = acc.weight_bound(target, start)
+        return term_bounds(est, reward_range=_INDICATOR_RANGE, weight_bound=weight)
+
+    out: dict[str, Any] = {}
+    for metric in spec.guardrails:
+        signaled = acc.indicator(metric, start)
+        try:
+            live_terms = terms_from_stats(est, EventStats(live_stats.weight, signaled))
+            live_ess = estimator_ess(est, live_stats)
+            live_bounds = bounds_of(live)
+            if name == live:
+                rate: Estimate = estimate_many(
+                    {est: live_terms},
+                    interval=spec.interval,
+                    alpha=spec.alpha,
+                    rng=spec.seed,
+                    bounds=None if live_bounds is None else {est: live_bounds},
+                    ess={est: live_ess},
+                )[est]
+                own = rate.to_dict()
+                out[metric] = {"candidate": own, "live": own, "difference": None}
+                continue
+            paired = paired_difference(
+                terms_from_stats(est, EventStats(stats.weight, signaled)),
+                live_terms,
+                method=est,
+                interval=spec.interval,
+                alpha=spec.alpha,
+                rng=spec.seed,
+                bounds=bounds_of(name),
+                incumbent_bounds=live_bounds,
+                candidate_ess=estimator_ess(est, stats),
+                incumbent_ess=live_ess,
+            )
+            out[metric] = {
+                "candidate": paired.candidate.to_dict(),
+                "live": paired.incumbent.to_dict(),
+                "difference": paired.difference.to_dict(),
+            }
+        except ValueError as err:
+            out[metric] = {"error": str(err)}
     return out

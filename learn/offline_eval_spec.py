@@ -32,6 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from evaluation import ESTIMATORS, INTERVALS
+from log.deploy_settings import GUARDRAIL_NAME, MAX_GUARDRAILS
 from policies import check_vw_args
 
 __all__ = [
@@ -248,6 +249,25 @@ class PolicySpec:
         return cls(**fields)
 
 
+def _check_guardrails(value: Any) -> tuple[str, ...]:
+    """Distinct guardrail metric names (as in a loop's gate.guardrails), at most 8."""
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise SpecError("invalid_request", "guardrails must be a list of metric names")
+    names = tuple(value)
+    if len(names) > MAX_GUARDRAILS:
+        raise SpecError("invalid_request", f"guardrails must name at most {MAX_GUARDRAILS} metrics")
+    for name in names:
+        if not isinstance(name, str) or not GUARDRAIL_NAME.fullmatch(name):
+            raise SpecError(
+                "invalid_request",
+                "guardrails: metric names are 1-64 characters of a-z 0-9 _ starting with a "
+                f"letter, got {name!r}",
+            )
+    if len(set(names)) != len(names):
+        raise SpecError("invalid_request", f"guardrails must be distinct, got {list(names)}")
+    return names
+
+
 def _default_policies() -> tuple[PolicySpec, ...]:
     return tuple(PolicySpec(kind) for kind in BASELINE_KINDS)
 
@@ -255,7 +275,9 @@ def _default_policies() -> tuple[PolicySpec, ...]:
 @dataclass(frozen=True)
 class EvaluationSpec:
     """A run: the targets, the evaluation window [since, until) of decided_at, the estimators
-    (each with a 1 - alpha interval of kind `interval`), what to do with slates, the seed."""
+    (each with a 1 - alpha interval of kind `interval`), what to do with slates, the seed, and
+    the guardrail metrics whose rates (share of events with at least one signal of the metric)
+    each target is estimated to have, beside the live policy's on the same events."""
 
     policies: tuple[PolicySpec, ...] = field(default_factory=_default_policies)
     since: datetime | None = None
@@ -265,6 +287,7 @@ class EvaluationSpec:
     interval: str = "bootstrap"
     slates: str = "skip"
     seed: int = 0
+    guardrails: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         policies = tuple(self.policies)
@@ -322,6 +345,7 @@ class EvaluationSpec:
             )
         object.__setattr__(self, "since", since)
         object.__setattr__(self, "until", until)
+        object.__setattr__(self, "guardrails", _check_guardrails(self.guardrails))
         for p in policies:
             if until is not None and p.train_until is not None and p.train_until >= until:
                 raise SpecError(
@@ -350,6 +374,7 @@ class EvaluationSpec:
             "interval": self.interval,
             "slates": self.slates,
             "seed": self.seed,
+            "guardrails": list(self.guardrails),
         }
 
     @classmethod
@@ -369,4 +394,8 @@ class EvaluationSpec:
             if not isinstance(fields["estimators"], list):
                 raise SpecError("invalid_request", "estimators must be a list of names")
             fields["estimators"] = tuple(fields["estimators"])
+        if "guardrails" in fields:
+            if not isinstance(fields["guardrails"], list):
+                raise SpecError("invalid_request", "guardrails must be a list of metric names")
+            fields["guardrails"] = tuple(fields["guardrails"])
         return cls(**fields)

@@ -5,7 +5,8 @@ A logged event (:class:`EvalEvent`) is a joined single decision: the candidates 
 actions that were not excluded, in request order; the logged action is the chosen one, its
 propensity ``pmf[chosen]`` and its reward the slot-0 outcome. A slate is skipped, or with
 ``slates="slot0"`` evaluated as the choice of its first slot (the first slot is sampled from the
-logged ``pmf``; its reward is taken to depend on that slot's action only).
+logged ``pmf``; its reward is taken to depend on that slot's action only). Its guardrail signals
+are slot 0's, like its reward.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -56,6 +57,8 @@ class EvalEvent:
     action: int
     pscore: float
     reward: float
+    # Slot 0's guardrail signals counted inside the window: {metric: count} (none: empty).
+    guardrails: Mapping[str, int] = field(default_factory=dict)
 
     def actions(self) -> list[Action]:
         """The candidates as :class:`explore.Action` (features as logged)."""
@@ -107,6 +110,7 @@ def eval_event(event: TrainingEvent, slates: str = "skip") -> EvalEvent | None:
         action=action,
         pscore=pscore,
         reward=reward,
+        guardrails=event.guardrails.get(0, {}),
     )
 
 

@@ -5,6 +5,11 @@ reward_wait for deferred decisions). Rewards with `received_at` at or before it 
 as the loop says; none -> the loop's default reward. Later rewards are marked late, stored and
 counted, never joined. Deferred decisions never activated have no deadline and never join.
 
+Guardrail signals (rewards whose `metric` is not "": negative feedback such as "report") are
+never part of the reward: per slot, the outcome's `guardrails` holds, for each metric, how many
+of its signals were received inside the window (null when none); late ones are marked late and
+not counted, exactly like late rewards.
+
 Guarantees:
 - A window is closed only once no reward that belongs to it can still be on its way: not
   before `now` (minus the caller's grace), and not past the lowest watermark of the registered
@@ -64,6 +69,8 @@ class JoinStats:
     defaulted: int = 0
     rewards_joined: int = 0
     late_rewards: int = 0
+    guardrail_signals: int = 0
+    late_guardrail_signals: int = 0
     activations_applied: int = 0
     cutoff: datetime | None = None
     last_seq: int | None = None
@@ -142,18 +149,26 @@ def join_loop(
                     RewardRow.value,
                     RewardRow.received_at,
                     RewardRow.late,
+                    RewardRow.metric,
                 )
                 .where(RewardRow.loop == loop, RewardRow.event_id.in_(ids))
                 .order_by(RewardRow.received_at, RewardRow.reward_id)
             ).all()
             by_slot: dict[tuple[str, int], list[float]] = defaultdict(list)
+            signals: dict[tuple[str, int], dict[str, int]] = defaultdict(dict)
             late_ids: list[str] = []
             timely_ids: list[str] = []
             for r in rewards:
                 late = r.received_at > deadline[r.event_id]
                 if late != r.late:
                     (late_ids if late else timely_ids).append(r.reward_id)
-                if late:
+                if r.metric:  # a guardrail signal: counted, never part of the reward
+                    if late:
+                        stats.late_guardrail_signals += 1
+                    else:
+                        counts = signals[(r.event_id, r.slot)]
+                        counts[r.metric] = counts.get(r.metric, 0) + 1
+                elif late:
                     stats.late_rewards += 1
                 else:
                     by_slot[(r.event_id, r.slot)].append(r.value)
@@ -162,6 +177,7 @@ def join_loop(
             for d in decisions:
                 for slot in range(d.n_slots):
                     values = by_slot.get((d.event_id, slot), [])
+                    counted = signals.get((d.event_id, slot))
                     rows.append(
                         {
                             "loop": loop,
@@ -175,9 +191,18 @@ def join_loop(
                             "join_seq": seq,
                         }
                     )
+                    if counted:
+                        rows[-1]["guardrails"] = dict(sorted(counted.items()))
                     stats.defaulted += not values
                     stats.rewards_joined += len(values)
-            conn.execute(dialect_insert(conn, OutcomeRow).on_conflict_do_nothing(), rows)
+                    stats.guardrail_signals += sum(counted.values()) if counted else 0
+            # outcomes without guardrail signals leave `guardrails` NULL (SQL NULL, not JSON
+            # null): one statement per shape, the second only when a slot got signals
+            plain = [row for row in rows if "guardrails" not in row]
+            flagged = [row for row in rows if "guardrails" in row]
+            for part in (plain, flagged):
+                if part:
+                    conn.execute(dialect_insert(conn, OutcomeRow).on_conflict_do_nothing(), part)
             conn.execute(
                 update(DecisionRow)
                 .where(

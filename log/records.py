@@ -19,6 +19,7 @@ from typing import Any
 __all__ = [
     "DECISION_COLUMNS",
     "GENERATED_ID",
+    "GUARDRAIL_MAX_VALUE",
     "ActivationRecord",
     "DecisionRecord",
     "Record",
@@ -103,6 +104,11 @@ class DecisionRecord:
 
 
 DECISION_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(DecisionRecord))
+
+
+GUARDRAIL_MAX_VALUE = 1e9
+"""A guardrail signal's value lies in [0, GUARDRAIL_MAX_VALUE]: it is stored as sent, but the
+joiner counts signals (one per record), whatever their values."""
 
 
 @dataclass(frozen=True, slots=True)

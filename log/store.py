@@ -160,14 +160,15 @@ def get_stored_reward(engine: Engine, index: SpoolIndex, reward_id: str) -> Rewa
 
 
 def loop_counts(engine: Engine, loop: str) -> dict[str, int]:
-    """Counts for a loop's status: decisions, rewards (late ones apart), joined outcomes."""
+    """Counts for a loop's status: decisions, rewards (late ones apart; guardrail signals are
+    not rewards and not counted), joined outcomes."""
     with engine.connect() as conn:
         decisions = conn.execute(
             select(func.count()).select_from(DecisionRow).where(DecisionRow.loop == loop)
         ).scalar_one()
         rewards = conn.execute(
             select(RewardRow.late, func.count())
-            .where(RewardRow.loop == loop)
+            .where(RewardRow.loop == loop, RewardRow.metric == "")
             .group_by(RewardRow.late)
         ).all()
         outcomes = conn.execute(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Generator, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -34,6 +34,7 @@ from log.records import DecisionRecord
 
 __all__ = [
     "EventWindow",
+    "GuardrailCounts",
     "JoinedDecision",
     "JoinedKey",
     "Order",
@@ -48,15 +49,22 @@ Order = Literal["seq", "decided"]
 ORDERS: tuple[str, ...] = ("seq", "decided")
 
 
+GuardrailCounts = Mapping[int, Mapping[str, int]]
+"""Per slot, per guardrail metric, how many of its signals were received inside the window
+(slots without signals are absent)."""
+
+
 @dataclass(frozen=True, slots=True)
 class JoinedDecision:
-    """A joined decision: the record as logged, its joined reward per slot, and the join
-    batch that closed its window (`join_seq`, commit-ordered; 0 before revision 0005)."""
+    """A joined decision: the record as logged, its joined reward per slot, the join batch
+    that closed its window (`join_seq`, commit-ordered; 0 before revision 0005) and, per slot,
+    the guardrail signals counted inside the window (`guardrails`, empty when none)."""
 
     record: DecisionRecord
     rewards: Mapping[int, float]
     join_seq: int
     joined_at: datetime
+    guardrails: GuardrailCounts = field(default_factory=dict)
 
     @property
     def event_id(self) -> str:
@@ -129,9 +137,9 @@ def last_join_seq(engine: Engine, loop: str) -> int:
 JoinedKey = tuple[str, int, datetime]
 """(event_id, join_seq, joined_at) of one joined decision."""
 
-# Records: the record's columns; outcomes: (event_id, slot, reward).
+# Records: the record's columns; outcomes: (event_id, slot, reward, guardrails).
 _ROWS = select(*RECORD_COLUMNS)
-_OUTCOMES = select(OutcomeRow.event_id, OutcomeRow.slot, OutcomeRow.reward)
+_OUTCOMES = select(OutcomeRow.event_id, OutcomeRow.slot, OutcomeRow.reward, OutcomeRow.guardrails)
 
 # PostgreSQL: one primary-key probe per id (LATERAL with an optimisation fence), a plan that
 # does not depend on fresh statistics. With `event_id IN (...)` and stale statistics (a bulk
@@ -145,13 +153,15 @@ _PG_ROWS = text(
     "WHERE loop = :loop AND event_id = k.event_id LIMIT 1) AS d"
 ).columns(*_PG_TYPED)
 _PG_OUTCOMES = text(
-    "SELECT o.event_id, o.slot, o.reward "
+    "SELECT o.event_id, o.slot, o.reward, o.guardrails "
     "FROM unnest(CAST(:ids AS text[])) AS k(event_id) CROSS JOIN LATERAL "
-    f"(SELECT event_id, slot, reward FROM {OutcomeRow.__tablename__} "
+    f"(SELECT event_id, slot, reward, guardrails FROM {OutcomeRow.__tablename__} "
     "WHERE loop = :loop AND event_id = k.event_id OFFSET 0) AS o"
 )
 
-Fetched = tuple[dict[str, DecisionRecord], dict[str, dict[int, float]]]
+Fetched = tuple[
+    dict[str, DecisionRecord], dict[str, dict[int, float]], dict[str, dict[int, dict[str, int]]]
+]
 
 
 def _collect(rows: Iterable[Any], outcomes: Iterable[Any]) -> Fetched:
@@ -160,9 +170,12 @@ def _collect(rows: Iterable[Any], outcomes: Iterable[Any]) -> Fetched:
         record = record_from_row(row)
         records[record.event_id] = record
     rewards: dict[str, dict[int, float]] = defaultdict(dict)
-    for event_id, slot, reward in outcomes:
+    guardrails: dict[str, dict[int, dict[str, int]]] = {}
+    for event_id, slot, reward, counts in outcomes:
         rewards[event_id][slot] = reward
-    return records, rewards
+        if counts:  # NULL (no signals) on nearly every row: nothing to build
+            guardrails.setdefault(event_id, {})[slot] = {str(k): int(v) for k, v in counts.items()}
+    return records, rewards, guardrails
 
 
 def _fetch(conn: Connection, loop: str, ids: list[str]) -> Fetched:
@@ -228,13 +241,22 @@ def fetch_joined(engine: Engine, loop: str, keys: list[JoinedKey]) -> list[Joine
 
 
 def _joined(conn: Connection, loop: str, keys: list[JoinedKey]) -> list[JoinedDecision]:
-    records, rewards = _fetch(conn, loop, [k[0] for k in keys])
+    records, rewards, guardrails = _fetch(conn, loop, [k[0] for k in keys])
     out = []
     empty: dict[int, float] = {}
+    no_signals: dict[int, dict[str, int]] = {}
     for event_id, join_seq, joined_at in keys:
         record = records.get(event_id)
         if record is not None:
-            out.append(JoinedDecision(record, rewards.get(event_id, empty), join_seq, joined_at))
+            out.append(
+                JoinedDecision(
+                    record,
+                    rewards.get(event_id, empty),
+                    join_seq,
+                    joined_at,
+                    guardrails.get(event_id, no_signals),
+                )
+            )
     return out
 
 

@@ -19,7 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "policies": {"explore"},
     "log": {"explore"},  # explore holds the shared value types and the error hierarchy
     "learn": {"log", "policies", "evaluation", "explore"},
-    "deploy": {"evaluation", "log", "policies", "explore"},
+    "deploy": {"evaluation", "learn", "log", "policies", "explore"},
     "decision_service": set(PACKAGES) - {"decision_service"},
 }
 

@@ -22,7 +22,7 @@ from deploy.registry import promote
 from log.loops import LoopConfig, put_loop
 from log.models import ModelRow
 from log.serving_reads import ServingVersions, loop_serving_versions, serving_versions
-from tests.conftest import make_settings
+from tests.conftest import admin_client, make_settings
 from tests.serving_helpers import register_version, set_status, trained_artifact
 
 LOOP = "swaps"
@@ -51,7 +51,7 @@ def serving(client: TestClient) -> dict[str, Any]:
 
 
 def test_serving_versions_is_one_query_for_every_loop(db_url: str, tmp_path: Path) -> None:
-    with TestClient(create_app(make_settings(db_url, tmp_path))) as client:
+    with admin_client(create_app(make_settings(db_url, tmp_path))) as client:
         service = client.app.state.service  # type: ignore[attr-defined]
         engine: Engine = service.engine
         put_loop(engine, "other", LoopConfig())
@@ -181,7 +181,7 @@ def test_a_canary_or_shadow_that_cannot_load_leaves_live_serving(
 
 @pytest.fixture
 def fast_refresh(db_url: str, tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(db_url, tmp_path, loop_refresh_s=0.05))) as c:
+    with admin_client(create_app(make_settings(db_url, tmp_path, loop_refresh_s=0.05))) as c:
         yield c
 
 
