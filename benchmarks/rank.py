@@ -6,6 +6,12 @@ with 2 workers, and drives each with the same closed-loop load (`benchmarks.load
 own process). Prints one JSON line per configuration on stdout; progress goes to stderr.
 
     .venv/bin/python -m benchmarks.rank --actions 10,50 --mode durable
+    .venv/bin/python -m benchmarks.rank --actions 10 --serving plain,canary,shadow --no-ceiling
+
+With `--serving`, each round runs the service once per serving configuration, alternated
+(`benchmarks.rank_serving`: plain = a registered live version alone; canary = a second version
+serving 10% of the requests; shadow = a second version scoring every request beside live), and
+the line reports each configuration's median run and its throughput relative to the first.
 
 After each service run the `decisions` rows are counted: every 201 must be logged, exactly once
 (`logged` must equal `answered_201`). `errors` counts non-2xx answers and failed connections in
@@ -41,6 +47,7 @@ import psycopg
 from psycopg import sql
 
 from benchmarks.loadgen import BENCH_KEY
+from benchmarks.rank_serving import SERVINGS, install_versions, serving_counts
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -315,7 +322,9 @@ def run_ceiling(args: argparse.Namespace, actions: int) -> dict[str, Any]:
         stop_server(server)
 
 
-def run_service(args: argparse.Namespace, actions: int) -> dict[str, Any]:
+def run_service(
+    args: argparse.Namespace, actions: int, serving: str | None = None
+) -> dict[str, Any]:
     with scratch_database(args.database_url) as url, tempfile.TemporaryDirectory() as spool:
         env = {
             "DS_DATABASE_URL": url,
@@ -323,14 +332,18 @@ def run_service(args: argparse.Namespace, actions: int) -> dict[str, Any]:
             "DS_SPOOL_DIR": spool,
             "DS_ADMIN_KEY": BENCH_KEY,  # the key the load generator sends
         }
-        if args.premigrate:
+        if args.premigrate or serving is not None:
             premigrate(url)
+        if serving is not None:
+            install_versions(url, serving, actions)
         server = start_server(args.service_app, env, args.workers, args.uvicorn_args)
         try:
             result = drive(server, args, actions, urlsplit(url).path.lstrip("/"))
         finally:
             stop_server(server)
         result["logged"] = count_rows(url)
+        if serving is not None:
+            result["serving"] = serving_counts(url)
         result["spooled_files"] = sum(1 for _ in Path(spool).rglob("*") if _.is_file())
         return result
 
@@ -367,7 +380,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="alternate ceiling and service runs this many times; report the median runs",
     )
     parser.add_argument("--no-ceiling", action="store_true", help="measure the service only")
+    parser.add_argument(
+        "--serving",
+        default=None,
+        help=f"comma-separated serving configurations among {','.join(SERVINGS)}, run "
+        "alternately in each round (default: the plain service, no registered version)",
+    )
     args = parser.parse_args(argv)
+    args.serving = [x.strip() for x in args.serving.split(",")] if args.serving else [None]
+    unknown = [x for x in args.serving if x is not None and x not in SERVINGS]
+    if unknown:
+        parser.error(f"--serving: unknown configurations {unknown}; choose among {SERVINGS}")
     args.actions = [int(a) for a in str(args.actions).split(",") if a.strip()]
     args.uvicorn_args = args.uvicorn_args.split()
     return args
@@ -386,6 +409,28 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return sorted(runs, key=lambda r: r["rps"])[(len(runs) - 1) // 2]
 
 
+def serving_summary(runs: dict[str | None, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per serving configuration: its median run's figures, every run's rps, and its median
+    rps relative to the first configuration's (the configurations alternate in each round)."""
+    first = median_run(next(iter(runs.values())))["rps"]
+    out: dict[str, Any] = {}
+    for name, done in runs.items():
+        med = median_run(done)
+        out[str(name)] = {
+            "rps": med["rps"],
+            "rps_runs": [run["rps"] for run in done],
+            "vs_first": round(med["rps"] / first, 3) if first else None,
+            "p50_ms": med["p50_ms"],
+            "p99_ms": med["p99_ms"],
+            "server_cpu_us_per_req": med["cpu"]["cpu_us_per_req"]["server"],
+            "est_rps_alone": estimate_alone(med),
+            "logged": med["logged"],
+            "answered_201": med["statuses"].get("201", 0),
+            **med.get("serving", {}),
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if shutil.which("ss") is None:
@@ -393,19 +438,24 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for actions in args.actions:
         ceilings: list[dict[str, Any]] = []
-        services: list[dict[str, Any]] = []
+        runs: dict[str | None, list[dict[str, Any]]] = {name: [] for name in args.serving}
         for r in range(args.rounds):
             if not args.no_ceiling:
                 log(f"ceiling, {actions} actions, round {r + 1}/{args.rounds} ...")
                 ceilings.append(run_ceiling(args, actions))
                 log(f"ceiling: {orjson.dumps(ceilings[-1]).decode()}")
-            log(f"service ({args.mode}), {actions} actions, round {r + 1}/{args.rounds} ...")
-            services.append(run_service(args, actions))
-            log(f"service: {orjson.dumps(services[-1]).decode()}")
-            answered = services[-1]["statuses"].get("201", 0)
-            if services[-1]["logged"] != answered:
-                log(f"MISMATCH: {answered} answered 201, {services[-1]['logged']} rows logged")
-                status = 1
+            k = len(args.serving)  # rotate the order each round: no configuration always goes first
+            for name in args.serving[r % k :] + args.serving[: r % k]:
+                what = f"service ({args.mode}{', ' + name if name else ''})"
+                log(f"{what}, {actions} actions, round {r + 1}/{args.rounds} ...")
+                runs[name].append(run_service(args, actions, name))
+                last = runs[name][-1]
+                log(f"{what}: {orjson.dumps(last).decode()}")
+                answered = last["statuses"].get("201", 0)
+                if last["logged"] != answered:
+                    log(f"MISMATCH: {answered} answered 201, {last['logged']} rows logged")
+                    status = 1
+        services = runs[args.serving[0]]
         service = median_run(services)
         ceiling = median_run(ceilings) if ceilings else None
         line: dict[str, Any] = {
@@ -435,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
             "workers": args.workers,
             "rounds": args.rounds,
         }
+        if args.serving != [None]:
+            line["serving"] = serving_summary(runs)
         print(orjson.dumps(line).decode(), flush=True)
     return status
 
