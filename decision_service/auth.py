@@ -11,8 +11,8 @@ request with a cached key costs a dict lookup and one HMAC-SHA256; the database 
 per key and period (concurrent requests share that read). A revocation takes effect at once in
 the worker that made it and within `DS_KEY_CACHE_S` in every other. While the database is
 unreachable a worker keeps using the keys it had verified (nothing can be revoked meanwhile
-through this database), and a key it never saw gets 503 `store_unavailable` (as does any key
-while its keys cannot be read at all, e.g. before a worker started during an outage migrated).
+through this database), and a key it never saw gets 503 `store_unavailable`; so does every
+key before the worker's start-up (migration, first admin key) is done.
 """
 
 from __future__ import annotations
@@ -67,6 +67,9 @@ class KeyCache:
         self._reads: dict[str, asyncio.Future[_Entry]] = {}
         self._generation = 0
         self.reads = 0  # database reads made (tests and benchmarks count them)
+        # set once the worker's start-up (migration, first admin key) is done: before, a key
+        # cannot be known (DS_ADMIN_KEY may not be registered yet) and is not looked up
+        self.ready = False
 
     def _entry(self, stored: StoredKey | None, now: float) -> _Entry:
         expires = now + self.ttl_s
@@ -110,6 +113,8 @@ class KeyCache:
         entry = self.entries.get(key_id)
         if entry is not None and entry.expires > time.monotonic():
             return entry
+        if not self.ready:
+            raise Unavailable("the service is starting; retry shortly")
         pending = self._reads.get(key_id)
         if pending is None:
             pending = asyncio.ensure_future(self._read(key_id))

@@ -80,6 +80,7 @@ class Service:
             )
         self.loops.refresh()
         self.writer.start()
+        self.keys.ready = True
 
     async def start(self) -> None:
         """Migrate, load the loops, register the writer. A worker that starts while the

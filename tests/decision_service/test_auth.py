@@ -393,3 +393,16 @@ def test_the_key_cache_is_bounded(client: TestClient) -> None:
     assert list(cache.entries) == [f"{i:012x}" for i in (7, 8, 9)]
     assert client.get("/v1/loops").status_code == 200  # the admin key is read again
     assert len(cache.entries) == 3
+
+
+def test_keys_are_not_looked_up_before_the_start_up_is_done(client: TestClient) -> None:
+    """Until the worker's start-up (migration, DS_ADMIN_KEY registered) is done, a key it has
+    not verified is a 503 (retry), never a 401 remembered for DS_KEY_CACHE_S."""
+    cache = client.app.state.service.keys  # type: ignore[attr-defined]
+    cache.entries.clear()
+    cache.ready = False
+    r = client.get("/v1/loops")
+    assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
+    assert r.headers["retry-after"]
+    cache.ready = True
+    assert client.get("/v1/loops").status_code == 200
