@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Connection, Engine, func, select, text
+import orjson
+from sqlalchemy import ColumnElement, Connection, Engine, String, func, select, text, type_coerce
 
 from log.decision_reads import RECORD_COLUMNS, record_columns_sql, record_from_row
 from log.models import DecisionRow, OutcomeRow
@@ -139,7 +140,13 @@ JoinedKey = tuple[str, int, datetime]
 
 # Records: the record's columns; outcomes: (event_id, slot, reward, guardrails).
 _ROWS = select(*RECORD_COLUMNS)
-_OUTCOMES = select(OutcomeRow.event_id, OutcomeRow.slot, OutcomeRow.reward, OutcomeRow.guardrails)
+# guardrails as its stored text (NULL on nearly every row), parsed only where present
+_OUTCOMES = select(
+    OutcomeRow.event_id,
+    OutcomeRow.slot,
+    OutcomeRow.reward,
+    type_coerce(OutcomeRow.guardrails, String),
+)
 
 # PostgreSQL: one primary-key probe per id (LATERAL with an optimisation fence), a plan that
 # does not depend on fresh statistics. With `event_id IN (...)` and stale statistics (a bulk
@@ -174,7 +181,12 @@ def _collect(rows: Iterable[Any], outcomes: Iterable[Any]) -> Fetched:
     for event_id, slot, reward, counts in outcomes:
         rewards[event_id][slot] = reward
         if counts:  # NULL (no signals) on nearly every row: nothing to build
-            guardrails.setdefault(event_id, {})[slot] = {str(k): int(v) for k, v in counts.items()}
+            if isinstance(counts, str | bytes):  # SQLite: the stored JSON text
+                counts = orjson.loads(counts)
+            if counts:
+                guardrails.setdefault(event_id, {})[slot] = {
+                    str(k): int(v) for k, v in counts.items()
+                }
     return records, rewards, guardrails
 
 
