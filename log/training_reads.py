@@ -16,6 +16,11 @@ decisions and their outcomes are fetched by primary key and built into
 
 Decisions joined before join_seq existed (revision 0005) carry no seq: they read as seq 0,
 come first in seq order, and are never "after" a seq watermark.
+
+Each event also carries, per slot, the guardrail signals the joiner counted inside its window
+(`JoinedDecision.guardrails`: {slot: {metric: count}}, only slots with signals; empty for most
+events and for outcomes joined before revision 0006). The outcomes' `guardrails` column is NULL
+without signals, so the read pays one NULL column per outcome.
 """
 
 from __future__ import annotations
