@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select, update
 
 from decision_service import Settings, create_app
+from decision_service.cli_evaluate import build_spec
 from log.joiner import join_loop
 from log.models import EvaluationRow, OutcomeRow, RewardRow, WriterRow
 from log.schema import make_engine
@@ -244,3 +246,25 @@ def test_an_evaluation_request_with_guardrails(client: TestClient, engine: Engin
     first = policies["first_action"]["guardrails"]["report"]
     assert set(first) == {"candidate", "live", "difference"}
     assert first["live"] == live["candidate"] | {"method": "ips:incumbent/bootstrap"}
+
+
+def test_the_cli_takes_guardrails() -> None:
+    options: dict[str, Any] = {
+        "policies": ["uniform"],
+        "versions": [],
+        "vw_args": [],
+        "train_since": None,
+        "train_until": None,
+        "since": None,
+        "until": None,
+        "estimators": ["ips"],
+        "alpha": 0.05,
+        "interval": "normal",
+        "slates": "skip",
+        "greedy": False,
+        "seed": 0,
+    }
+    assert build_spec(**options).guardrails == ()
+    assert build_spec(**options, guardrails=["report", "hide"]).guardrails == ("report", "hide")
+    with pytest.raises(typer.BadParameter, match="metric names"):
+        build_spec(**options, guardrails=["Report"])
