@@ -18,6 +18,8 @@ from decision_service.routes_deploy import router as deploy_router
 from decision_service.routes_evaluations import REQUEST_MODELS as EVALUATION_REQUEST_MODELS
 from decision_service.routes_evaluations import router as evaluations_router
 from decision_service.routes_keys import router as keys_router
+from decision_service.routes_learner import REQUEST_MODELS as LEARNER_REQUEST_MODELS
+from decision_service.routes_learner import router as learner_router
 from decision_service.routes_serving import router as serving_router
 from decision_service.schemas import REQUEST_MODELS
 from decision_service.schemas_deploy import REQUEST_MODELS as DEPLOY_REQUEST_MODELS
@@ -135,9 +137,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(router)
     app.include_router(evaluations_router)
+    app.include_router(learner_router)
     app.include_router(serving_router)
     app.include_router(deploy_router)
     app.include_router(keys_router)
-    models = REQUEST_MODELS + EVALUATION_REQUEST_MODELS + DEPLOY_REQUEST_MODELS + KEY_REQUEST_MODELS
+    models = (
+        REQUEST_MODELS
+        + EVALUATION_REQUEST_MODELS
+        + DEPLOY_REQUEST_MODELS
+        + KEY_REQUEST_MODELS
+        + LEARNER_REQUEST_MODELS
+    )
     app.openapi = lambda: openapi_document(app, models)  # type: ignore[method-assign]
     return app

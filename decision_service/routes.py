@@ -8,6 +8,7 @@ percent-encoded) reach the reward and activate routes.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any
 
 import orjson
@@ -34,6 +35,7 @@ from decision_service.schemas import (
 )
 from decision_service.service import Service
 from explore.errors import InvalidInput, InvalidJson, NotFound, PayloadTooLarge
+from log.deploy_settings import LearnerSettings
 from log.loops import LoopConfig, StoredLoop, get_loop, list_loops, put_loop
 from log.store import loop_counts
 from policies import check_vw_args
@@ -103,6 +105,18 @@ async def read_json(request: Request) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as err:
         raise InvalidJson(f"body is not valid JSON (NaN/Infinity are not JSON): {err}") from None
+
+
+def checked_candidates(learner: LearnerSettings) -> LearnerSettings:
+    """The learner settings with each candidate configuration validated like a loop's VW
+    arguments (and normalised). Raises ValueError naming the candidate."""
+    checked = []
+    for i, args in enumerate(learner.candidates):
+        try:
+            checked.append(check_vw_args(args))
+        except ValueError as err:
+            raise ValueError(f"learner.candidates[{i}]: {err}") from None
+    return replace(learner, candidates=tuple(checked))
 
 
 def check_loop_name(loop: str, max_length: int) -> None:
@@ -220,6 +234,7 @@ async def put_one_loop(request: Request, loop: LoopName) -> Response:
     try:
         config = LoopConfig(**fields)  # bounds first: they name the field and the bound
         config = LoopConfig(**{**fields, "vw_args": check_vw_args(fields["vw_args"])})
+        config = replace(config, learner=checked_candidates(config.learner))
     except ValueError as err:
         raise InvalidInput(str(err), "invalid_config") from None
     stored, created = await run_in_threadpool(put_loop, service.engine, loop, config)

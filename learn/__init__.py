@@ -6,7 +6,16 @@ from learn.examples import BadEvent, LineBuilder, SlotExample, TrainingEvent, sl
 from learn.parallel import WorkerError
 from learn.registry import ModelInfo, Registry
 from learn.scheduler import Stopped, learn_round, make_scheduler, run_learner
-from learn.train import LearnResult, Mode, TrainStats, learn_once, train
+from learn.train import (
+    LearnResult,
+    Mode,
+    Trained,
+    TrainStats,
+    learn_once,
+    resume_after,
+    train,
+    train_version,
+)
 
 __all__ = [
     "BadEvent",
@@ -19,6 +28,7 @@ __all__ = [
     "SlotExample",
     "Stopped",
     "TrainStats",
+    "Trained",
     "TrainingEvent",
     "WorkerError",
     "count_training_events",
@@ -26,7 +36,9 @@ __all__ = [
     "learn_once",
     "learn_round",
     "make_scheduler",
+    "resume_after",
     "run_learner",
     "slot_examples",
     "train",
+    "train_version",
 ]

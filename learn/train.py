@@ -34,7 +34,16 @@ from log.loops import get_loop
 from log.schema import Engine
 from policies.vw import VWPolicy
 
-__all__ = ["LearnResult", "Mode", "TrainStats", "learn_once", "train"]
+__all__ = [
+    "LearnResult",
+    "Mode",
+    "TrainStats",
+    "Trained",
+    "learn_once",
+    "resume_after",
+    "train",
+    "train_version",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +208,122 @@ def _checkpoint_seq(parent: ModelInfo | None, stats: TrainStats) -> int | None:
     return max(seqs) if seqs else None
 
 
+@dataclass(frozen=True)
+class Trained:
+    """A trained model, not registered: its artifact (None when no event was learned), the
+    arguments it was trained with, the live version it continues (online mode) and what it
+    learned (`stats`, `checkpoint_seq` = the largest join_seq of its lineage)."""
+
+    loop: str
+    mode: str
+    vw_args: str
+    artifact: bytes | None
+    parent: ModelInfo | None
+    stats: TrainStats
+    checkpoint_seq: int | None
+    seconds: float
+
+
+def resume_after(parent: ModelInfo | None) -> int | None:
+    """The join_seq online continuation of `parent` resumes after (None: from the start)."""
+    return _resume_after(parent)
+
+
+def _check_arguments(
+    mode: str,
+    since: datetime | None,
+    until: datetime | None,
+    workers: int,
+    vw_args: str | None,
+) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "online" and (since is not None or until is not None):
+        raise ValueError("since/until apply to batch mode only (online resumes at the checkpoint)")
+    if mode == "online" and vw_args is not None:
+        raise ValueError("vw_args apply to batch mode only (online continues the live model)")
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and value.tzinfo is None:
+            raise ValueError(f"{name} must be a timezone-aware datetime, got {value.isoformat()}")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if since is not None and until is not None and since >= until:
+        raise ValueError(f"since ({since.isoformat()}) must be before until ({until.isoformat()})")
+
+
+def train_version(
+    engine: Engine,
+    loop: str,
+    *,
+    registry: Registry,
+    mode: Mode = "online",
+    vw_args: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    through_seq: int | None = None,
+    progress: bool = True,
+    chunk_size: int = 1000,
+    workers: int = 0,
+    on_event: Callable[[int], None] | None = None,
+) -> Trained:
+    """Train a model for `loop` without registering it (see :func:`learn_once`).
+
+    `vw_args` (batch mode only): train these VW arguments instead of the loop's (a candidate
+    configuration; the caller validates them). Raises LookupError for an unknown loop,
+    ValueError for bad arguments.
+    """
+    _check_arguments(mode, since, until, workers, vw_args)
+    stored = get_loop(engine, loop)
+    if stored is None:
+        raise LookupError(f"loop {loop!r} does not exist")
+    started = time.perf_counter()
+
+    parent: ModelInfo | None = None
+    if mode == "online":
+        parent = registry.live_version(engine, loop)
+        window = EventWindow(after_seq=_resume_after(parent), through_seq=through_seq)
+    else:
+        window = EventWindow(through_seq=through_seq, since=since, until=until)
+    total = count_training_events(engine, loop, window) if progress else None
+    if parent is not None:
+        policy = VWPolicy(parent.vw_args, model=registry.load_artifact(engine, parent.version))
+    else:
+        policy = VWPolicy(stored.config.vw_args if vw_args is None else vw_args)
+    try:
+        order: Order = "seq" if mode == "online" else "decided"
+        prepared: Generator[Prepared, None, None]
+        if workers > 0:
+            prepared = iter_prepared(
+                engine, loop, window, order=order, chunk_size=chunk_size, workers=workers
+            )
+        else:
+            events = iter_training_events(engine, loop, window, order=order, chunk_size=chunk_size)
+            prepared = prepare(events, LineBuilder())
+        with contextlib.closing(prepared), frozen_gc():
+            stats = learn_prepared(
+                policy,
+                prepared,
+                progress=progress,
+                total=total,
+                desc=f"learn {loop} ({mode})",
+                on_event=on_event,
+            )
+        artifact = policy.save() if stats.n_events else None
+        trained_args = policy.vw_args
+    finally:
+        policy.close()
+    return Trained(
+        loop=loop,
+        mode=mode,
+        vw_args=trained_args,
+        artifact=artifact,
+        parent=parent,
+        stats=stats,
+        checkpoint_seq=_checkpoint_seq(parent, stats),
+        seconds=time.perf_counter() - started,
+    )
+
+
 def learn_once(
     engine: Engine,
     loop: str,
@@ -224,84 +349,51 @@ def learn_once(
     examples in that many processes (:mod:`learn.parallel`; the same model, faster where cores
     are free). Raises LookupError for an unknown loop, ValueError for bad arguments.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "online" and (since is not None or until is not None):
-        raise ValueError("since/until apply to batch mode only (online resumes at the checkpoint)")
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and value.tzinfo is None:
-            raise ValueError(f"{name} must be a timezone-aware datetime, got {value.isoformat()}")
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
-    if since is not None and until is not None and since >= until:
-        raise ValueError(f"since ({since.isoformat()}) must be before until ({until.isoformat()})")
-    stored = get_loop(engine, loop)
-    if stored is None:
-        raise LookupError(f"loop {loop!r} does not exist")
     started = time.perf_counter()
-
-    parent: ModelInfo | None = None
-    if mode == "online":
-        parent = registry.live_version(engine, loop)
-        window = EventWindow(after_seq=_resume_after(parent), through_seq=through_seq)
-    else:
-        window = EventWindow(through_seq=through_seq, since=since, until=until)
-    total = count_training_events(engine, loop, window) if progress else None
-    if parent is not None:
-        policy = VWPolicy(parent.vw_args, model=registry.load_artifact(engine, parent.version))
-    else:
-        policy = VWPolicy(stored.config.vw_args)
-    try:
-        order: Order = "seq" if mode == "online" else "decided"
-        prepared: Generator[Prepared, None, None]
-        if workers > 0:
-            prepared = iter_prepared(
-                engine, loop, window, order=order, chunk_size=chunk_size, workers=workers
-            )
+    trained = train_version(
+        engine,
+        loop,
+        registry=registry,
+        mode=mode,
+        since=since,
+        until=until,
+        through_seq=through_seq,
+        progress=progress,
+        chunk_size=chunk_size,
+        workers=workers,
+        on_event=on_event,
+    )
+    stats, parent = trained.stats, trained.parent
+    version = None
+    if trained.artifact is None:
+        if mode == "batch":
+            where = " in the window"
+        elif parent is not None:
+            where = f" after version {parent.version}'s checkpoint"
         else:
-            events = iter_training_events(engine, loop, window, order=order, chunk_size=chunk_size)
-            prepared = prepare(events, LineBuilder())
-        with contextlib.closing(prepared), frozen_gc():
-            stats = learn_prepared(
-                policy,
-                prepared,
-                progress=progress,
-                total=total,
-                desc=f"learn {loop} ({mode})",
-                on_event=on_event,
-            )
-        version = None
-        if stats.n_events == 0:
-            if mode == "batch":
-                where = " in the window"
-            elif parent is not None:
-                where = f" after version {parent.version}'s checkpoint"
-            else:
-                where = ""
-            message = f"no new joined events for loop {loop!r}{where}: nothing registered"
-            if stats.n_skipped:
-                message += f" ({stats.n_skipped} events could not be learned)"
-        else:
-            version = registry.register(
-                engine,
-                loop=loop,
-                kind=mode,
-                vw_args=policy.vw_args,
-                artifact=policy.save(),
-                parent=None if parent is None else parent.version,
-                trained_from=stats.decided_from,
-                trained_until=stats.decided_until,
-                n_events=stats.n_events,
-                checkpoint=stats.checkpoint,
-                checkpoint_seq=_checkpoint_seq(parent, stats),
-                promote_now=promote,
-            )
-            message = (
-                f"registered {version.version} ({version.status}) for loop {loop!r}: "
-                f"{stats.n_events} events"
-            )
-    finally:
-        policy.close()
+            where = ""
+        message = f"no new joined events for loop {loop!r}{where}: nothing registered"
+        if stats.n_skipped:
+            message += f" ({stats.n_skipped} events could not be learned)"
+    else:
+        version = registry.register(
+            engine,
+            loop=loop,
+            kind=mode,
+            vw_args=trained.vw_args,
+            artifact=trained.artifact,
+            parent=None if parent is None else parent.version,
+            trained_from=stats.decided_from,
+            trained_until=stats.decided_until,
+            n_events=stats.n_events,
+            checkpoint=stats.checkpoint,
+            checkpoint_seq=trained.checkpoint_seq,
+            promote_now=promote,
+        )
+        message = (
+            f"registered {version.version} ({version.status}) for loop {loop!r}: "
+            f"{stats.n_events} events"
+        )
     return LearnResult(
         loop=loop,
         mode=mode,

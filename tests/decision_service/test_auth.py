@@ -50,6 +50,10 @@ PERMISSION: dict[tuple[str, str], tuple[str, bool]] = {
     ("POST", "/v1/loops/{loop}/models/{version}/rollout"): ("gatekeep", True),
     ("POST", "/v1/loops/{loop}/rollback"): ("gatekeep", True),
     ("GET", "/v1/loops/{loop}/rollout"): ("read", True),
+    ("GET", "/v1/loops/{loop}/learner"): ("read", True),
+    ("GET", "/v1/loops/{loop}/alarms"): ("read", True),
+    ("POST", "/v1/loops/{loop}/freshness/resume"): ("gatekeep", True),
+    ("POST", "/v1/loops/{loop}/alarms/{alarm_id}/clear"): ("gatekeep", True),
 }
 OPEN = {
     ("GET", "/healthz"),
@@ -64,6 +68,7 @@ PATH_VALUES = {
     "{evaluation_id}": "0" * 32,
     "{key_id}": "000000000000",
     "{version}": "v0",
+    "{alarm_id}": "0" * 32,
 }
 PROBE = b'{"__auth_probe__": 1}'  # refused by every body model: nothing is written or started
 UNKNOWN_KEY = "dsk_0000000000ff_" + "A" * 43

@@ -98,6 +98,12 @@ EXPECTED = {
     ("post", "/v1/loops/{loop}/models/{version}/rollout"): _MOVE | AUTH,
     ("post", "/v1/loops/{loop}/rollback"): _MOVE | AUTH,
     ("get", "/v1/loops/{loop}/rollout"): {"200", "404"} | AUTH,
+    ("get", "/v1/loops/{loop}/learner"): {"200", "404", "422"} | AUTH,
+    ("get", "/v1/loops/{loop}/alarms"): {"200", "404", "422"} | AUTH,
+    ("post", "/v1/loops/{loop}/freshness/resume"): _MOVE | AUTH,
+    ("post", "/v1/loops/{loop}/alarms/{alarm_id}/clear"): {
+        "200", "400", "404", "409", "413", "422",
+    } | AUTH,
 }  # fmt: skip
 BODIES = {
     ("post", "/v1/keys"): "KeyCreateIn",
@@ -109,6 +115,8 @@ BODIES = {
     ("post", "/v1/loops/{loop}/models/{version}/reject"): "RejectRequest",
     ("post", "/v1/loops/{loop}/models/{version}/rollout"): "RolloutRequest",
     ("post", "/v1/loops/{loop}/rollback"): "RollbackRequest",
+    ("post", "/v1/loops/{loop}/freshness/resume"): "ResumeRequest",
+    ("post", "/v1/loops/{loop}/alarms/{alarm_id}/clear"): "ResumeRequest",
 }
 
 
