@@ -52,7 +52,7 @@ def create(
     reason: str = typer.Option(None, help="Why (kept in the audit log)."),
 ) -> None:
     """Make a key and print it once."""
-    from log.api_keys import KeyExists, create_key
+    from deploy.key_issue import issue_key
 
     try:
         name, role, loops = check_key_fields(name, role, loop or None)
@@ -60,28 +60,13 @@ def create(
         raise typer.BadParameter(err.message) from None
     engine = _engine()
     try:
-        for _ in range(3):
-            new = generate_key()
-            try:
-                stored = create_key(
-                    engine,
-                    key_id=new.key_id,
-                    name=name,
-                    role=role,
-                    loops=loops,
-                    secret_hash=new.secret_hash,
-                    actor=_actor(),
-                    now=datetime.now(UTC),
-                    reason=reason,
-                )
-            except KeyExists:
-                continue
-            typer.echo(orjson.dumps(stored.to_json()).decode(), err=True)
-            typer.echo(new.token)
-            return
-        raise typer.Exit(1)  # pragma: no cover
+        stored, token = issue_key(
+            engine, name=name, role=role, loops=loops, actor=_actor(), reason=reason
+        )
     finally:
         engine.dispose()
+    typer.echo(orjson.dumps(stored.to_json()).decode(), err=True)
+    typer.echo(token)
 
 
 @keys.command("list")

@@ -28,9 +28,10 @@ from decision_service.errors import describe_validation
 from decision_service.routes import LoopName, _json, _service, check_loop_name, read_json
 from decision_service.schemas import body_ref, error_responses
 from decision_service.schemas_keys import AuditOut, KeyCreatedOut, KeyCreateIn, KeyOut, KeysOut
-from deploy.keys import KEY_ID, check_key_fields, generate_key
+from deploy.key_issue import issue_key
+from deploy.keys import KEY_ID, check_key_fields
 from explore.errors import Forbidden, InvalidInput, NotFound
-from log.api_keys import KeyExists, create_key, list_keys, revoke_key
+from log.api_keys import list_keys, revoke_key
 from log.audit import MAX_READ, read_audit
 from log.loops import get_loop
 
@@ -80,24 +81,15 @@ async def create(request: Request) -> Response:
     engine = _service(request).engine
 
     def make() -> dict[str, Any]:
-        for _ in range(3):  # a 48-bit id collision is rare: try a new one
-            new = generate_key()
-            try:
-                stored = create_key(
-                    engine,
-                    key_id=new.key_id,
-                    name=name,
-                    role=role,
-                    loops=loops,
-                    secret_hash=new.secret_hash,
-                    actor=principal.actor,
-                    actor_role=principal.role,
-                    now=datetime.now(UTC),
-                )
-            except KeyExists:
-                continue
-            return {**stored.to_json(), "key": new.token}
-        raise RuntimeError("could not find a free key id")  # pragma: no cover
+        stored, token = issue_key(
+            engine,
+            name=name,
+            role=role,
+            loops=loops,
+            actor=principal.actor,
+            actor_role=principal.role,
+        )
+        return {**stored.to_json(), "key": token}
 
     return _json(await run_in_threadpool(make), 201)
 
