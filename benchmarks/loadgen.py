@@ -25,6 +25,9 @@ from typing import Any
 import orjson
 
 RANK_PATH = "/v1/loops/default/rank"
+# The key every request sends (the benchmarks register it as DS_ADMIN_KEY; the ceiling app
+# ignores it): the service's rank path checks it like any client's.
+BENCH_KEY = "dsk_be9c4000000a_" + "b" * 43
 _PLACEHOLDER = "\x00EVENT\x00"
 _CATEGORIES = ("news", "sports", "music", "movies", "games", "food", "travel", "tech")
 _DEVICES = ("mobile", "desktop", "tablet")
@@ -71,7 +74,14 @@ class RequestTemplate:
 
 
 def make_templates(
-    host: str, port: int, path: str, n_actions: int, variants: int, seed: int, id_width: int
+    host: str,
+    port: int,
+    path: str,
+    n_actions: int,
+    variants: int,
+    seed: int,
+    id_width: int,
+    key: str = BENCH_KEY,
 ) -> list[RequestTemplate]:
     rng = random.Random(seed)
     out = []
@@ -80,7 +90,7 @@ def make_templates(
         before, after = body.split(orjson.dumps(_PLACEHOLDER)[1:-1])
         length = len(before) + id_width + len(after)
         head = (
-            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {key}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
         ).encode()
         out.append(RequestTemplate(head, before, after))

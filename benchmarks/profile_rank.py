@@ -21,6 +21,7 @@ from pathlib import Path
 
 import orjson
 
+from benchmarks.loadgen import BENCH_KEY
 from benchmarks.rank import (
     CEILING_APP,
     ROOT,
@@ -223,7 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.target in ("service", "both"):
         with scratch_database(args.database_url) as url, tempfile.TemporaryDirectory() as spool:
             premigrate(url)
-            env = {"DS_DATABASE_URL": url, "DS_DURABILITY": args.mode, "DS_SPOOL_DIR": spool}
+            env = {
+                "DS_DATABASE_URL": url,
+                "DS_DURABILITY": args.mode,
+                "DS_SPOOL_DIR": spool,
+                "DS_ADMIN_KEY": BENCH_KEY,  # the key the load generator sends
+            }
             server = start_server(args.service_app, env, args.workers, uvicorn_args)
             try:
                 profile(server, args, out, "service")

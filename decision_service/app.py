@@ -14,12 +14,16 @@ from pydantic.json_schema import models_json_schema
 
 from decision_service import errors
 from decision_service.routes import router
+from decision_service.routes_deploy import router as deploy_router
 from decision_service.routes_evaluations import REQUEST_MODELS as EVALUATION_REQUEST_MODELS
 from decision_service.routes_evaluations import router as evaluations_router
+from decision_service.routes_keys import router as keys_router
 from decision_service.routes_learner import REQUEST_MODELS as LEARNER_REQUEST_MODELS
 from decision_service.routes_learner import router as learner_router
 from decision_service.routes_serving import router as serving_router
 from decision_service.schemas import REQUEST_MODELS
+from decision_service.schemas_deploy import REQUEST_MODELS as DEPLOY_REQUEST_MODELS
+from decision_service.schemas_keys import REQUEST_MODELS as KEY_REQUEST_MODELS
 from decision_service.service import Service
 from decision_service.settings import Settings, get_settings
 from policies.rank_cost import configure_rank_budget
@@ -29,8 +33,35 @@ TITLE = "decision-service"
 VERSION = "0.1.0"
 DESCRIPTION = (
     "Contextual-bandit decisions with exact probabilities. Every error answers "
-    '`{"error": {"code", "message"}}`; 429 and 503 carry Retry-After.'
+    '`{"error": {"code", "message"}}`; 429 and 503 carry Retry-After. Every route needs an API '
+    "key (`Authorization: Bearer <key>`, or `Ocp-Apim-Subscription-Key: <key>`): none or an "
+    "invalid one is a 401, a key whose role or loops do not allow the route a 403."
 )
+SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key, `dsk_...` (`decision-service keys create`).",
+    },
+    "subscriptionKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "Ocp-Apim-Subscription-Key",
+        "description": "The same API key, in the header Azure Personalizer clients send.",
+    },
+}
+AUTH_RESPONSES: dict[str, dict[str, Any]] = {
+    "401": {
+        "description": "No API key, or one that is malformed, unknown or revoked.",
+        "headers": {
+            "WWW-Authenticate": {
+                "description": "`Bearer`: how to authenticate.",
+                "schema": {"type": "string"},
+            }
+        },
+    },
+    "403": {"description": "The key's role or loops do not allow this route."},
+}
 
 
 def openapi_document(app: FastAPI, request_models: tuple[type[BaseModel], ...]) -> dict[str, Any]:
@@ -56,6 +87,14 @@ def openapi_document(app: FastAPI, request_models: tuple[type[BaseModel], ...]) 
     # Every error answers the JSON error body, whatever the route's own media type.
     fastapi_422 = {"$ref": "#/components/schemas/HTTPValidationError"}
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    # Every operation in the document needs a key (/healthz and the docs are not in it).
+    doc["components"]["securitySchemes"] = SECURITY_SCHEMES
+    for item in doc.get("paths", {}).values():
+        for operation in item.values():
+            operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
+            responses = operation.setdefault("responses", {})
+            for status, response in AUTH_RESPONSES.items():
+                responses[status] = {**response}
     for item in doc.get("paths", {}).values():
         for operation in item.values():
             responses = operation.get("responses", {})
@@ -100,6 +139,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(evaluations_router)
     app.include_router(learner_router)
     app.include_router(serving_router)
-    models = REQUEST_MODELS + EVALUATION_REQUEST_MODELS + LEARNER_REQUEST_MODELS
+    app.include_router(deploy_router)
+    app.include_router(keys_router)
+    models = (
+        REQUEST_MODELS
+        + EVALUATION_REQUEST_MODELS
+        + DEPLOY_REQUEST_MODELS
+        + KEY_REQUEST_MODELS
+        + LEARNER_REQUEST_MODELS
+    )
     app.openapi = lambda: openapi_document(app, models)  # type: ignore[method-assign]
     return app

@@ -57,7 +57,7 @@ def join(
 
     settings = get_settings()
     service = Service(settings)
-    service.start_sync()
+    service.start_sync(admin_key=False)  # a maintenance command makes no credentials
     try:
         grace = settings.join_grace_s if grace_s is None else grace_s
         stats = service.join_due(datetime.now(UTC) - timedelta(seconds=grace))
@@ -191,12 +191,14 @@ def demo(
 
 def _register_subcommands() -> None:
     from decision_service.cli_evaluate import evaluate
+    from decision_service.cli_keys import keys
     from decision_service.cli_learner import learner
     from decision_service.cli_writers import writers
 
     app.command("evaluate")(evaluate)
     app.command("learner")(learner)
     app.command("writers")(writers)
+    app.add_typer(keys, name="keys")
 
 
 _register_subcommands()

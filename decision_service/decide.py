@@ -5,9 +5,9 @@
 when it sends one, else its event id; :mod:`explore.arms`) sends `canary_percent` % of the units
 to the canary: the decision logs `policy_arm` ("live" or "canary"), `model_version` = that arm's
 version, `pmf`/`slots` = that arm's probabilities, and `arm_probability` = the share of units
-the arm gets (p for the canary, 1 - p for live). The user id itself is not stored: the context is
-logged as sent, and the arm the id led to is in `policy_arm` (the request digest covers the id,
-so a replay with another user id is a 409).
+the arm gets (p for the canary, 1 - p for live). The user id itself is stored nowhere new: the
+context is logged as sent, the arm the id led to is in `policy_arm`, and the id enters only the
+request digest (a SHA-256 of the whole body), so a retry with another user id is a 409.
 
 **Why the logged pmf is the propensity.** The arm is a deterministic function of the request
 (its unit, the loop's secret key and the canary's version): given the request, the only
@@ -15,9 +15,12 @@ randomness in what is served is the draw from the arm's pmf. So the logging poli
 context-dependent mixture ``pi_log(a | x) = pmf_canary(a | x) if x's unit hashes into the
 canary else pmf_live(a | x)``, and the probability of the logged action given the request is
 exactly the logged ``pmf[chosen]`` (or each slot's conditional probability). IPS/DR estimators,
-training (the label probability) and the chi-square tests use it as it is; multiplying it by
-`arm_probability`, or using the mixture ``p pmf_canary + (1 - p) pmf_live``, would be wrong
-(that is the propensity only when the arm is drawn independently per request, which it is not).
+training (the label probability) and the chi-square tests use it as it is. It is not to be
+multiplied by `arm_probability` (``p * pmf_arm(a)`` is the joint probability of the arm and the
+action over a random unit, not the action's probability given this request). The average
+``p pmf_canary + (1 - p) pmf_live`` is the action's probability with the unit's hash
+marginalised out: also unbiased for IPS (the keyed hash is independent of contexts and rewards),
+but it needs both arms' pmfs, and only the serving arm's is logged.
 
 **Where `arm_probability` matters.** In the A/B analysis of the arms (canary vs live, built
 by deploy/ from `policy_arm` and `arm_probability`): each arm's decisions are a random sample

@@ -8,6 +8,11 @@ After each chunk it prints the average reward served and the TRUE expected rewar
 policy's greedy choice, next to the uniform-random policy and the oracle (exact values from the
 simulator), and at the end writes a PNG of the learning curve. The last line printed is one JSON
 object.
+
+The demo calls the service with a key of its own: an admin key limited to the demo's loop, made
+once the service has migrated the store and revoked when the demo ends (both audited as
+`demo`). The service itself makes its first admin key as on any first start (DS_ADMIN_KEY, or a
+new one written to DS_ADMIN_KEY_FILE: the path is printed).
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ import httpx
 import numpy as np
 import orjson
 
+from deploy.keys import generate_key
 from evaluation.simulator import Simulator, SimulatorConfig
 from evaluation.simulator_types import SimItem
 from explore import Action
+from log.api_keys import create_key, revoke_key
 from log.joiner import join_loop
 from log.loops import get_loop
 from log.schema import make_engine
@@ -50,6 +57,7 @@ class DemoConfig:
     reward_wait_s: float = 0.25
     eval_contexts: int = 5_000
     database_url: str = "sqlite:///./decision_service.db"
+    admin_key_file: str | None = None  # the service's DS_ADMIN_KEY_FILE (None: its setting)
     plot: str = "demo_learning_curve.png"
     loop: str = field(default_factory=lambda: f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}")
 
@@ -72,7 +80,9 @@ def _free_port() -> int:
 class ServiceProcess:
     """The service as its own process (uvicorn, one worker) on a free loopback port."""
 
-    def __init__(self, database_url: str, spool_dir: str) -> None:
+    def __init__(
+        self, database_url: str, spool_dir: str, admin_key_file: str | None = None
+    ) -> None:
         self.port = _free_port()
         env = dict(os.environ)
         env.update(
@@ -82,6 +92,8 @@ class ServiceProcess:
             DS_JOIN_INTERVAL_S="3600",
             OMP_NUM_THREADS="1",
         )
+        if admin_key_file is not None:
+            env["DS_ADMIN_KEY_FILE"] = admin_key_file
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -217,11 +229,26 @@ def run_demo(cfg: DemoConfig, echo: Any = print) -> dict[str, Any]:
     oracle = sim.oracle_value(n_contexts=cfg.eval_contexts, seed=cfg.seed)
     uniform = sim.uniform_value(n_contexts=cfg.eval_contexts, seed=cfg.seed)
     spool = tempfile.mkdtemp(prefix="ds-demo-spool-")
-    service = ServiceProcess(cfg.database_url, spool)
+    service = ServiceProcess(cfg.database_url, spool, cfg.admin_key_file)
     engine = make_engine(cfg.database_url)
     rows: list[ChunkRow] = []
+    key = generate_key()
+    key_made = False
     try:
-        service.wait_ready()
+        service.wait_ready()  # the service has migrated the store
+        create_key(
+            engine,
+            key_id=key.key_id,
+            name="demo",
+            role="admin",
+            loops=(cfg.loop,),
+            secret_hash=key.secret_hash,
+            actor="demo",
+            now=datetime.now(UTC),
+            reason="decision-service demo",
+        )
+        key_made = True
+        headers = {"Authorization": f"Bearer {key.token}"}
         loop_body = {
             "exploration": "epsilon_greedy",
             "epsilon": cfg.epsilon,
@@ -233,7 +260,7 @@ def run_demo(cfg: DemoConfig, echo: Any = print) -> dict[str, Any]:
             "vw_args": cfg.vw_args,
         }
         httpx.put(
-            f"{service.url}/v1/loops/{cfg.loop}", json=loop_body, timeout=30
+            f"{service.url}/v1/loops/{cfg.loop}", json=loop_body, headers=headers, timeout=30
         ).raise_for_status()
         stored = get_loop(engine, cfg.loop)
         assert stored is not None
@@ -245,7 +272,9 @@ def run_demo(cfg: DemoConfig, echo: Any = print) -> dict[str, Any]:
 
         async def drive() -> None:
             limits = httpx.Limits(max_connections=cfg.concurrency * 2)
-            async with httpx.AsyncClient(base_url=service.url, timeout=30, limits=limits) as client:
+            async with httpx.AsyncClient(
+                base_url=service.url, timeout=30, limits=limits, headers=headers
+            ) as client:
                 driver = Driver(sim, cfg, client)
                 done = 0
                 while done < cfg.events:
@@ -281,6 +310,9 @@ def run_demo(cfg: DemoConfig, echo: Any = print) -> dict[str, Any]:
         asyncio.run(drive())
     finally:
         service.stop()
+        if key_made:
+            revoke_key(engine, key.key_id, actor="demo", now=datetime.now(UTC),
+                       reason="the demo ended", keep_one_admin=False)  # fmt: skip
         engine.dispose()
     write_plot(rows, oracle, uniform, cfg.plot)
     learned = rows[-1].learned_reward if rows else 0.0

@@ -2,7 +2,8 @@
 
 Every error answers ``{"error": {"code", "message"}}``. The packages raise the domain errors of
 `explore.errors` (never an HTTP status); `STATUS` below is the only map from those classes to
-statuses. 429 and 503 also say when to retry (``Retry-After``); a 413 closes the connection (the
+statuses. 429 and 503 also say when to retry (``Retry-After``), a 401 how to authenticate
+(``WWW-Authenticate: Bearer``); a 413 closes the connection (the
 rest of the body is not read). A database that does not answer, wherever a route meets it, is a
 503 ``store_unavailable``. Anything else that escapes a route is a bug: it is logged with its
 traceback and answered as a JSON 500 ``internal_error`` (the connection stays open for the
@@ -93,6 +94,8 @@ def domain_error_response(err: DomainError) -> Response:
         # The rest of the body was never read: close the connection rather than let the server
         # receive (and discard) all of it to keep the connection alive.
         headers = {"Connection": "close"}
+    elif isinstance(err, Unauthorized):
+        headers = {"WWW-Authenticate": 'Bearer realm="decision-service"'}
     return error_response(status, err.code, err.message, headers)
 
 

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from decision_service.auth import authorize
 from decision_service.errors import describe_validation
 from decision_service.rank_input import LOOP_NAME
 from decision_service.schemas import (
@@ -150,6 +151,7 @@ async def healthz() -> Response:
 @router.get("/v1/status", response_model=StatusOut)
 async def status(request: Request) -> Response:
     """This worker's write path: groups, rows, spool, errors, rows queued but not yet durable."""
+    principal = await authorize(request, "read")
     service = _service(request)
     stats = service.writer.stats
     return _json(
@@ -171,22 +173,33 @@ async def status(request: Request) -> Response:
                 "watermark": stats.watermark.isoformat() if stats.watermark else None,
                 "writer_id": service.writer.writer_id,
             },
-            "loops": {name: rt.policy.version for name, rt in service.loops.loops.items()},
-            "serving": {name: rt.serving_json() for name, rt in service.loops.loops.items()},
+            "loops": {
+                name: rt.policy.version
+                for name, rt in service.loops.loops.items()
+                if principal.sees(name)
+            },
+            "serving": {
+                name: rt.serving_json()
+                for name, rt in service.loops.loops.items()
+                if principal.sees(name)
+            },
         }
     )
 
 
 @router.get("/v1/loops", response_model=LoopsOut)
 async def get_loops(request: Request) -> Response:
+    """The loops the key may act on."""
+    principal = await authorize(request, "read")
     service = _service(request)
     loops = await run_in_threadpool(list_loops, service.engine)
-    return _json({"loops": [loop_json(s) for s in loops]})
+    return _json({"loops": [loop_json(s) for s in loops if principal.sees(s.name)]})
 
 
 @router.get("/v1/loops/{loop}", response_model=LoopOut, responses=error_responses(404, 422))
 async def get_one_loop(request: Request, loop: LoopName) -> Response:
     """The loop's configuration (without its secret sampling key) and its counts."""
+    await authorize(request, "read", loop)
     check_loop_name(loop, _service(request).settings.max_id_length)
     service = _service(request)
     stored = await run_in_threadpool(get_loop, service.engine, loop)
@@ -209,6 +222,7 @@ async def get_one_loop(request: Request, loop: LoopName) -> Response:
 async def put_one_loop(request: Request, loop: LoopName) -> Response:
     """Create (201) or replace (200) a loop's configuration. A new loop gets a secret sampling
     key from the server; an existing loop keeps its key."""
+    await authorize(request, "configure", loop)
     check_loop_name(loop, _service(request).settings.max_id_length)
     service = _service(request)
     body = await read_json(request)
@@ -241,9 +255,11 @@ async def rank(request: Request) -> Response:
     """Rank the actions for a context; the served action is sampled from the logged pmf."""
     # The loop is read from path_params directly: the hot route has no parameters for FastAPI
     # to resolve per request (it is documented through openapi_extra).
+    loop = request.path_params["loop"]
+    await authorize(request, "decide", loop)
     service = _service(request)
     body = await read_json(request)
-    response, replayed = await service.rank(request.path_params["loop"], body)
+    response, replayed = await service.rank(loop, body)
     return _json(response, 201, {"Idempotent-Replay": "true"} if replayed else None)
 
 
@@ -256,6 +272,7 @@ async def rank(request: Request) -> Response:
 )
 async def reward(request: Request, loop: LoopName, event_id: EventId) -> Response:
     """Report a reward for a decision (one slot of it, for slates)."""
+    await authorize(request, "decide", loop)
     service = _service(request)
     body = await read_json(request)
     return _json(await service.reward(loop, event_id, body), 202)
@@ -272,6 +289,7 @@ async def reward(request: Request, loop: LoopName, event_id: EventId) -> Respons
 )
 async def activate(request: Request, loop: LoopName, event_id: EventId) -> Response:
     """Activate a deferred decision: its reward window opens now."""
+    await authorize(request, "decide", loop)
     service = _service(request)
     data, status = await service.activate(loop, event_id)
     return _json(data, status)

@@ -56,6 +56,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, Response
 
 import deploy.registry as registry
+from decision_service.auth import authorize
 from decision_service.errors import describe_validation
 from decision_service.routes import LOOP_NAME, LoopName, _json, _service, read_json
 from decision_service.schemas import body_ref, error_responses
@@ -238,6 +239,7 @@ def spawn_job(engine: Engine, settings: Settings, evaluation_id: str) -> bool:
 )
 async def create(request: Request, loop: LoopName) -> Response:
     """Queue an offline evaluation of candidate policies on the loop's joined logs."""
+    await authorize(request, "evaluate", loop)
     engine = await _existing_loop(request, loop)
     service = _service(request)
     body = await read_json(request)
@@ -280,12 +282,14 @@ async def list_runs(
     limit: Annotated[int, Query(ge=1, le=MAX_LIST, description="Most runs listed.")] = 50,
 ) -> Response:
     """The loop's latest runs, newest first (without their results)."""
+    await authorize(request, "read", loop)
     engine = await _existing_loop(request, loop)
     records = await run_in_threadpool(lambda: list_evaluations(engine, loop, limit=limit))
     return _json({"evaluations": [_record_json(r, with_result=False) for r in records]})
 
 
 async def _run(request: Request, loop: str, evaluation_id: str) -> EvaluationRecord:
+    await authorize(request, "read", loop)
     engine = await _existing_loop(request, loop)
     record = None
     if EVALUATION_ID.fullmatch(evaluation_id):

@@ -36,8 +36,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from decision_service.auth import authorize
 from decision_service.errors import describe_validation
 from decision_service.routes import LOOP_NAME, LoopName, _json, _service, read_json
+from decision_service.routes_deploy import actor_of
 from decision_service.schemas import body_ref, error_responses
 from deploy.learner.freshness import resume
 from explore.errors import InvalidInput, NotFound
@@ -46,7 +48,7 @@ from log.learner_state import FRESHNESS_ALARM, LearnerState, get_learner_state
 from log.loops import StoredLoop, get_loop
 from log.schema import Engine
 
-__all__ = ["REQUEST_MODELS", "ResumeRequest", "actor_of", "router"]
+__all__ = ["REQUEST_MODELS", "ResumeRequest", "router"]
 
 router = APIRouter()
 MAX_REASON = 2000
@@ -113,14 +115,6 @@ class LearnerOut(BaseModel):
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (ResumeRequest,)
 
 
-def actor_of(request: Request) -> tuple[str, str | None]:
-    """Who acts (audit rows): the authenticated key's principal where the auth middleware put
-    one on the request (`request.state.actor`, `request.state.role`), else "api"."""
-    actor = getattr(request.state, "actor", None)
-    role = getattr(request.state, "role", None)
-    return (actor if isinstance(actor, str) and actor else "api"), role
-
-
 async def _existing_loop(request: Request, loop: str) -> tuple[Engine, StoredLoop]:
     engine = _service(request).engine
     stored = None
@@ -172,6 +166,7 @@ def _learner(engine: Engine, stored: StoredLoop) -> dict[str, Any]:
 async def get_learner(request: Request, loop: LoopName) -> Response:
     """The learner's state of the loop: the freshness track (stopped or not, why), the
     candidate track, the last runs of each track and the firing alarms."""
+    await authorize(request, "read", loop)
     engine, stored = await _existing_loop(request, loop)
     return _json(await run_in_threadpool(_learner, engine, stored))
 
@@ -189,6 +184,7 @@ async def get_alarms(
     limit: Annotated[int, Query(ge=1, le=MAX_LIST, description="Most alarms listed.")] = 100,
 ) -> Response:
     """The loop's alarms, newest first."""
+    await authorize(request, "read", loop)
     engine, _ = await _existing_loop(request, loop)
     alarms = await run_in_threadpool(lambda: list_alarms(engine, loop, state=state, limit=limit))
     return _json({"alarms": [_alarm_json(a) for a in alarms]})
@@ -203,10 +199,11 @@ async def get_alarms(
 async def resume_freshness(request: Request, loop: LoopName) -> Response:
     """Resume the loop's stopped freshness track (a gatekeeper, with a reason): clears the stop
     and its alarm; audited. 409 when the track is not stopped."""
+    principal = await authorize(request, "gatekeep", loop)
     engine, stored = await _existing_loop(request, loop)
     body = await read_json(request)
     reason = _reason(body)
-    actor, role = actor_of(request)
+    actor, role = actor_of(principal)
     await run_in_threadpool(
         lambda: resume(engine, loop, actor=actor, role=role, reason=reason, now=datetime.now(UTC))
     )
@@ -225,10 +222,11 @@ AlarmId = Annotated[str, Path(description="The alarm's id.", examples=["0f" * 16
 async def clear_one_alarm(request: Request, loop: LoopName, alarm_id: AlarmId) -> Response:
     """Acknowledge a firing alarm (a gatekeeper, with a reason); audited. A freshness_stopped
     alarm is cleared by resuming the track instead (409 alarm_needs_resume)."""
+    principal = await authorize(request, "gatekeep", loop)
     engine, _ = await _existing_loop(request, loop)
     body = await read_json(request)
     reason = _reason(body)
-    actor, role = actor_of(request)
+    actor, role = actor_of(principal)
     alarm = await run_in_threadpool(
         lambda: clear_alarm(
             engine,

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from decision_service.auth import authorize
 from decision_service.rank_input import CONTROL
 from decision_service.routes import LOOP_NAME, LoopName, _json, _service
 from decision_service.schemas import error_responses
@@ -99,6 +100,7 @@ async def get_shadow_report(
     ] = "normal",
 ) -> Response:
     """The shadow report: agreement with the served decisions and off-policy value."""
+    await authorize(request, "read", loop)
     if not LOOP_NAME.fullmatch(loop):
         raise NotFound(f"loop {loop!r} does not exist", "loop_not_found")
     if version is not None and CONTROL.search(version):  # no version id holds one

@@ -36,7 +36,7 @@ class RankRequest(_Body):
         max_length=256,
         description="The user the decision is for: the unit of a canary split (the same user "
         "id always lands in the same arm of a canary; without it the event id is the unit). "
-        "Hashed with the loop's secret key, never stored (the context is logged as sent). "
+        "Hashed with the loop's secret key; not stored (the context is logged as sent). "
         "At most DS_MAX_ID_LENGTH characters, no control characters.",
     )
     context: dict[str, Any] = Field(default_factory=dict)

@@ -14,8 +14,10 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from decision_service.auth import KeyCache
 from decision_service.decide import decide, request_digest
 from decision_service.errors import describe_validation
+from decision_service.key_bootstrap import ensure_admin_key
 from decision_service.rank_input import CONTROL, LOOP_NAME, parse_rank
 from decision_service.runtime import LoopRegistry, LoopRuntime
 from decision_service.schemas import RewardRequest
@@ -61,14 +63,24 @@ class Service:
             max_group=settings.group_commit_max_rows,
         )
         self.loops = LoopRegistry(self.engine)
+        self.keys = KeyCache(self.engine, settings.key_cache_s)
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start_sync(self) -> None:
+    def start_sync(self, *, admin_key: bool = True) -> None:
+        """`admin_key`: make sure an admin key exists (decision_service.key_bootstrap)."""
         migrate(self.engine)
         ensure_default_loop(self.engine)
+        if admin_key:
+            secret = self.settings.admin_key
+            ensure_admin_key(
+                self.engine,
+                secret.get_secret_value() if secret else None,
+                self.settings.admin_key_file,
+            )
         self.loops.refresh()
         self.writer.start()
+        self.keys.ready = True
 
     async def start(self) -> None:
         """Migrate, load the loops, register the writer. A worker that starts while the

@@ -5,12 +5,16 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from deploy.keys import parse_token
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DS_", extra="ignore")
+    # hide_input_in_errors: a refused value (DS_ADMIN_KEY, a database URL with its password)
+    # is never echoed in the error
+    model_config = SettingsConfigDict(env_prefix="DS_", extra="ignore", hide_input_in_errors=True)
 
     database_url: str = Field(
         "sqlite:///./decision_service.db",
@@ -79,6 +83,36 @@ class Settings(BaseSettings):
         description="Memory budget (bytes, per worker) of the memo caches of the VW text "
         "encoding (least recently used entries are evicted; 0 disables them).",
     )
+    admin_key: SecretStr | None = Field(
+        None,
+        description="An admin key (dsk_<12 hex>_<43 url-safe base64 characters>, e.g. from "
+        "`decision-service keys generate`) registered at start-up under the name 'bootstrap' "
+        "unless its id is already stored (a revoked one stays revoked).",
+    )
+    admin_key_file: str = Field(
+        "./decision_service.admin-key",
+        min_length=1,
+        max_length=4096,
+        description="Where the first start writes the admin key it creates when no active "
+        "admin key exists and DS_ADMIN_KEY is not set (created once, mode 0600).",
+    )
+    key_cache_s: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="How long a worker trusts a key it verified before reading it again: a key "
+        "revoked elsewhere stops working in every worker within this time.",
+    )
+
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_key_form(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and parse_token(value.get_secret_value()) is None:
+            raise ValueError(
+                "DS_ADMIN_KEY must be a key of the service's form, dsk_<12 hex digits>_<43 "
+                "url-safe base64 characters> (`decision-service keys generate` prints one)"
+            )
+        return value
 
 
 @lru_cache(maxsize=1)

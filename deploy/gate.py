@@ -280,10 +280,6 @@ def numbers_from_result(
     return numbers, as_json
 
 
-def _supports_guardrails() -> bool:
-    return "guardrails" in EvaluationSpec.__dataclass_fields__
-
-
 def check_candidate(
     engine: Engine, loop: str, version: str, *, now: datetime | None = None
 ) -> GateVerdict:
@@ -309,16 +305,13 @@ def check_candidate(
     incumbent = registry.live_version(engine, loop)
     guardrails = tuple(settings.guardrails)
     target = PolicySpec("model", version=version)
-    kwargs: dict[str, Any] = {}
-    if guardrails and _supports_guardrails():
-        kwargs["guardrails"] = guardrails
     spec = EvaluationSpec(
         policies=(target,),
         since=info.trained_until,
         estimators=(ESTIMATOR,),
         alpha=gate_alpha(settings),
         interval=gate_interval(settings),
-        **kwargs,
+        guardrails=guardrails,
     )
     try:
         result = run_evaluation(engine, loop, spec, registry=registry)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,7 @@ REWARD_MODEL_ARGS = "-q ca --cb_type mtr -l 0.05"
 ESTIMATORS = ("ips", "dr")
 SLATES = ("skip", "slot0")
 REPORT_INTERVALS = ("normal", "bootstrap")
+CLOCK_MARGIN = timedelta(hours=1)
 
 
 def _estimate_json(e: Estimate | None) -> dict[str, Any] | None:
@@ -295,14 +296,17 @@ def shadow_report(
                 f"model version {version!r} does not exist in loop {loop!r}", "model_not_found"
             )
         record = found
-    counts = shadow_counts(engine, loop, record.version)
+    # No decision can carry a version's pmf before it was registered; the margin covers the
+    # clocks of the registering and the serving hosts.
+    since = record.created_at - CLOCK_MARGIN
+    counts = shadow_counts(engine, loop, record.version, since=since)
     config = stored.config
     model = _RewardModel((config.min_reward, config.max_reward))
     terms = _Terms()
     window = agree = skipped = 0
     by_arm: dict[str, int] = {}
     try:
-        for d in iter_shadowed(engine, loop, record.version, limit=max_events):
+        for d in iter_shadowed(engine, loop, record.version, limit=max_events, since=since):
             shadow_json = d.record.shadow
             assert shadow_json is not None
             shadow = np.asarray(shadow_json["pmf"], dtype=np.float64)

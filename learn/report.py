@@ -2,8 +2,9 @@
 
 :func:`render_html` gives one self-contained HTML file (inline CSS and SVG, no external assets):
 a plot of each policy's estimate and interval per estimator, a plot of the paired differences
-against the live policy, and tables of the estimates, diagnostics, differences and training
-ranges. :func:`summary_table` gives the plain-text table the CLI prints.
+against the live policy, and tables of the estimates, diagnostics, differences, guardrail rates
+(when the run estimated any) and training ranges. :func:`summary_table` gives the plain-text
+table the CLI prints.
 """
 
 from __future__ import annotations
@@ -162,6 +163,41 @@ def _diff_cell(d: dict[str, Any] | None) -> str:
     return f'<span class="{css}">{_e(_interval(diff))}</span>'
 
 
+def _rate_cell(entry: dict[str, Any] | None) -> str:
+    """A guardrail's rate, and its difference with live (higher is worse)."""
+    if not entry:
+        return "–"
+    if "error" in entry:
+        return f'<span class="bad">{_e(entry["error"])}</span>'
+    rate = _e(_interval(entry.get("candidate")))
+    diff = entry.get("difference")
+    if not diff:
+        return rate
+    css = "bad" if diff["ci_low"] > 0 else "good" if diff["ci_high"] < 0 else ""
+    return f'{rate}<br><span class="{css}">vs live {_e(_interval(diff))}</span>'
+
+
+def _guardrails(policies: Sequence[dict[str, Any]]) -> list[str]:
+    """The section of guardrail rates, when the run estimated any."""
+    metrics = list(dict.fromkeys(m for p in policies for m in p.get("guardrails") or {}))
+    if not metrics:
+        return []
+    return [
+        "<h2>Guardrail rates (share of events with a signal; IPS)</h2>",
+        _table(
+            ["policy", "n", *metrics],
+            [
+                [
+                    _e(p["name"]),
+                    str(p["n"]),
+                    *(_rate_cell((p.get("guardrails") or {}).get(m)) for m in metrics),
+                ]
+                for p in policies
+            ],
+        ),
+    ]
+
+
 def _exploration(config: dict[str, Any] | None) -> str:
     if not config:
         return "–"
@@ -259,6 +295,7 @@ def render_html(result: dict[str, Any]) -> str:
             ],
         )
     )
+    out.extend(_guardrails(policies))
     out.append("<h2>Diagnostics of the importance weights</h2>")
     rows = []
     for p in policies:

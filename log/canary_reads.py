@@ -7,7 +7,7 @@ decisions count (their reward window closed). They come in (join_seq, event_id) 
 commit order of the joins, so the stream read at one look is a prefix of the stream read at a
 later look (what an anytime-valid sequence needs). Per event: whether the canary served it, its
 arm probability, the joined reward of slot 0 and, per guardrail metric, whether at least one
-such signal came in on any slot.
+such signal was counted inside its window on slot 0 (as the offline evaluation counts them).
 """
 
 from __future__ import annotations
@@ -94,9 +94,10 @@ def read_split_events(
                 out.reward.append(float(reward) if slot == 0 else 0.0)
             elif slot == 0:
                 out.reward[-1] = float(reward)
-            for m in metrics:
-                if guardrails and (guardrails.get(m) or 0) > 0:
-                    flags[m] = 1
+            if slot == 0 and guardrails:
+                for m in metrics:
+                    if (guardrails.get(m) or 0) > 0:
+                        flags[m] = 1
         if current is not None:
             close()
     return out

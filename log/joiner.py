@@ -198,9 +198,13 @@ def join_loop(
                     stats.guardrail_signals += sum(counted.values()) if counted else 0
             # outcomes without guardrail signals leave `guardrails` NULL (SQL NULL, not JSON
             # null): one statement per shape, the second only when a slot got signals
-            plain = [row for row in rows if "guardrails" not in row]
-            flagged = [row for row in rows if "guardrails" in row]
-            for part in (plain, flagged):
+            parts = [rows]
+            if signals:
+                parts = [
+                    [row for row in rows if "guardrails" not in row],
+                    [row for row in rows if "guardrails" in row],
+                ]
+            for part in parts:
                 if part:
                     conn.execute(dialect_insert(conn, OutcomeRow).on_conflict_do_nothing(), part)
             conn.execute(

@@ -4,7 +4,9 @@ A decision made while loop `L` had a shadow version `v` stores ``shadow = {"vers
 "pmf": [...]}`` (`decisions.shadow`, JSON; null without a shadow or when the shadow failed to
 score). The shadow report (`deploy.shadow`) reads them here: how many there are, and the latest
 ones with their joined outcomes. The version is matched inside the JSON (``shadow ->> 'version'``
-on PostgreSQL, ``json_extract`` on SQLite), on the loop's rows (index on (loop, decided_at)).
+on PostgreSQL, ``json_extract`` on SQLite) on the loop's rows decided since `since` (index on
+(loop, decided_at)): the report passes a time shortly before the version was registered, so
+the scan skips the loop's older history.
 """
 
 from __future__ import annotations
@@ -52,15 +54,18 @@ class ShadowedDecision:
     rewards: Mapping[int, float] = field(default_factory=dict)
 
 
-def _shadowed(loop: str, version: str) -> list[ColumnElement[bool]]:
-    return [
-        DecisionRow.loop == loop,
-        DecisionRow.shadow["version"].as_string() == version,
-    ]
+def _shadowed(loop: str, version: str, since: datetime | None) -> list[ColumnElement[bool]]:
+    out = [DecisionRow.loop == loop, DecisionRow.shadow["version"].as_string() == version]
+    if since is not None:
+        out.append(DecisionRow.decided_at >= since)
+    return out
 
 
-def shadow_counts(engine: Engine, loop: str, version: str) -> ShadowCounts:
-    """How many decisions of `loop` were logged with `version`'s shadow pmf (one query)."""
+def shadow_counts(
+    engine: Engine, loop: str, version: str, *, since: datetime | None = None
+) -> ShadowCounts:
+    """How many decisions of `loop` (decided at or after `since`) were logged with `version`'s
+    shadow pmf (one query)."""
     with engine.connect() as conn:
         row = conn.execute(
             select(
@@ -68,27 +73,39 @@ def shadow_counts(engine: Engine, loop: str, version: str) -> ShadowCounts:
                 func.count(DecisionRow.joined_at),
                 func.min(DecisionRow.decided_at),
                 func.max(DecisionRow.decided_at),
-            ).where(*_shadowed(loop, version))
+            ).where(*_shadowed(loop, version, since))
         ).one()
     return ShadowCounts(int(row[0]), int(row[1]), row[2], row[3])
 
 
 def iter_shadowed(
-    engine: Engine, loop: str, version: str, *, limit: int, yield_per: int = 1000
+    engine: Engine,
+    loop: str,
+    version: str,
+    *,
+    limit: int,
+    since: datetime | None = None,
+    yield_per: int = 1000,
 ) -> Iterator[ShadowedDecision]:
-    """The latest `limit` decisions of `loop` logged with `version`'s shadow pmf, oldest first
-    (ties by event id), each with its joined rewards. One streamed query after one that finds
-    where the latest `limit` start; outcomes are read by key per batch of `yield_per`."""
+    """The latest `limit` decisions of `loop` (decided at or after `since`) logged with
+    `version`'s shadow pmf, oldest first (ties by event id), each with its joined rewards. One
+    streamed query after one that finds where the latest `limit` start; outcomes are read by
+    key per batch of `yield_per`."""
     for name, value in (("limit", limit), ("yield_per", yield_per)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return _stream(engine, loop, version, limit, yield_per)
+    return _stream(engine, loop, version, limit, since, yield_per)
 
 
 def _stream(
-    engine: Engine, loop: str, version: str, limit: int, yield_per: int
+    engine: Engine,
+    loop: str,
+    version: str,
+    limit: int,
+    since: datetime | None,
+    yield_per: int,
 ) -> Iterator[ShadowedDecision]:
-    where = _shadowed(loop, version)
+    where = _shadowed(loop, version, since)
     key = (DecisionRow.decided_at, DecisionRow.event_id)
     with engine.connect() as conn:
         start = conn.execute(

@@ -16,6 +16,11 @@ decisions and their outcomes are fetched by primary key and built into
 
 Decisions joined before join_seq existed (revision 0005) carry no seq: they read as seq 0,
 come first in seq order, and are never "after" a seq watermark.
+
+Each event also carries, per slot, the guardrail signals the joiner counted inside its window
+(`JoinedDecision.guardrails`: {slot: {metric: count}}, only slots with signals; empty for most
+events and for outcomes joined before revision 0006). The outcomes' `guardrails` column is NULL
+without signals, so the read pays one NULL column per outcome.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Connection, Engine, func, select, text
+import orjson
+from sqlalchemy import ColumnElement, Connection, Engine, String, func, select, text, type_coerce
 
 from log.decision_reads import RECORD_COLUMNS, record_columns_sql, record_from_row
 from log.models import DecisionRow, OutcomeRow
@@ -139,7 +145,13 @@ JoinedKey = tuple[str, int, datetime]
 
 # Records: the record's columns; outcomes: (event_id, slot, reward, guardrails).
 _ROWS = select(*RECORD_COLUMNS)
-_OUTCOMES = select(OutcomeRow.event_id, OutcomeRow.slot, OutcomeRow.reward, OutcomeRow.guardrails)
+# guardrails as its stored text (NULL on nearly every row), parsed only where present
+_OUTCOMES = select(
+    OutcomeRow.event_id,
+    OutcomeRow.slot,
+    OutcomeRow.reward,
+    type_coerce(OutcomeRow.guardrails, String),
+)
 
 # PostgreSQL: one primary-key probe per id (LATERAL with an optimisation fence), a plan that
 # does not depend on fresh statistics. With `event_id IN (...)` and stale statistics (a bulk
@@ -174,7 +186,12 @@ def _collect(rows: Iterable[Any], outcomes: Iterable[Any]) -> Fetched:
     for event_id, slot, reward, counts in outcomes:
         rewards[event_id][slot] = reward
         if counts:  # NULL (no signals) on nearly every row: nothing to build
-            guardrails.setdefault(event_id, {})[slot] = {str(k): int(v) for k, v in counts.items()}
+            if isinstance(counts, str | bytes):  # SQLite: the stored JSON text
+                counts = orjson.loads(counts)
+            if counts:
+                guardrails.setdefault(event_id, {})[slot] = {
+                    str(k): int(v) for k, v in counts.items()
+                }
     return records, rewards, guardrails
 
 

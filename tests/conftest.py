@@ -13,6 +13,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -22,6 +23,9 @@ from pytest_postgresql import factories
 from decision_service import Settings, create_app
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
+# The admin key every test app registers at start-up (DS_ADMIN_KEY), and the headers sending it.
+TEST_ADMIN_KEY = "dsk_7e57ad000001_" + "T" * 43
+ADMIN_HEADERS = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
 
 
 def _pg_ctl() -> str:
@@ -86,6 +90,8 @@ def make_settings(db_url: str, tmp_path: Path, **overrides: object) -> Settings:
         "loop_refresh_s": 3600,
         "group_commit_ms": 1.0,
         "gc_tuning": False,
+        "admin_key": TEST_ADMIN_KEY,
+        "admin_key_file": str(tmp_path / "admin-key"),
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -96,7 +102,12 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
     return make_settings(db_url, tmp_path)
 
 
+def admin_client(app: Any, **kwargs: Any) -> TestClient:
+    """A TestClient of `app` that sends the test admin key (use it as a context manager)."""
+    return TestClient(app, headers={**ADMIN_HEADERS, **kwargs.pop("headers", {})}, **kwargs)
+
+
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
+    with admin_client(create_app(settings)) as c:
         yield c

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from decision_service.cli import app
 from decision_service.demo import DemoConfig, run_demo
 from decision_service.settings import get_settings
+from log.api_keys import list_keys
 from log.joiner import join_loop
 from log.loops import LoopConfig, put_loop
 from log.schema import make_engine, migrate
@@ -110,7 +111,8 @@ def test_demo_runs_the_loop_over_http(db_url: str, tmp_path: Path) -> None:
     """A short demo: service process, HTTP traffic, joins, online learning, plot, JSON line."""
     lines: list[str] = []
     cfg = DemoConfig(events=600, chunk=300, concurrency=8, eval_contexts=300,
-                     database_url=db_url, plot=str(tmp_path / "curve.png"))  # fmt: skip
+                     database_url=db_url, plot=str(tmp_path / "curve.png"),
+                     admin_key_file=str(tmp_path / "admin-key"))  # fmt: skip
     summary = run_demo(cfg, echo=lines.append)
     assert orjson.loads(lines[-1]) == summary
     assert set(summary) == {"events", "learned_reward", "oracle_reward", "uniform_reward", "plot"}
@@ -119,3 +121,11 @@ def test_demo_runs_the_loop_over_http(db_url: str, tmp_path: Path) -> None:
     assert Path(summary["plot"]).stat().st_size > 10_000
     # two chunks, each learned and promoted: the table has a row per chunk
     assert sum(1 for line in lines if line.strip().startswith(("300 ", "600 "))) == 2
+    # the service made its first admin key in the file; the demo's own key is revoked
+    assert (tmp_path / "admin-key").read_text().startswith("dsk_")
+    engine = make_engine(db_url)
+    try:
+        (demo_key,) = [k for k in list_keys(engine) if k.name == "demo"]
+    finally:
+        engine.dispose()
+    assert demo_key.loops is not None and not demo_key.active

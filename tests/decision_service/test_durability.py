@@ -15,14 +15,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from decision_service import create_app
 from decision_service.service import Service
 from log.models import DecisionRow, OutcomeRow, RewardRow
 from log.schema import make_engine
-from tests.conftest import make_settings
+from tests.conftest import admin_client, make_settings
 
 BODY = {"context": {"u": 1}, "actions": [{"id": "a"}, {"id": "b"}, {"id": "c"}]}
 
@@ -75,7 +74,7 @@ def wait_shipped(tmp_path: Path) -> None:
 
 def test_database_outage_loses_nothing(db_url: str, tmp_path: Path) -> None:
     settings = make_settings(db_url, tmp_path)
-    with TestClient(create_app(settings)) as client:
+    with admin_client(create_app(settings)) as client:
         service = client.app.state.service  # type: ignore[attr-defined]
         assert client.put("/v1/loops/default", json={"reward_wait_s": 4}).status_code == 200
         before = client.post("/v1/loops/default/rank", json={**BODY, "event_id": "stored"})
@@ -132,7 +131,7 @@ def test_window_stays_open_while_its_reward_is_spooled(db_url: str, tmp_path: Pa
     """Regression (defect 4): a reward received inside its window but still in the spool when
     the window's deadline passes is joined, not replaced by the default reward."""
     settings = make_settings(db_url, tmp_path)
-    with TestClient(create_app(settings)) as client:
+    with admin_client(create_app(settings)) as client:
         service = client.app.state.service  # type: ignore[attr-defined]
         client.put("/v1/loops/default", json={"reward_wait_s": 2, "default_reward": 0})
         event = client.post("/v1/loops/default/rank", json=BODY).json()["event_id"]
@@ -153,7 +152,7 @@ def test_window_stays_open_while_its_reward_is_spooled(db_url: str, tmp_path: Pa
 
 def test_fast_mode_answers_before_commit_and_stores(db_url: str, tmp_path: Path) -> None:
     settings = make_settings(db_url, tmp_path, durability="fast")
-    with TestClient(create_app(settings)) as client:
+    with admin_client(create_app(settings)) as client:
         for _ in range(50):
             assert client.post("/v1/loops/default/rank", json=BODY).status_code == 201
     # shutdown drains the queue: every acknowledged decision is stored
@@ -164,7 +163,7 @@ def test_fast_mode_keeps_the_answer_for_a_reused_id(db_url: str, tmp_path: Path)
     """Regression (defect 5): a reused event_id with a different body is a 409, in fast mode
     too, and a replay is the stored decision."""
     settings = make_settings(db_url, tmp_path, durability="fast")
-    with TestClient(create_app(settings)) as client:
+    with admin_client(create_app(settings)) as client:
         first = client.post("/v1/loops/default/rank", json={**BODY, "event_id": "x"})
         other = {**BODY, "event_id": "x", "context": {"u": 2}}
         assert client.post("/v1/loops/default/rank", json=other).status_code == 409
@@ -179,7 +178,7 @@ def test_fast_mode_keeps_the_answer_for_a_reused_id(db_url: str, tmp_path: Path)
 def test_fast_mode_bounds_what_is_at_risk(db_url: str, tmp_path: Path) -> None:
     """Past `fast_max_pending` queued rows, fast mode waits for durability (backpressure)."""
     settings = make_settings(db_url, tmp_path, durability="fast", fast_max_pending=1)
-    with TestClient(create_app(settings)) as client:
+    with admin_client(create_app(settings)) as client:
         for _ in range(30):
             r = client.post("/v1/loops/default/rank", json=BODY)
             assert r.status_code == 201
@@ -192,7 +191,7 @@ def test_fast_mode_bounds_what_is_at_risk(db_url: str, tmp_path: Path) -> None:
 
 def test_reward_idempotency_key(db_url: str, tmp_path: Path) -> None:
     settings = make_settings(db_url, tmp_path)
-    with TestClient(create_app(settings)) as client:
+    with admin_client(create_app(settings)) as client:
         event = client.post("/v1/loops/default/rank", json=BODY).json()["event_id"]
         url = f"/v1/loops/default/events/{event}/reward"
         first = client.post(url, json={"value": 1, "reward_id": "k1"})
@@ -212,15 +211,20 @@ def test_a_worker_started_during_an_outage_waits_for_the_database(
     then stop every worker): it answers 503 and starts serving once the database answers."""
     closed = "postgresql://postgres@127.0.0.1:9/test?connect_timeout=2"  # nothing listens
     settings = make_settings(closed, tmp_path, start_retry_s=0.1)
-    with TestClient(create_app(settings)) as client:
-        for method, path in (("POST", "/v1/loops/default/rank"), ("GET", "/v1/loops")):
+    with admin_client(create_app(settings)) as client:
+        # every route, /v1/status included: the worker cannot verify a key it never saw
+        for method, path in (
+            ("POST", "/v1/loops/default/rank"),
+            ("GET", "/v1/loops"),
+            ("GET", "/v1/status"),
+        ):
             r = client.request(method, path, json=BODY if method == "POST" else None)
             assert r.status_code == 503, r.text
             assert r.json()["error"]["code"] == "store_unavailable" and r.headers["retry-after"]
-        assert client.get("/v1/status").status_code == 200
         service = client.app.state.service  # type: ignore[attr-defined]
         good = make_engine(pg_url)  # the database answers (here: at another address)
         service.engine = service.writer.engine = service.loops.engine = good
+        service.keys.engine = good
         deadline = time.monotonic() + 20
         while (r := client.post("/v1/loops/default/rank", json=BODY)).status_code == 503:
             assert time.monotonic() < deadline, "the worker never started"
@@ -231,7 +235,7 @@ def test_a_worker_started_during_an_outage_waits_for_the_database(
 
 def test_reads_during_an_outage_answer_503(db_url: str, tmp_path: Path) -> None:
     settings = make_settings(db_url, tmp_path)
-    with TestClient(create_app(settings)) as client:
+    with admin_client(create_app(settings)) as client:
         service = client.app.state.service  # type: ignore[attr-defined]
         with database_down(service, tmp_path):
             for path in ("/v1/loops", "/v1/loops/default"):

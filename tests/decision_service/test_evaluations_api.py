@@ -35,6 +35,7 @@ from log.loops import LoopConfig, put_loop
 from log.models import EvaluationRow
 from log.schema import make_engine, migrate
 from log.writer import GroupCommitWriter
+from tests.conftest import admin_client
 from tests.decision_service.test_propensity import asgi_post
 from tests.learn.helpers import T0, deadline, sim_events, write
 
@@ -51,7 +52,7 @@ def client(settings: Settings) -> Iterator[TestClient]:
     app = create_app(settings)
     if not any(getattr(r, "path", "") == BASE.replace(LOOP, "{loop}") for r in app.routes):
         app.include_router(evaluations_router)  # until app.py includes it
-    with TestClient(app) as c:
+    with admin_client(app) as c:
         yield c
 
 

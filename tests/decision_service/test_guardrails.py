@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select, update
 
 from decision_service import Settings, create_app
+from decision_service.cli_evaluate import build_spec
 from log.joiner import join_loop
 from log.models import EvaluationRow, OutcomeRow, RewardRow, WriterRow
 from log.schema import make_engine
-from tests.conftest import make_settings
+from tests.conftest import admin_client, make_settings
 from tests.decision_service.test_durability import database_down, wait_shipped
 from tests.decision_service.test_evaluations_api import _wait as wait_for_job
 from tests.learn.helpers import deadline, write
@@ -189,7 +191,7 @@ def test_signals_of_a_slate_go_to_their_slot(client: TestClient, engine: Engine)
 def test_signals_during_an_outage_are_accepted_unverified_with_their_metric(
     db_url: str, tmp_path: Path
 ) -> None:
-    with TestClient(create_app(make_settings(db_url, tmp_path))) as client:
+    with admin_client(create_app(make_settings(db_url, tmp_path))) as client:
         service = client.app.state.service  # type: ignore[attr-defined]
         setup_loop(client)
         rank(client, "e1")
@@ -244,3 +246,25 @@ def test_an_evaluation_request_with_guardrails(client: TestClient, engine: Engin
     first = policies["first_action"]["guardrails"]["report"]
     assert set(first) == {"candidate", "live", "difference"}
     assert first["live"] == live["candidate"] | {"method": "ips:incumbent/bootstrap"}
+
+
+def test_the_cli_takes_guardrails() -> None:
+    options: dict[str, Any] = {
+        "policies": ["uniform"],
+        "versions": [],
+        "vw_args": [],
+        "train_since": None,
+        "train_until": None,
+        "since": None,
+        "until": None,
+        "estimators": ["ips"],
+        "alpha": 0.05,
+        "interval": "normal",
+        "slates": "skip",
+        "greedy": False,
+        "seed": 0,
+    }
+    assert build_spec(**options).guardrails == ()
+    assert build_spec(**options, guardrails=["report", "hide"]).guardrails == ("report", "hide")
+    with pytest.raises(typer.BadParameter, match="metric names"):
+        build_spec(**options, guardrails=["Report"])

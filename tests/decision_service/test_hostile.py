@@ -34,7 +34,7 @@ from sqlalchemy import func, select
 from decision_service import Settings, create_app
 from log.models import DecisionRow, RewardRow
 from log.schema import make_engine
-from tests.conftest import make_settings
+from tests.conftest import ADMIN_HEADERS, admin_client, make_settings
 from tests.decision_service.test_propensity import asgi_post
 
 ACTIONS = [{"id": a} for a in ("a", "b", "c")]
@@ -90,7 +90,7 @@ def sqlite_settings(tmp_path: Path) -> Settings:
 
 
 def test_attacker_cannot_raise_an_actions_frequency(sqlite_settings: Settings) -> None:
-    with TestClient(create_app(sqlite_settings)) as client:
+    with admin_client(create_app(sqlite_settings)) as client:
         for loop in ("victim", "probe"):
             assert client.put(f"/v1/loops/{loop}", json=CONFIG).status_code == 201
         # Everything the routes say about the loops; none of it is the key.
@@ -174,7 +174,7 @@ def test_chunked_body_is_cut_at_the_limit(sqlite_settings: Settings) -> None:
             return await http.post(
                 "/v1/loops/default/rank",
                 content=body(),
-                headers={"content-type": "application/json"},
+                headers={"content-type": "application/json", **ADMIN_HEADERS},
             )
 
     with TestClient(app):  # the lifespan (the service) runs
@@ -242,7 +242,10 @@ def test_a_500_is_json_and_keeps_the_connection(
         body = orjson.dumps({"actions": ACTIONS})
         with caplog.at_level(logging.ERROR, logger="decision_service.errors"):
             conn.request(
-                "POST", "/v1/loops/default/rank", body, {"content-type": "application/json"}
+                "POST",
+                "/v1/loops/default/rank",
+                body,
+                {"content-type": "application/json", **ADMIN_HEADERS},
             )
             first = conn.getresponse()
             raw = first.read()
@@ -259,7 +262,7 @@ def test_a_500_is_json_and_keeps_the_connection(
         assert (first.getheader("connection") or "").lower() != "close"
         assert any("simulated bug" in (r.exc_text or "") for r in caplog.records)
         for _ in range(3):  # the same connection keeps serving
-            conn.request("GET", "/v1/loops/default")
+            conn.request("GET", "/v1/loops/default", headers=ADMIN_HEADERS)
             again = conn.getresponse()
             again.read()
             assert again.status == 200
@@ -276,7 +279,8 @@ def test_real_server_stops_reading_a_chunked_body_at_the_limit(server: Server) -
     try:
         sock.sendall(
             b"POST /v1/loops/default/rank HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+            + f"Authorization: {ADMIN_HEADERS['Authorization']}\r\n\r\n".encode()
         )
         chunk = b"10000\r\n" + b"x" * 0x10000 + b"\r\n"
         try:
@@ -324,7 +328,10 @@ def test_every_route_addresses_any_event_id(settings: Settings) -> None:
     """Regression: an event_id holding '/' could be ranked but never rewarded. Over a real
     server (the TestClient decodes paths twice), on SQLite and PostgreSQL: each id is ranked,
     rewarded and, deferred, activated, percent-encoded in the path."""
-    with Server(settings) as running, httpx.Client(base_url=running.url) as http:
+    with (
+        Server(settings) as running,
+        httpx.Client(base_url=running.url, headers=ADMIN_HEADERS) as http,
+    ):
         for event_id in EVENT_IDS:
             r = http.post("/v1/loops/default/rank", json={"event_id": event_id, "actions": ACTIONS})
             assert r.status_code == 201, r.text
@@ -364,7 +371,7 @@ def test_a_rank_too_costly_for_the_loops_interactions_is_refused(
 ) -> None:
     """A 3-way interaction of a 256-feature context (half a second of VW per 50-action rank)
     is refused before VW runs, and nothing is written; a modest rank on the loop is served."""
-    with TestClient(create_app(sqlite_settings)) as client:
+    with admin_client(create_app(sqlite_settings)) as client:
         assert (
             client.put("/v1/loops/cubic", json={"vw_args": "--interactions ccc"}).status_code == 201
         )
@@ -414,7 +421,11 @@ def test_a_client_leaving_mid_body_is_not_an_error(
         "raw_path": b"/v1/loops/default/rank",
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"host", b"t"), (b"content-type", b"application/json")],
+        "headers": [
+            (b"host", b"t"),
+            (b"content-type", b"application/json"),
+            (b"authorization", ADMIN_HEADERS["Authorization"].encode()),
+        ],
         "client": ("c", 1),
         "server": ("t", 80),
     }

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 import schemathesis
-from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.config import SchemathesisConfig
 from schemathesis.python.asgi import shutdown_lifespans
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -33,14 +33,14 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from decision_service import create_app, routes_evaluations
-from tests.conftest import make_settings
+from tests.conftest import ADMIN_HEADERS, TEST_ADMIN_KEY, admin_client, make_settings
 
 MAX_EXAMPLES = 25
 
 
 def document(tmp_path: Path) -> dict[str, Any]:
     app = create_app(make_settings(f"sqlite:///{tmp_path / 'doc.db'}", tmp_path))
-    with TestClient(app) as client:
+    with admin_client(app) as client:
         doc: dict[str, Any] = client.get("/openapi.json").json()
     return doc
 
@@ -67,35 +67,54 @@ def test_every_reference_resolves(tmp_path: Path) -> None:
     assert "$defs" not in json.dumps(doc)
 
 
+_MOVE = {"200", "400", "404", "409", "413", "422"}  # the deploy routes that change a state
+AUTH = {"401", "403"}  # every operation needs a key
 EXPECTED = {
-    ("get", "/v1/status"): {"200"},
-    ("get", "/v1/loops"): {"200"},
-    ("get", "/v1/loops/{loop}"): {"200", "404", "422"},
-    ("put", "/v1/loops/{loop}"): {"200", "201", "400", "413", "422"},
-    ("post", "/v1/loops/{loop}/rank"): {"201", "400", "404", "409", "413", "422", "503"},
+    ("get", "/v1/status"): {"200"} | AUTH,
+    ("get", "/v1/loops"): {"200"} | AUTH,
+    ("get", "/v1/loops/{loop}"): {"200", "404", "422"} | AUTH,
+    ("put", "/v1/loops/{loop}"): {"200", "201", "400", "413", "422"} | AUTH,
+    ("post", "/v1/loops/{loop}/rank"): {"201", "400", "404", "409", "413", "422", "503"} | AUTH,
     ("post", "/v1/loops/{loop}/events/{event_id}/reward"): {
         "202", "400", "404", "409", "413", "422", "503",
-    },
+    } | AUTH,
     ("post", "/v1/loops/{loop}/events/{event_id}/activate"): {
         "200", "202", "404", "409", "422", "503",
-    },
-    ("post", "/v1/loops/{loop}/evaluations"): {"202", "400", "404", "413", "422", "429"},
-    ("get", "/v1/loops/{loop}/evaluations"): {"200", "404", "422"},
-    ("get", "/v1/loops/{loop}/evaluations/{evaluation_id}"): {"200", "404"},
-    ("get", "/v1/loops/{loop}/evaluations/{evaluation_id}/report"): {"200", "404", "409"},
-    ("get", "/v1/loops/{loop}/learner"): {"200", "404", "422"},
-    ("get", "/v1/loops/{loop}/alarms"): {"200", "404", "422"},
-    ("post", "/v1/loops/{loop}/freshness/resume"): {"200", "400", "404", "409", "413", "422"},
+    } | AUTH,
+    ("post", "/v1/loops/{loop}/evaluations"): {"202", "400", "404", "413", "422", "429"} | AUTH,
+    ("get", "/v1/loops/{loop}/evaluations"): {"200", "404", "422"} | AUTH,
+    ("get", "/v1/loops/{loop}/evaluations/{evaluation_id}"): {"200", "404"} | AUTH,
+    ("get", "/v1/loops/{loop}/evaluations/{evaluation_id}/report"): {"200", "404", "409"} | AUTH,
+    ("post", "/v1/keys"): {"201", "400", "413", "422"} | AUTH,
+    ("get", "/v1/keys"): {"200"} | AUTH,
+    ("delete", "/v1/keys/{key_id}"): {"200", "404", "409", "422"} | AUTH,
+    ("get", "/v1/audit"): {"200", "422"} | AUTH,
+    ("get", "/v1/loops/{loop}/audit"): {"200", "404", "422"} | AUTH,
+    ("get", "/v1/loops/{loop}/shadow"): {"200", "404", "422"} | AUTH,
+    ("get", "/v1/loops/{loop}/models"): {"200", "404", "422"} | AUTH,
+    ("get", "/v1/loops/{loop}/models/{version}"): {"200", "404"} | AUTH,
+    ("post", "/v1/loops/{loop}/models/{version}/approve"): _MOVE | AUTH,
+    ("post", "/v1/loops/{loop}/models/{version}/reject"): _MOVE | AUTH,
+    ("post", "/v1/loops/{loop}/models/{version}/rollout"): _MOVE | AUTH,
+    ("post", "/v1/loops/{loop}/rollback"): _MOVE | AUTH,
+    ("get", "/v1/loops/{loop}/rollout"): {"200", "404"} | AUTH,
+    ("get", "/v1/loops/{loop}/learner"): {"200", "404", "422"} | AUTH,
+    ("get", "/v1/loops/{loop}/alarms"): {"200", "404", "422"} | AUTH,
+    ("post", "/v1/loops/{loop}/freshness/resume"): _MOVE | AUTH,
     ("post", "/v1/loops/{loop}/alarms/{alarm_id}/clear"): {
         "200", "400", "404", "409", "413", "422",
-    },
-    ("get", "/v1/loops/{loop}/shadow"): {"200", "404", "422"},
+    } | AUTH,
 }  # fmt: skip
 BODIES = {
+    ("post", "/v1/keys"): "KeyCreateIn",
     ("put", "/v1/loops/{loop}"): "LoopConfigIn",
     ("post", "/v1/loops/{loop}/rank"): "RankRequest",
     ("post", "/v1/loops/{loop}/events/{event_id}/reward"): "RewardRequest",
     ("post", "/v1/loops/{loop}/evaluations"): "EvaluationRequest",
+    ("post", "/v1/loops/{loop}/models/{version}/approve"): "ApproveRequest",
+    ("post", "/v1/loops/{loop}/models/{version}/reject"): "RejectRequest",
+    ("post", "/v1/loops/{loop}/models/{version}/rollout"): "RolloutRequest",
+    ("post", "/v1/loops/{loop}/rollback"): "RollbackRequest",
     ("post", "/v1/loops/{loop}/freshness/resume"): "ResumeRequest",
     ("post", "/v1/loops/{loop}/alarms/{alarm_id}/clear"): "ResumeRequest",
 }
@@ -121,6 +140,11 @@ def test_every_status_and_body_is_documented(tmp_path: Path) -> None:
                 assert content["application/json"]["schema"].get("$ref"), (key, status)
         for status in {"429", "503"} & statuses:
             assert "Retry-After" in responses[status]["headers"]
+        assert "WWW-Authenticate" in responses["401"]["headers"]
+        assert operations[key]["security"] == [{"bearerAuth": []}, {"subscriptionKey": []}]
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["bearerAuth"] == {**schemes["bearerAuth"], "type": "http", "scheme": "bearer"}
+    assert schemes["subscriptionKey"]["name"] == "Ocp-Apim-Subscription-Key"
     for key, model in BODIES.items():
         body = operations[key]["requestBody"]
         assert body["required"] is True, key
@@ -161,7 +185,12 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, dict[st
     spawn = routes_evaluations.spawn_job
     routes_evaluations.spawn_job = lambda *_a, **_k: True  # accepted runs stay queued
     try:
-        loaded = schemathesis.openapi.from_asgi("/openapi.json", app)
+        # every generated request carries the admin key, except those whose credentials
+        # schemathesis makes invalid on purpose (negative mode): those must answer 401
+        config = SchemathesisConfig.from_dict(
+            {"auth": {"openapi": {"bearerAuth": {"bearer": TEST_ADMIN_KEY}}}}
+        )
+        loaded = schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
         known = seed_state(loaded)
         yield loaded, known
     finally:
@@ -180,11 +209,11 @@ def seed_state(loaded: Any) -> dict[str, str]:
             body={"event_id": event_id, "actions": actions, "defer_activation": defer},
             media_type="application/json",
         )
-        assert case.call().status_code == 201
+        assert case.call(headers=ADMIN_HEADERS).status_code == 201
     create = ops[("post", "/v1/loops/{loop}/evaluations")]
     answer = create.Case(
         path_parameters={"loop": "default"}, body={}, media_type="application/json"
-    ).call()
+    ).call(headers=ADMIN_HEADERS)
     assert answer.status_code == 202, answer.text
     return {"loop": "default", "event_id": "evt-1", "evaluation_id": answer.json()["id"]}
 

@@ -37,6 +37,7 @@ from explore import Action
 from log.loops import LoopConfig, put_loop
 from log.models import DecisionRow
 from log.schema import make_engine
+from tests.conftest import ADMIN_HEADERS
 
 LOOP = "prop"
 KEY = bytes.fromhex("20240601" * 8)  # the loop's sampling key (32 bytes)
@@ -85,6 +86,7 @@ async def asgi_post(app: Any, path: str, body: bytes) -> tuple[int, bytes]:
             (b"host", b"testserver"),
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
+            (b"authorization", ADMIN_HEADERS["Authorization"].encode()),
         ],
         "client": ("testclient", 50000),
         "server": ("testserver", 80),

@@ -68,7 +68,7 @@ from explore.errors import (
 from log.models import DecisionRow, Loop, OutcomeRow, RewardRow
 from log.schema import make_engine
 from log.store import loop_counts
-from tests.conftest import make_settings
+from tests.conftest import admin_client, make_settings
 
 LIMITS: dict[str, object] = {
     "max_actions": 3,
@@ -838,7 +838,7 @@ def limited(
     settings = make_settings(url, tmp, **LIMITS)
     engine = make_engine(settings.database_url)
     try:
-        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        with admin_client(create_app(settings), raise_server_exceptions=False) as client:
             setup_state(client)
             yield Limited(client, settings, engine, tmp)
     finally:
@@ -878,7 +878,7 @@ def test_error(case: Case, limited: Limited) -> None:
 def test_rejected_requests_leave_later_requests_working(db_url: str, tmp_path: Path) -> None:
     """After a run of rejected requests, valid ones still succeed and are counted once."""
     settings = make_settings(db_url, tmp_path, **LIMITS)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with admin_client(create_app(settings), raise_server_exceptions=False) as client:
         setup_state(client)
         for case in CASES:
             client.request(case.method, case.path, content=encode(case.body, tmp_path))
@@ -903,7 +903,7 @@ def test_rank_nul_in_ids_is_rejected(db_url: str, tmp_path: Path, body: dict[str
     # later durable request hung. Fast mode answers without waiting on the writer; then the
     # writer must still answer within a timeout.
     settings = make_settings(db_url, tmp_path, durability="fast")
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with admin_client(create_app(settings), raise_server_exceptions=False) as client:
         engine = make_engine(settings.database_url)
         before = snapshot(settings, engine)
         response = client.post(RANK, json=body)
@@ -970,6 +970,7 @@ def test_each_domain_error_maps_to_its_status(raising: TestClient, i: int, case:
     response = raising.get(f"/domain/{i}")
     assert_error(response, status, code)
     assert response.headers.get("retry-after") == retry_after
+    assert (response.headers.get("www-authenticate") is not None) == (status == 401)
     assert STATUS[type(case[0])] == status
 
 

@@ -15,14 +15,15 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, event, update
+from sqlalchemy import Engine, event, select, update
 
 from decision_service import create_app
 from deploy.registry import promote
+from deploy.rollout import rollback, transition
 from log.loops import LoopConfig, put_loop
-from log.models import ModelRow
+from log.models import DecisionRow, ModelRow
 from log.serving_reads import ServingVersions, loop_serving_versions, serving_versions
-from tests.conftest import make_settings
+from tests.conftest import admin_client, make_settings
 from tests.serving_helpers import register_version, set_status, trained_artifact
 
 LOOP = "swaps"
@@ -51,7 +52,7 @@ def serving(client: TestClient) -> dict[str, Any]:
 
 
 def test_serving_versions_is_one_query_for_every_loop(db_url: str, tmp_path: Path) -> None:
-    with TestClient(create_app(make_settings(db_url, tmp_path))) as client:
+    with admin_client(create_app(make_settings(db_url, tmp_path))) as client:
         service = client.app.state.service  # type: ignore[attr-defined]
         engine: Engine = service.engine
         put_loop(engine, "other", LoopConfig())
@@ -181,7 +182,7 @@ def test_a_canary_or_shadow_that_cannot_load_leaves_live_serving(
 
 @pytest.fixture
 def fast_refresh(db_url: str, tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(db_url, tmp_path, loop_refresh_s=0.05))) as c:
+    with admin_client(create_app(make_settings(db_url, tmp_path, loop_refresh_s=0.05))) as c:
         yield c
 
 
@@ -209,3 +210,46 @@ def test_the_background_refresh_picks_up_a_new_canary(
 def _loops(client: TestClient) -> dict[str, Any]:
     data: dict[str, Any] = client.get("/v1/status").json()["serving"]
     return data
+
+
+def test_workers_follow_the_rollout_state_machine(
+    client: TestClient, artifacts: list[bytes]
+) -> None:
+    """The versions moved by deploy.rollout (shadow -> canary -> live, a rejected canary, a
+    rollback): after each move and a refresh the worker serves, splits and shadows as stored."""
+    service, engine, v = setup(client, artifacts)
+
+    def move(version: str, to: str, **kwargs: Any) -> None:
+        transition(engine, version, to, actor="test", role="gatekeeper", reason="t", **kwargs)
+        service.loops.refresh()
+
+    def decisions(tag: str, n: int = 60) -> list[tuple[str, str, Any]]:
+        out = []
+        for i in range(n):
+            body = {"event_id": f"{tag}{i}", "user_id": f"u{i}", "context": CONTEXT}
+            r = client.post(f"/v1/loops/{LOOP}/rank", json=body | {"actions": ACTIONS})
+            assert r.status_code == 201, r.text
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(DecisionRow.model_version, DecisionRow.policy_arm, DecisionRow.shadow).where(
+                    DecisionRow.loop == LOOP, DecisionRow.event_id.like(f"{tag}%")
+                )
+            ).all()
+        for version, arm, shadow in rows:
+            out.append((version, arm, None if shadow is None else shadow["version"]))
+        return out
+
+    move(v[1], "shadow")
+    assert {d for d in decisions("a")} == {(v[0], "live", v[1])}
+    move(v[1], "canary", canary_percent=50.0)
+    seen = set(decisions("b"))
+    assert seen == {(v[0], "live", None), (v[1], "canary", None)}
+    move(v[1], "live", override=True)
+    assert set(decisions("c")) == {(v[1], "live", None)}
+    move(v[2], "canary", canary_percent=50.0)
+    assert {d[0] for d in decisions("d")} == {v[1], v[2]}
+    move(v[2], "rejected")  # stops the canary, live stays
+    assert set(decisions("e")) == {(v[1], "live", None)}
+    rollback(engine, LOOP, actor="test", role="gatekeeper", reason="worse")
+    service.loops.refresh()
+    assert set(decisions("f")) == {(v[0], "live", None)}

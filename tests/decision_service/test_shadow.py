@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
@@ -29,6 +30,7 @@ from decision_service.rank_input import parse_rank
 from deploy.registry import promote
 from log.loops import LoopConfig, put_loop
 from log.models import DecisionRow
+from log.ops import op_from_json, op_to_line
 from log.records import DECISION_COLUMNS
 from tests.decision_service.test_propensity import P_MIN, chi2
 from tests.serving_helpers import (
@@ -222,3 +224,13 @@ def test_a_shadow_overflowing_floats_logs_null(client: TestClient) -> None:
     row = sh.rows()["huge"]
     assert row.shadow is None and row.model_version == sh.runtime().policy.version != sh.live
     assert client.get("/v1/status").json()["serving"][LOOP]["shadow_failed"] == 1
+
+
+def test_arm_and_shadow_survive_the_spool_encoding(client: TestClient) -> None:
+    """A decision spooled while the database is away keeps its arm, arm probability and shadow
+    (the spool line is the record's columns)."""
+    sh = Shadowed(client, canary_percent=50.0)
+    body = {"event_id": "sp", "user_id": "someone", "context": CONTEXT, "actions": ACTIONS}
+    record = decide(parse_rank(body, sh.settings), body, sh.runtime(), datetime.now(UTC), "sp")
+    assert record.shadow is not None and record.arm_probability == 0.5
+    assert op_from_json(orjson.loads(op_to_line(record))) == record

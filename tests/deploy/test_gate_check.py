@@ -5,9 +5,12 @@ looks count, and the approval uses the latest verdict."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import Engine
 
@@ -20,6 +23,7 @@ from learn import learn_once
 from log.deploy_settings import GateSettings
 from log.joiner import join_loop
 from log.loops import LoopConfig, put_loop
+from log.records import RewardRecord
 from log.schema import make_engine, migrate
 from log.writer import GroupCommitWriter
 from tests.learn.helpers import T0, deadline, sim_events, write
@@ -118,3 +122,42 @@ def test_check_candidate_errors(engine: Engine) -> None:
     verdict = check_candidate(engine, LOOP, mine.version)
     assert verdict.decision == "pending" and "no estimate yet" in verdict.reason
     assert verdict.numbers["n"] == 0 and verdict.look == 1
+
+
+def _with_reports(ops: list[Any], seed: int) -> list[Any]:
+    """Half of the clicks also bring a "report" (negative feedback): a policy that gets more
+    clicks gets more reports too."""
+    rng = np.random.default_rng(seed)
+    out = list(ops)
+    for op in ops:
+        if isinstance(op, RewardRecord) and op.value > 0 and rng.random() < 0.5:
+            out.append(replace(op, reward_id=op.reward_id + "-report", metric="report"))
+    return out
+
+
+def test_a_candidate_better_on_reward_but_worse_on_a_guardrail_is_blocked(
+    engine: Engine, writer: GroupCommitWriter
+) -> None:
+    put_loop(engine, LOOP, _config(guardrails={"report": 0.01}))
+    n = N_TRAIN + N_EVAL
+    write(writer, _with_reports(sim_events(SIM, n, seed=11), seed=12))
+    join_loop(engine, LOOP, default_reward=0.0, aggregation="earliest", now=deadline(n - 1))
+    learned = learn_once(engine, LOOP, registry=registry, mode="batch", until=SPLIT, progress=False)
+    assert learned.version is not None
+    version = learned.version.version
+
+    blocked = check_candidate(engine, LOOP, version)
+    nums = blocked.numbers
+    assert nums["difference"]["ci_low"] > 0.0  # better on the reward, conclusively
+    report = nums["guardrails"]["report"]
+    assert report["difference"]["value"] > 0.01 and report["candidate"]["n"] == N_EVAL
+    print(f"guardrail-worse candidate: {blocked.decision}: {blocked.reason}")
+    assert blocked.decision in ("fail", "pending") and "guardrail 'report'" in blocked.reason
+    assert blocked.criteria["guardrails"] == {"report": 0.01}
+    with pytest.raises(GateNotPassed, match="guardrail 'report'"):
+        transition(engine, version, "live", actor="gk", role=None, reason="go")
+    # the guardrail is what blocks it: allowing a large increase, the same candidate passes
+    put_loop(engine, LOOP, _config(guardrails={"report": 0.5}))
+    allowed = check_candidate(engine, LOOP, version)
+    assert allowed.decision == "pass", allowed.reason
+    assert allowed.look == 2

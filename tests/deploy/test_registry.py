@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy import exc as sa_exc
 
@@ -30,7 +29,7 @@ from explore import Action
 from log.models import DecisionRow, ModelRow
 from log.schema import make_engine, migrate
 from policies import VWPolicy
-from tests.conftest import make_settings
+from tests.conftest import admin_client, make_settings
 
 HOUR = timedelta(hours=1)
 
@@ -123,7 +122,7 @@ def test_hot_switch_under_concurrent_requests(db_url: str, tmp_path: Path) -> No
     results: list[tuple[int, str, str]] = []
     errors: list[BaseException] = []
     stop = threading.Event()
-    with TestClient(create_app(settings)) as client:
+    with admin_client(create_app(settings)) as client:
         engine = client.app.state.service.engine  # type: ignore[attr-defined]
 
         def hammer(worker: int) -> None:

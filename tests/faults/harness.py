@@ -44,6 +44,8 @@ import httpx
 import psycopg
 from psycopg.rows import dict_row
 
+from tests.conftest import ADMIN_HEADERS, TEST_ADMIN_KEY
+
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES: list[str] = []
 REWARD_SCALE = 2**20
@@ -177,6 +179,7 @@ def service_env(database_url: str, spool_dir: Path, **extra: str) -> dict[str, s
             "DS_JOIN_INTERVAL_S": "1",
             "DS_JOIN_GRACE_S": "0.5",
             "DS_LOOP_REFRESH_S": "0.5",
+            "DS_ADMIN_KEY": TEST_ADMIN_KEY,  # the load generator and the tests send it
         }
     )
     env.update(extra)
@@ -549,7 +552,10 @@ class LoadGenerator:
             keepalive_expiry=2.0,
         )
         self._client = httpx.AsyncClient(
-            base_url=self.base_url, limits=limits, timeout=httpx.Timeout(60.0)
+            base_url=self.base_url,
+            limits=limits,
+            timeout=httpx.Timeout(60.0),
+            headers=ADMIN_HEADERS,
         )
         await self.probe_reward_ids()
         return self

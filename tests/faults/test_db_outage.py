@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import ADMIN_HEADERS
 from tests.faults.harness import (
     Figures,
     LoadGenerator,
@@ -132,7 +133,7 @@ class Run:
 
 async def _configure(svc: ServiceProcess) -> None:
     config = {"reward_wait_s": REWARD_WAIT_S, "reward_aggregation": "sum", "default_reward": 0}
-    r = httpx.put(f"{svc.url}/v1/loops/{LOOP}", json=config, timeout=30)
+    r = httpx.put(f"{svc.url}/v1/loops/{LOOP}", json=config, headers=ADMIN_HEADERS, timeout=30)
     assert r.status_code in (200, 201), r.text
     await asyncio.sleep(1.5)  # both workers know the loop before the database goes away
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import ADMIN_HEADERS
 from tests.faults.harness import (
     LoadGenerator,
     ServiceProcess,
@@ -50,6 +51,7 @@ async def _scenario(svc: ServiceProcess, db_url: str) -> list[str]:
     r = httpx.put(
         f"{svc.url}/v1/loops/{LOOP}",
         json={"reward_wait_s": 600, "reward_aggregation": "sum"},
+        headers=ADMIN_HEADERS,
         timeout=30,
     )
     assert r.status_code in (200, 201), r.text

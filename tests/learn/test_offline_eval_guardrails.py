@@ -22,6 +22,7 @@ from learn.offline_eval import run_evaluation
 from learn.offline_eval_estimate import Accumulator, policy_result
 from learn.offline_eval_spec import EvaluationSpec, PolicySpec, SpecError
 from learn.offline_eval_targets import EvalEvent
+from learn.report import render_html
 from log.joiner import join_loop
 from log.ops import Op
 from log.records import DecisionRecord, RewardRecord
@@ -170,6 +171,8 @@ def test_guardrail_rates_cover_the_truth_and_the_live_rate_is_the_observed_one(
         uniform = p["uniform"]["guardrails"]["report"]["difference"]
         true_u = truth["uniform"] - truth["live"]
         assert uniform["ci_low"] <= true_u <= uniform["ci_high"], (interval, uniform)
+        page = render_html(result)
+        assert "Guardrail rates" in page and 'class="bad">vs live' in page
         print(
             f"guardrail report [{interval}]: live {observed:.4f} (true {truth['live']:.4f}); "
             f"first_action - live {diff['value']:.4f} [{diff['ci_low']:.4f}, "
