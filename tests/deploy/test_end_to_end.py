@@ -39,7 +39,7 @@ from learn import learn_once
 from log.audit import read_audit
 from log.joiner import join_loop
 from log.schema import Engine
-from tests.conftest import make_settings
+from tests.conftest import ADMIN_HEADERS, make_settings
 
 LOOP = "e2e"
 POOR = "--cb_type dm -l 0.05 --power_t 0"
@@ -119,7 +119,7 @@ class Driver:
 
         def user(k: int) -> None:
             try:
-                with httpx.Client(base_url=self.url, timeout=60) as client:
+                with httpx.Client(base_url=self.url, timeout=60, headers=ADMIN_HEADERS) as client:
                     for i in range(k, n, CONCURRENCY):
                         results[i] = self._one(client, *jobs[i])
             except BaseException as err:  # reported by the test thread
@@ -191,7 +191,8 @@ def test_a_better_configuration_goes_live_through_shadow_and_canary(
     service: ServiceThread,
 ) -> None:
     sim = Simulator(SimulatorConfig(seed=3))
-    assert httpx.put(f"{service.url}/v1/loops/{LOOP}", json=LOOP_BODY).status_code == 201
+    created = httpx.put(f"{service.url}/v1/loops/{LOOP}", json=LOOP_BODY, headers=ADMIN_HEADERS)
+    assert created.status_code == 201, created.text
     engine: Engine = service.app.state.service.engine
     driver = Driver(service.url, sim, seed=7)
 
