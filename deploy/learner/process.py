@@ -184,8 +184,9 @@ class Learner:
         except Exception as err:
             logger.exception("learner: %s track of loop %r failed", track, stored.name)
             run, ran = LearnerRun(track, now, "failed", f"{type(err).__name__}: {err}"), False
-        if run.outcome != "stopped":  # a stop is recorded with its alarm (one transaction)
-            record_run(self.engine, stored.name, run, ran=ran)
+        # (a stop itself was stored with its alarm and audit row in one transaction; this is
+        # its summary among the last runs)
+        record_run(self.engine, stored.name, run, ran=ran)
         return run
 
 

@@ -159,3 +159,30 @@ def test_the_learner_command_stops_cleanly_on_sigterm_and_ctrl_c(
     assert proc.returncode == 0, "".join(seen) + rest
     assert "learner stopped" in rest
     assert "Traceback" not in "".join(seen) + rest
+
+
+def test_a_stop_of_the_freshness_track_is_among_the_last_runs(
+    engine: Engine, writer: GroupCommitWriter
+) -> None:
+    from tests.deploy.learner_helpers import untrained_live
+
+    configure(
+        engine,
+        exploration="softmax",
+        softmax_lambda=50.0,
+        learner={"freshness_s": 1, "freshness_min_events": 50, "collapse_ratio": 1.0},
+    )
+    log_joined(engine, writer, 100, seed=1, start=recent(30), prefix="a")
+    untrained_live(engine)
+    learner = Learner(engine, LearnerOptions(settle_s=0.0))
+    now = datetime.now(UTC)
+    runs = learner.tick(now)
+    assert [(r.track, r.outcome) for r in runs[LOOP]] == [
+        ("freshness", "stopped"),
+        ("rollout", "idle"),
+    ]
+    state = get_learner_state(engine, LOOP)
+    assert state.freshness_stopped and [r.outcome for r in state.runs] == ["idle", "stopped"]
+    # stopped: later ticks leave the track alone
+    runs = learner.tick(now + timedelta(hours=1))
+    assert [r.track for r in runs[LOOP]] == ["rollout"]
