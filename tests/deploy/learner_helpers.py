@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from evaluation.simulator import Simulator, SimulatorConfig
 from log.audit import read_audit
 from log.joiner import join_loop
-from log.loops import LoopConfig, get_loop, put_loop
+from log.loops import LoopConfig, StoredLoop, get_loop, put_loop
 from log.writer import GroupCommitWriter
 from tests.learn.helpers import WAIT_S, sim_events, write
 
@@ -118,3 +118,10 @@ def check_store(engine: Engine, loop: str = LOOP) -> None:
     state = get_learner_state(engine, loop)
     firing = [a for a in list_alarms(engine, loop, state="firing") if a.kind == "freshness_stopped"]
     assert state.freshness_stopped == bool(firing)
+
+
+def stored_loop(engine: Engine) -> StoredLoop:
+    """The test loop as stored."""
+    stored = get_loop(engine, LOOP)
+    assert stored is not None
+    return stored

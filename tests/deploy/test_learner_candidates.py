@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
@@ -15,35 +13,11 @@ from deploy.learner.faults import Faults
 from learn.events import EventWindow, count_training_events
 from log.audit import read_audit
 from log.learner_state import get_learner_state, record_run
-from log.loops import StoredLoop, get_loop
-from log.schema import make_engine, migrate
 from log.writer import GroupCommitWriter
-from tests.deploy.learner_helpers import LOOP, configure, log_joined, recent
+from tests.deploy.learner_helpers import LOOP, configure, log_joined, recent, stored_loop
 
 NO_FAULTS = Faults()
 GOOD = "-q ca --cb_type mtr"
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    migrate(eng)
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture
-def writer(engine: Engine, tmp_path: Path) -> Iterator[GroupCommitWriter]:
-    w = GroupCommitWriter(engine, tmp_path / "spool", delay_s=0.0, max_group=100_000)
-    w.start()
-    yield w
-    w.stop()
-
-
-def _stored(engine: Engine) -> StoredLoop:
-    stored = get_loop(engine, LOOP)
-    assert stored is not None
-    return stored
 
 
 def test_each_configuration_is_trained_on_the_window_but_its_newest_part(
@@ -60,13 +34,13 @@ def test_each_configuration_is_trained_on_the_window_but_its_newest_part(
     log_joined(engine, writer, 100, seed=1, start=recent(120), prefix="old")  # out of the window
     log_joined(engine, writer, 400, seed=2, start=recent(30), prefix="a", spacing_s=1.0)
     now = datetime.now(UTC)
-    window = training_window(engine, _stored(engine), now)
+    window = training_window(engine, stored_loop(engine), now)
     assert window is not None
     since, until, n_train, n_holdout = window
     assert since == now - timedelta(seconds=3600)
     assert (n_train, n_holdout) == (300, 100)
 
-    run = run_candidates(engine, _stored(engine), now=now, faults=NO_FAULTS)
+    run = run_candidates(engine, stored_loop(engine), now=now, faults=NO_FAULTS)
     assert run.outcome == "registered", run.message
     assert "2 candidate(s) registered on 300 events (100 held out for the gate)" in run.message
     assert "--daemon" in run.details["refused"]
@@ -93,22 +67,22 @@ def test_a_configuration_in_rollout_is_not_trained_again(
     configure(engine, learner={"candidates": [GOOD], "candidate_interval_s": 60})
     log_joined(engine, writer, 200, seed=3, start=recent(30), prefix="a")
     now = datetime.now(UTC)
-    first = run_candidates(engine, _stored(engine), now=now, faults=NO_FAULTS)
+    first = run_candidates(engine, stored_loop(engine), now=now, faults=NO_FAULTS)
     record_run(engine, LOOP, first)
     state = get_learner_state(engine, LOOP)
     assert state.last_candidate_at == now
-    assert not candidates_due(_stored(engine), state, now + timedelta(seconds=59))
-    assert candidates_due(_stored(engine), state, now + timedelta(seconds=60))
+    assert not candidates_due(stored_loop(engine), state, now + timedelta(seconds=59))
+    assert candidates_due(stored_loop(engine), state, now + timedelta(seconds=60))
 
     again = run_candidates(
-        engine, _stored(engine), now=now + timedelta(seconds=60), faults=NO_FAULTS
+        engine, stored_loop(engine), now=now + timedelta(seconds=60), faults=NO_FAULTS
     )
     assert again.outcome == "idle" and again.details["in_rollout"] == [GOOD]
     assert len(registry.list_versions(engine, LOOP)) == 1
     # once it is decided (here: live), the configuration is trained again
     registry.promote(engine, first.details["registered"][0])
     third = run_candidates(
-        engine, _stored(engine), now=now + timedelta(seconds=120), faults=NO_FAULTS
+        engine, stored_loop(engine), now=now + timedelta(seconds=120), faults=NO_FAULTS
     )
     assert third.outcome == "registered"
     assert len(registry.list_versions(engine, LOOP)) == 2
@@ -117,11 +91,11 @@ def test_a_configuration_in_rollout_is_not_trained_again(
 def test_no_candidates_or_too_few_events(engine: Engine, writer: GroupCommitWriter) -> None:
     configure(engine)
     now = datetime.now(UTC)
-    assert not candidates_due(_stored(engine), get_learner_state(engine, LOOP), now)
+    assert not candidates_due(stored_loop(engine), get_learner_state(engine, LOOP), now)
     configure(engine, learner={"candidates": [GOOD]})
-    assert candidates_due(_stored(engine), get_learner_state(engine, LOOP), now)
-    run = run_candidates(engine, _stored(engine), now=now, faults=NO_FAULTS)
+    assert candidates_due(stored_loop(engine), get_learner_state(engine, LOOP), now)
+    run = run_candidates(engine, stored_loop(engine), now=now, faults=NO_FAULTS)
     assert run.outcome == "idle" and "too few" in run.message
     log_joined(engine, writer, 1, seed=4, start=recent(5), prefix="a")
-    assert training_window(engine, _stored(engine), datetime.now(UTC)) is None
+    assert training_window(engine, stored_loop(engine), datetime.now(UTC)) is None
     assert registry.list_versions(engine, LOOP) == []

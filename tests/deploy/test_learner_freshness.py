@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +21,6 @@ from log.alarms import list_alarms
 from log.audit import read_audit
 from log.learner_state import get_learner_state, record_run
 from log.learner_versions import LiveVersionChanged
-from log.loops import StoredLoop, get_loop
-from log.schema import make_engine, migrate
 from log.writer import GroupCommitWriter
 from tests.deploy.learner_helpers import (
     LOOP,
@@ -32,6 +28,7 @@ from tests.deploy.learner_helpers import (
     configure,
     log_joined,
     recent,
+    stored_loop,
     untrained_live,
 )
 
@@ -40,28 +37,6 @@ NO_FAULTS = Faults()
 
 def clock() -> datetime:
     return datetime.now(UTC)
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    migrate(eng)
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture
-def writer(engine: Engine, tmp_path: Path) -> Iterator[GroupCommitWriter]:
-    w = GroupCommitWriter(engine, tmp_path / "spool", delay_s=0.0, max_group=100_000)
-    w.start()
-    yield w
-    w.stop()
-
-
-def _stored(engine: Engine) -> StoredLoop:
-    stored = get_loop(engine, LOOP)
-    assert stored is not None
-    return stored
 
 
 def test_a_passing_continuation_is_registered_live_with_its_audit_row(
@@ -74,7 +49,7 @@ def test_a_passing_continuation_is_registered_live_with_its_audit_row(
     log_joined(engine, writer, 200, seed=2, start=recent(20), prefix="b")
 
     now = datetime.now(UTC)
-    stored = _stored(engine)
+    stored = stored_loop(engine)
     assert freshness_due(stored, get_learner_state(engine, LOOP), now)
     run, ran = run_freshness(engine, stored, now=now, faults=NO_FAULTS)
     assert ran and run.outcome == "swapped", run.message
@@ -107,7 +82,7 @@ def test_without_a_live_version_the_track_is_idle(
 ) -> None:
     configure(engine, learner={"freshness_min_events": 50})
     log_joined(engine, writer, 200, seed=3, start=recent(20), prefix="a")
-    run, ran = run_freshness(engine, _stored(engine), now=datetime.now(UTC), faults=NO_FAULTS)
+    run, ran = run_freshness(engine, stored_loop(engine), now=datetime.now(UTC), faults=NO_FAULTS)
     assert (run.outcome, ran) == ("idle", False) and "no live version" in run.message
     assert registry.list_versions(engine, LOOP) == []
 
@@ -118,7 +93,7 @@ def test_too_few_new_events_wait_and_register_nothing(
     configure(engine, learner={"freshness_min_events": 500})
     log_joined(engine, writer, 100, seed=4, start=recent(20), prefix="a")
     untrained_live(engine)
-    run, ran = run_freshness(engine, _stored(engine), now=datetime.now(UTC), faults=NO_FAULTS)
+    run, ran = run_freshness(engine, stored_loop(engine), now=datetime.now(UTC), faults=NO_FAULTS)
     assert (run.outcome, ran) == ("waiting", False)
     assert "100 new joined events" in run.message
     assert len(registry.list_versions(engine, LOOP)) == 1
@@ -143,7 +118,7 @@ def test_a_failing_check_stops_the_track_raises_an_alarm_and_a_gatekeeper_resume
     log_joined(engine, writer, 300, seed=5, start=recent(20), prefix="a")
     untrained_live(engine)
     now = datetime.now(UTC)
-    stored = _stored(engine)
+    stored = stored_loop(engine)
     run, ran = run_freshness(engine, stored, now=now, faults=NO_FAULTS)
     assert (run.outcome, ran) == ("stopped", True)
     assert "collapse of the served distribution" in run.message
@@ -189,7 +164,7 @@ def test_two_concurrent_resumes_make_one(engine: Engine, writer: GroupCommitWrit
     )
     log_joined(engine, writer, 100, seed=6, start=recent(20), prefix="a")
     untrained_live(engine)
-    run, _ = run_freshness(engine, _stored(engine), now=datetime.now(UTC), faults=NO_FAULTS)
+    run, _ = run_freshness(engine, stored_loop(engine), now=datetime.now(UTC), faults=NO_FAULTS)
     assert run.outcome == "stopped"
     results: list[str] = []
     barrier = threading.Barrier(4)

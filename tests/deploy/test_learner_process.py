@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,22 +26,6 @@ from log.writer import GroupCommitWriter
 from tests.deploy.learner_helpers import LOOP, configure, log_joined, recent
 
 GOOD = "-q ca --cb_type mtr"
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    migrate(eng)
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture
-def writer(engine: Engine, tmp_path: Path) -> Iterator[GroupCommitWriter]:
-    w = GroupCommitWriter(engine, tmp_path / "spool", delay_s=0.0, max_group=100_000)
-    w.start()
-    yield w
-    w.stop()
 
 
 def test_ticks_run_what_is_due_with_the_settings_read_at_that_tick(

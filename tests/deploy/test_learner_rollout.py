@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,12 +19,10 @@ from deploy.learner.progress import run_rollout
 from log.alarms import list_alarms
 from log.audit import read_audit
 from log.joiner import join_loop
-from log.loops import StoredLoop, get_loop
 from log.records import DecisionRecord, RewardRecord
 from log.rollout_counts import count_shadowed
-from log.schema import make_engine, migrate
 from log.writer import GroupCommitWriter
-from tests.deploy.learner_helpers import LOOP, SIM, configure, log_joined, recent
+from tests.deploy.learner_helpers import LOOP, SIM, configure, log_joined, recent, stored_loop
 from tests.learn.helpers import sim_events, write
 
 NO_FAULTS = Faults()
@@ -36,33 +32,11 @@ FAILING = {"min_events": 10, "min_ess": 1, "margin": 1e9, "max_events": 100}
 PENDING = {"min_events": 10_000_000, "min_ess": 1, "margin": -1e9, "max_events": 10_000_000}
 
 
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    migrate(eng)
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture
-def writer(engine: Engine, tmp_path: Path) -> Iterator[GroupCommitWriter]:
-    w = GroupCommitWriter(engine, tmp_path / "spool", delay_s=0.0, max_group=100_000)
-    w.start()
-    yield w
-    w.stop()
-
-
-def _stored(engine: Engine) -> StoredLoop:
-    stored = get_loop(engine, LOOP)
-    assert stored is not None
-    return stored
-
-
 def _candidate(engine: Engine, writer: GroupCommitWriter, **fields: Any) -> str:
     """A loop with `fields`, 300 joined events and one registered batch candidate."""
     configure(engine, learner={"candidates": [GOOD]}, **fields)
     log_joined(engine, writer, 300, seed=1, start=recent(30), prefix="a")
-    run = run_candidates(engine, _stored(engine), now=datetime.now(UTC), faults=NO_FAULTS)
+    run = run_candidates(engine, stored_loop(engine), now=datetime.now(UTC), faults=NO_FAULTS)
     (version,) = run.details["registered"]
     return str(version)
 
@@ -74,7 +48,7 @@ def _status(engine: Engine, version: str) -> str:
 
 
 def _tick(engine: Engine) -> str:
-    run = run_rollout(engine, _stored(engine), now=datetime.now(UTC), faults=NO_FAULTS)
+    run = run_rollout(engine, stored_loop(engine), now=datetime.now(UTC), faults=NO_FAULTS)
     return run.outcome
 
 
@@ -176,7 +150,7 @@ def test_the_shadow_slot_is_one_per_loop(engine: Engine, writer: GroupCommitWrit
         learner={"candidates": [GOOD, "--cb_type dr -l 0.1"]},
     )
     log_joined(engine, writer, 300, seed=1, start=recent(30), prefix="a")
-    run = run_candidates(engine, _stored(engine), now=datetime.now(UTC), faults=NO_FAULTS)
+    run = run_candidates(engine, stored_loop(engine), now=datetime.now(UTC), faults=NO_FAULTS)
     versions = run.details["registered"]
     _tick(engine)
     statuses = {v: _status(engine, v) for v in versions}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,19 +27,10 @@ from deploy.registry import (
 )
 from explore import Action
 from log.models import DecisionRow, ModelRow
-from log.schema import make_engine, migrate
 from policies import VWPolicy
 from tests.conftest import admin_client, make_settings
 
 HOUR = timedelta(hours=1)
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    migrate(eng)
-    yield eng
-    eng.dispose()
 
 
 def trained_model(favourite: str = "a1") -> bytes:
