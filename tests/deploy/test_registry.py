@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from explore import Action
 from log.models import DecisionRow, ModelRow
 from policies import VWPolicy
 from tests.conftest import admin_client, make_settings
+from tests.deploy.race import race as _race
 
 HOUR = timedelta(hours=1)
 
@@ -211,27 +211,6 @@ def _live(engine: Engine, loop: str = "default") -> list[str]:
                 select(ModelRow.version).where(ModelRow.loop == loop, ModelRow.status == "live")
             ).scalars()
         )
-
-
-def _race(n: int, call: Callable[[int], object]) -> tuple[list[object], list[BaseException]]:
-    """`call(i)` for i in range(n), all threads released at once."""
-    barrier = threading.Barrier(n)
-    results: list[object] = []
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            results.append(call(i))
-        except BaseException as err:
-            errors.append(err)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results, errors
 
 
 def test_concurrent_promotions_leave_one_live_version(engine: Engine) -> None:

@@ -4,8 +4,7 @@ slot, concurrent approvals, rollback, the freshness track, every change audited.
 from __future__ import annotations
 
 import itertools
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +35,7 @@ from log.models import AuditRow
 from log.registry_store import model_history, override_versions
 from log.schema import make_engine, migrate
 from log.verdicts import VerdictRecord, store_verdict
+from tests.deploy.race import race as _race
 
 LOOP = "default"
 REASON = "looks good"
@@ -204,26 +204,6 @@ def test_slots_and_canary_percent(engine: Engine) -> None:
         transition(engine, a, "live", actor="", role=None, reason=REASON)
     with pytest.raises(InvalidInput, match="reason"):
         transition(engine, a, "live", actor="t", role=None, reason="x" * 2001)
-
-
-def _race(n: int, fn: Callable[[int], Any]) -> tuple[list[Any], list[BaseException]]:
-    results: list[Any] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(n)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            results.append(fn(i))
-        except BaseException as err:
-            errors.append(err)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results, errors
 
 
 def _live_rows(engine: Engine, version: str) -> int:
