@@ -9,7 +9,8 @@ action (seeded), posted over HTTP and joined. Then the report must give exactly:
 * the served policy's on-policy value (mean reward) and the shadow's IPS value, each equal to
   the mean computed here from the responses and the logged pmfs (the propensity is the logged
   pmf of whichever arm served), and intervals that hold the shadow's true value (computed from
-  the known means and its pmf; fixed seeds, so the check is deterministic);
+  the known means and its pmf; fixed seeds and fixed version names (the canary's version salts
+  the arm split), so the check is deterministic);
 * the window: the latest `max_events` decisions, oldest first; slates left out or valued by
   their first slot; a past shadow by its version; errors as 404/422 over HTTP.
 
@@ -18,7 +19,10 @@ Versions are put into their states directly in the store (tests/serving_helpers.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -27,6 +31,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
 from decision_service import Settings
+from deploy import registry
 from deploy.registry import promote
 from deploy.shadow import ShadowReport, shadow_report, top_choice
 from explore.errors import InvalidInput, NotFound
@@ -50,6 +55,20 @@ ACTIONS: list[dict[str, Any]] = [{"id": f"a{i}", "features": {"kind": f"k{i}"}} 
 IDS = [a["id"] for a in ACTIONS]
 TRUE_MEANS = np.array([0.3, 0.6, 0.2, 0.1, 0.4])  # Bernoulli reward means by action
 SIZES = {"postgresql": 3_000, "sqlite": 1_500}
+
+
+@pytest.fixture(autouse=True)
+def fixed_version_names(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Version names normally carry the time and random bits; the canary's name salts which
+    users it serves, so a random name would make the served data (and whether a 95% interval
+    holds the truth) change from run to run."""
+    counter = itertools.count(1)
+
+    def deterministic(sha256: str, now: datetime) -> str:
+        return f"v-test-{next(counter):04d}-{sha256[:8]}"
+
+    monkeypatch.setattr(registry, "new_version_id", deterministic)
+    yield
 
 
 def size(settings: Settings) -> int:
