@@ -28,8 +28,14 @@ import numpy as np
 from explore import Action
 from explore.errors import Conflict, InvalidInput
 from explore.rules import FeaturePredicate, RetrievalRules, passes
-from log.catalog import catalog_seq, read_snapshot
-from log.retrievers import live_retriever, read_retriever_artifact, record_index_build
+from log.catalog import catalog_seq, iter_items_to_embed, read_snapshot
+from log.retrievers import (
+    RetrieverVersion,
+    live_retriever,
+    promote_retriever,
+    read_retriever_artifact,
+    record_index_build,
+)
 from log.schema import Engine
 from policies.ann_index import AnnIndex, IndexParams, build_index
 
@@ -105,7 +111,7 @@ def index_version(retriever: str, seq: int, params: IndexParams) -> str:
 
 
 def build_serving_index(
-    engine: Engine, loop: str, params: IndexParams | None = None
+    engine: Engine, loop: str, params: IndexParams | None = None, models: Any = None
 ) -> ServingIndex | None:
     """Build `loop`'s index from its live retriever and catalog (None without either)."""
     from policies.two_tower import load_two_tower, one_torch_thread
@@ -115,10 +121,14 @@ def build_serving_index(
     live = live_retriever(engine, loop)
     if live is None:
         return None
-    snapshot = read_snapshot(engine, loop)
+    snapshot = read_snapshot(engine, loop, live.version)
     if not snapshot.ids:
         return None
-    model = load_two_tower(read_retriever_artifact(engine, live.version))
+    model = (
+        models(live.version)
+        if models
+        else load_two_tower(read_retriever_artifact(engine, live.version))
+    )
     if snapshot.embeddings.shape[1] != model.config.dim:
         logger.error("loop %s: catalog embeddings do not match retriever %s", loop, live.version)
         return None
@@ -157,6 +167,7 @@ class RetrievalRegistry:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self.builds = 0
+        self._models: dict[str, Any] = {}
 
     def _lock(self, loop: str) -> threading.Lock:
         with self._guard:
@@ -179,7 +190,7 @@ class RetrievalRegistry:
             if not self._stale(loop):
                 return self.indexes.get(loop)
             start = time.perf_counter()
-            built = build_serving_index(self.engine, loop, self.params)
+            built = build_serving_index(self.engine, loop, self.params, self._model)
             self.builds += 1
             if built is None:
                 self.indexes.pop(loop, None)
@@ -194,6 +205,33 @@ class RetrievalRegistry:
                 self.rebuild(loop)
             except Exception:  # keep serving the index it has
                 logger.exception("loop %s: index rebuild failed", loop)
+
+    def _model(self, version: str) -> Any:
+        from policies.two_tower import load_two_tower
+
+        with self._guard:
+            model = self._models.get(version)
+        if model is None:
+            model = load_two_tower(read_retriever_artifact(self.engine, version))
+            with self._guard:
+                self._models = {version: model, **dict(list(self._models.items())[:3])}
+        return model
+
+    def item_tower(self, loop: str) -> tuple[str, Any] | None:
+        """(version, model) of the loop's live retriever, for cold-start embeddings."""
+        live = live_retriever(self.engine, loop)
+        return None if live is None else (live.version, self._model(live.version))
+
+    def promote(self, loop: str, version: str, actor: str) -> RetrieverVersion:
+        """Embed the catalog by `version`'s item tower and make it live in one transaction."""
+        model = self._model(version)
+        vectors: list[tuple[str, np.ndarray]] = []
+        for chunk in iter_items_to_embed(self.engine, loop, version):
+            embedded = model.embed_items([features for _, features in chunk])
+            vectors.extend(zip([i for i, _ in chunk], embedded, strict=True))
+        record = promote_retriever(self.engine, loop, version, datetime.now(UTC), actor, vectors)
+        self.rebuild(loop)
+        return record
 
     def get(self, loop: str) -> ServingIndex:
         """The loop's index, built now when this worker has none yet (blocking)."""

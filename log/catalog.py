@@ -35,8 +35,8 @@ __all__ = [
     "list_items",
     "read_snapshot",
     "set_active",
-    "set_embeddings",
     "upsert_items",
+    "write_embeddings",
 ]
 
 CLIENT_EMBEDDING = "client"
@@ -253,9 +253,12 @@ def list_items(
     return [_item(r) for r in rows], total
 
 
-def read_snapshot(engine: Engine, loop: str, *, chunk: int = 10_000) -> CatalogSnapshot:
-    """The active items with an embedding, in item-id order, and the clock they are as of
-    (one transaction: a change committed meanwhile is in neither)."""
+def read_snapshot(
+    engine: Engine, loop: str, model: str | None = None, *, chunk: int = 10_000
+) -> CatalogSnapshot:
+    """The active items with an embedding (by `model` or the client's, when `model` is given),
+    in item-id order, and the clock they are as of (one transaction: a change committed
+    meanwhile is in neither)."""
     ids: list[str] = []
     vectors: list[bytes] = []
     features: list[dict[str, Any]] = []
@@ -277,6 +280,11 @@ def read_snapshot(engine: Engine, loop: str, *, chunk: int = 10_000) -> CatalogS
                 CatalogItemRow.loop == loop,
                 CatalogItemRow.active.is_(True),
                 CatalogItemRow.embedding.is_not(None),
+                *(
+                    ()
+                    if model is None
+                    else (CatalogItemRow.embedding_model.in_([model, CLIENT_EMBEDDING]),)
+                ),
             )
             .order_by(CatalogItemRow.item_id)
         )
@@ -328,20 +336,16 @@ def iter_items_to_embed(
         after = rows[-1].item_id
 
 
-def set_embeddings(
-    engine: Engine, loop: str, vectors: Sequence[tuple[str, np.ndarray]], model: str
+def write_embeddings(
+    conn: Connection, loop: str, vectors: Sequence[tuple[str, np.ndarray]], model: str
 ) -> None:
-    """Store embeddings computed by `model` (one transaction; bumps the clock)."""
+    """Store embeddings computed by `model` inside the caller's transaction (bumps the clock)."""
     if not vectors:
         return
-    with engine.begin() as conn:
-        conn.execute(
-            update(CatalogItemRow)
-            .where(
-                CatalogItemRow.loop == loop,
-                CatalogItemRow.item_id == bindparam("b_item_id"),
-            )
-            .values(embedding=bindparam("b_embedding"), embedding_model=model),
-            [{"b_item_id": i, "b_embedding": pack(v)} for i, v in vectors],
-        )
-        bump_clock(conn, loop)
+    conn.execute(
+        update(CatalogItemRow)
+        .where(CatalogItemRow.loop == loop, CatalogItemRow.item_id == bindparam("b_item_id"))
+        .values(embedding=bindparam("b_embedding"), embedding_model=model),
+        [{"b_item_id": i, "b_embedding": pack(v)} for i, v in vectors],
+    )
+    bump_clock(conn, loop)

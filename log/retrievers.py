@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from explore.errors import Conflict, NotFound
 from log.audit import AuditEntry, append_audit
+from log.catalog import bump_clock, write_embeddings
 from log.loop_lock import lock_loop, take_write_lock
 from log.models import RetrievalIndexRow, RetrieverRow
 
@@ -133,10 +136,17 @@ def read_retriever_artifact(engine: Engine, version: str) -> bytes:
 
 
 def promote_retriever(
-    engine: Engine, loop: str, version: str, now: datetime, actor: str, reason: str | None = None
+    engine: Engine,
+    loop: str,
+    version: str,
+    now: datetime,
+    actor: str,
+    embeddings: Sequence[tuple[str, np.ndarray]] = (),
+    reason: str | None = None,
 ) -> RetrieverVersion:
-    """Make `version` (a candidate of `loop`) live and retire the live one: one transaction
-    under the loop's lock, with its audit row."""
+    """Make `version` (a candidate of `loop`) live and retire the live one, storing the
+    catalog's `embeddings` by its item tower: one transaction under the loop's lock, with its
+    audit row (so no index ever pairs one version's user tower with another's items)."""
     with engine.begin() as conn:
         take_write_lock(conn)
         lock_loop(conn, loop)
@@ -161,6 +171,8 @@ def promote_retriever(
             .where(RetrieverRow.version == version)
             .values(status="live", updated_at=now)
         )
+        write_embeddings(conn, loop, embeddings, version)
+        bump_clock(conn, loop)
         append_audit(
             conn,
             AuditEntry(
