@@ -28,7 +28,13 @@ import numpy as np
 from explore import Action
 from explore.errors import Conflict, InvalidInput
 from explore.rules import FeaturePredicate, RetrievalRules, passes
-from log.catalog import catalog_seq, iter_items_to_embed, read_snapshot
+from log.catalog import (
+    ItemUpsert,
+    catalog_seq,
+    iter_items_to_embed,
+    read_snapshot,
+    upsert_items,
+)
 from log.retrievers import (
     RetrieverVersion,
     live_retriever,
@@ -221,6 +227,30 @@ class RetrievalRegistry:
         """(version, model) of the loop's live retriever, for cold-start embeddings."""
         live = live_retriever(self.engine, loop)
         return None if live is None else (live.version, self._model(live.version))
+
+    def upsert(self, loop: str, items: list[ItemUpsert]) -> tuple[int, int]:
+        """Store items (one transaction), embedding those sent without one by the live item
+        tower (cold start). Returns (inserted, embedded)."""
+        tower = self.item_tower(loop)
+        embed: dict[str, tuple[tuple[float, ...], str]] = {}
+        if tower is not None:
+            version, model = tower
+            for item in items:
+                if item.embedding is not None and len(item.embedding) != model.config.dim:
+                    raise InvalidInput(
+                        f"item {item.item_id!r}: embedding has {len(item.embedding)} numbers; "
+                        f"the live retriever {version} embeds in {model.config.dim}",
+                        "embedding_dimension",
+                    )
+            missing = [item for item in items if item.embedding is None]
+            if missing:
+                vectors = model.embed_items([item.features for item in missing])
+                if not np.isfinite(vectors).all():
+                    raise InvalidInput("an item's features give a non-finite embedding")
+                for item, vector in zip(missing, vectors, strict=True):
+                    embed[item.item_id] = (tuple(float(x) for x in vector), version)
+        inserted = upsert_items(self.engine, loop, items, datetime.now(UTC), embed)
+        return inserted, len(embed)
 
     def promote(self, loop: str, version: str, actor: str) -> RetrieverVersion:
         """Embed the catalog by `version`'s item tower and make it live in one transaction."""

@@ -22,7 +22,6 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -45,8 +44,9 @@ from decision_service.schemas_catalog import (
     RetrieversOut,
 )
 from decision_service.service import Service
+from decision_service.settings import Settings
 from explore.errors import InvalidInput, NotFound
-from log.catalog import ItemUpsert, delete_items, get_item, list_items, set_active, upsert_items
+from log.catalog import ItemUpsert, delete_items, get_item, list_items, set_active
 from log.loops import get_loop
 from log.retrievers import index_builds, list_retrievers
 
@@ -79,13 +79,16 @@ def _created(value: str | None, where: str) -> datetime | None:
 
 
 def parse_items(body: Any, service: Service) -> list[ItemUpsert]:
+    return validate_items(body, service.settings)
+
+
+def validate_items(body: Any, settings: Settings) -> list[ItemUpsert]:
     """Validate a PUT body; raises InvalidInput naming the item and field."""
     try:
         parsed = ItemsPutIn.model_validate(body)
     except ValidationError as err:
         code = "limit_exceeded" if "too_long" in str(err) else "invalid_request"
         raise InvalidInput(describe_validation(err.errors()), code) from None
-    settings = service.settings
     items: list[ItemUpsert] = []
     seen: set[str] = set()
     for i, item in enumerate(parsed.items):
@@ -117,27 +120,7 @@ def parse_items(body: Any, service: Service) -> list[ItemUpsert]:
 
 
 def _upsert(service: Service, loop: str, items: list[ItemUpsert]) -> tuple[int, int]:
-    """Store the items, embedding those sent without one by the live item tower."""
-    tower = service.retrieval.item_tower(loop)
-    embed: dict[str, tuple[tuple[float, ...], str]] = {}
-    if tower is not None:
-        version, model = tower
-        for item in items:
-            if item.embedding is not None and len(item.embedding) != model.config.dim:
-                raise InvalidInput(
-                    f"item {item.item_id!r}: embedding has {len(item.embedding)} numbers; the "
-                    f"live retriever {version} embeds in {model.config.dim}",
-                    "embedding_dimension",
-                )
-        missing = [item for item in items if item.embedding is None]
-        if missing:
-            vectors = model.embed_items([item.features for item in missing])
-            if not np.isfinite(vectors).all():
-                raise InvalidInput("an item's features give a non-finite embedding")
-            for item, vector in zip(missing, vectors, strict=True):
-                embed[item.item_id] = (tuple(float(x) for x in vector), version)
-    inserted = upsert_items(service.engine, loop, items, datetime.now(UTC), embed)
-    return inserted, len(embed)
+    return service.retrieval.upsert(loop, items)
 
 
 @router.put(

@@ -54,30 +54,14 @@ class TwoTowerConfig:
 
 @dataclass(frozen=True)
 class Encoded:
-    """A batch of hashed feature bags: `offsets[i]` starts row i's buckets in `index`."""
+    """A batch of hashed feature bags, padded to one width: row i's buckets are `index[i]`
+    with weights `weight[i]` (padding: bucket 0 with weight 0)."""
 
-    index: np.ndarray  # int64
-    weight: np.ndarray  # float32
-    offsets: np.ndarray  # int64, one per row
+    index: np.ndarray  # int64 (n, width)
+    weight: np.ndarray  # float32 (n, width)
 
     def __len__(self) -> int:
-        return len(self.offsets)
-
-    def rows(self, which: np.ndarray) -> Encoded:
-        """The rows `which` (in that order), as a new batch."""
-        ends = np.append(self.offsets[1:], len(self.index))
-        starts, stops = self.offsets[which], ends[which]
-        lengths = stops - starts
-        offsets = np.zeros(len(which), dtype=np.int64)
-        if len(which):
-            offsets[1:] = np.cumsum(lengths)[:-1]
-        take = (
-            np.concatenate([np.arange(a, b) for a, b in zip(starts, stops, strict=True)])
-            if len(which)
-            else np.zeros(0, dtype=np.int64)
-        )
-        take = take.astype(np.int64)
-        return Encoded(self.index[take], self.weight[take], offsets)
+        return len(self.index)
 
 
 def _bucket(token: str, mask: int) -> int:
@@ -119,15 +103,14 @@ def encode_one(features: Mapping[str, Any], buckets: int) -> list[tuple[int, flo
 
 
 def encode(rows: Sequence[Mapping[str, Any]], buckets: int) -> Encoded:
-    index: list[int] = []
-    weight: list[float] = []
-    offsets = np.zeros(len(rows), dtype=np.int64)
-    for i, features in enumerate(rows):
-        offsets[i] = len(index)
-        for b, w in encode_one(features, buckets):
-            index.append(b)
-            weight.append(w)
-    return Encoded(np.asarray(index, dtype=np.int64), np.asarray(weight, dtype=np.float32), offsets)
+    pairs = [encode_one(features, buckets) for features in rows]
+    width = max((len(p) for p in pairs), default=1)
+    index = np.zeros((len(rows), width), dtype=np.int64)
+    weight = np.zeros((len(rows), width), dtype=np.float32)
+    for i, row in enumerate(pairs):
+        index[i, : len(row)] = [b for b, _ in row]
+        weight[i, : len(row)] = [w for _, w in row]
+    return Encoded(index, weight)
 
 
 class _Tower(nn.Module):
@@ -137,10 +120,8 @@ class _Tower(nn.Module):
         nn.init.normal_(self.bag.weight, std=0.05)
         self.mlp = nn.Sequential(nn.ReLU(), nn.Linear(config.hidden, config.dim))
 
-    def forward(
-        self, index: torch.Tensor, offsets: torch.Tensor, weight: torch.Tensor
-    ) -> torch.Tensor:
-        out: torch.Tensor = self.mlp(self.bag(index, offsets, per_sample_weights=weight))
+    def forward(self, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.mlp(self.bag(index, per_sample_weights=weight))
         return out
 
 
@@ -155,9 +136,7 @@ class TwoTower(nn.Module):
 
     def _tower(self, tower: _Tower, batch: Encoded, device: torch.device) -> torch.Tensor:
         return tower(
-            torch.from_numpy(batch.index).to(device, non_blocking=True),
-            torch.from_numpy(batch.offsets).to(device, non_blocking=True),
-            torch.from_numpy(batch.weight).to(device, non_blocking=True),
+            torch.from_numpy(batch.index).to(device), torch.from_numpy(batch.weight).to(device)
         )
 
     def users(self, batch: Encoded, device: torch.device | None = None) -> torch.Tensor:
