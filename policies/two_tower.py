@@ -4,8 +4,8 @@ features, scored by their dot product (a logit: sigmoid gives the click probabil
 Features are hashed (the hashing trick, as Vowpal Wabbit does): a categorical feature
 ``key=value`` (strings, booleans, each string of a list) is one bucket with weight 1; a numeric
 feature ``key`` is one bucket weighted by its value, squashed to sign(x) log(1 + |x|) so that no
-value can blow the sum up. Each tower sums its buckets' embeddings (an `EmbeddingBag`) and maps
-the sum through a small MLP to the shared embedding space. Buckets come from CRC32, so the
+value can blow the sum up. Each tower sums its buckets' embeddings (an `EmbeddingBag`, width
+`hidden`) and maps the sum linearly to the shared embedding space (`dim`). Buckets come from CRC32, so the
 encoding is the same in every process. Nested objects are flattened with dots.
 
 torch is imported here and in `learn/` only; nothing is built at import time.
@@ -39,7 +39,7 @@ __all__ = [
 @dataclass(frozen=True)
 class TwoTowerConfig:
     """`buckets`: hashed feature space per tower (a power of two); `hidden`: width of each
-    tower's hidden layer; `dim`: the embedding both towers map to."""
+    tower's bag of embeddings; `dim`: the embedding both towers map to."""
 
     buckets: int = 1 << 16
     hidden: int = 64
@@ -118,7 +118,9 @@ class _Tower(nn.Module):
         super().__init__()
         self.bag = nn.EmbeddingBag(config.buckets, config.hidden, mode="sum")
         nn.init.normal_(self.bag.weight, std=0.05)
-        self.mlp = nn.Sequential(nn.ReLU(), nn.Linear(config.hidden, config.dim))
+        # A linear map of the bag: with ReLU or tanh hidden layers the simulator's towers sat on
+        # a popularity-only plateau for several epochs before learning the interactions.
+        self.mlp = nn.Linear(config.hidden, config.dim)
 
     def forward(self, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.mlp(self.bag(index, per_sample_weights=weight))
