@@ -5,8 +5,8 @@ Features are hashed (the hashing trick, as Vowpal Wabbit does): a categorical fe
 ``key=value`` (strings, booleans, each string of a list) is one bucket with weight 1; a numeric
 feature ``key`` is one bucket weighted by its value, squashed to sign(x) log(1 + |x|) so that no
 value can blow the sum up. Each tower sums its buckets' embeddings (an `EmbeddingBag`, width
-`hidden`) and maps the sum linearly to the shared embedding space (`dim`). Buckets come from CRC32, so the
-encoding is the same in every process. Nested objects are flattened with dots.
+`hidden`) and maps the sum linearly to the shared embedding space (`dim`). Buckets come from
+CRC32, so the encoding is the same in every process. Nested objects are flattened with dots.
 
 torch is imported here and in `learn/` only; nothing is built at import time.
 """
