@@ -114,7 +114,7 @@ def inprocess(args: argparse.Namespace) -> dict[str, Any]:
         "k": args.k,
         "rank": args.rank,
         "kind": index.kind,
-        "nprobe": args.nprobe if index.kind == "ivf" else None,
+        "nprobe": index.details()["nprobe"] if index.kind == "ivf" else None,
         "p50_ms": round(statistics.median(times), 3),
         "p99_ms": round(times[int(0.99 * (len(times) - 1))], 3),
         "recall_at_k": round(recall, 4),

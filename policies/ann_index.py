@@ -1,7 +1,8 @@
 """Approximate nearest neighbours by inner product over item embeddings (faiss).
 
 Below `exact_below` items the index is exact (`IndexFlatIP`); above, an IVF index
-(`IndexIVFFlat`, inner product, ``nlist ~ 4 sqrt(n)`` lists, `nprobe` searched). The kind and
+(`IndexIVFFlat`, inner product, ``nlist ~ 4 sqrt(n)`` lists; per query as many lists as scan
+about `min_scan` items, at least `nprobe`). The kind and
 its parameters were chosen by `benchmarks/retrieval.py` (1M clustered 64-d items on this 2-core
 host: see the README). Every build measures recall@k against exact search on a sample of
 queries and keeps it with the index.
@@ -30,11 +31,14 @@ def one_math_thread() -> None:
 
 @dataclass(frozen=True)
 class IndexParams:
-    """`exact_below`: below this many items the index is exact; `nprobe`: IVF lists searched
-    per query; `recall_sample`: queries used to measure recall@k at build; `seed`."""
+    """`exact_below`: below this many items the index is exact; an IVF index searches at least
+    `nprobe` lists and at least enough lists to scan `min_scan` items per query (small IVF
+    indexes need a larger share of their lists for a good recall@200); `recall_sample`: queries
+    used to measure recall@k at build; `seed`."""
 
     exact_below: int = 50_000
     nprobe: int = 24
+    min_scan: int = 8192
     recall_sample: int = 200
     recall_k: int = 100
     seed: int = 1234
@@ -63,6 +67,7 @@ class AnnIndex:
     def details(self) -> dict[str, float | int | str]:
         return {
             "kind": self.kind,
+            "nprobe": int(getattr(self.index, "nprobe", 0)),
             "items": self.n,
             "dim": self.dim,
             "recall_at_k": self.recall_at_k,
@@ -104,7 +109,7 @@ def build_index(vectors: np.ndarray, params: IndexParams | None = None) -> AnnIn
     train = x[rng.choice(n, size=min(n, nlist * 39), replace=False)]
     ivf.train(train)
     ivf.add(x)
-    ivf.nprobe = params.nprobe
+    ivf.nprobe = min(nlist, max(params.nprobe, math.ceil(params.min_scan * nlist / n)))
     ivf.parallel_mode = 0
     # recall@k against exact search on a sample of queries: catalog vectors with noise
     sample = x[rng.choice(n, size=min(n, params.recall_sample), replace=False)]
