@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank", type=int, default=100)
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--recall-queries", type=int, default=200)
-    parser.add_argument("--exact-below", type=int, default=50_000)
+    parser.add_argument("--exact-below", type=int, default=25_000)
     parser.add_argument("--nprobe", type=int, default=24)
     parser.add_argument("--build-threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

@@ -36,7 +36,7 @@ class IndexParams:
     indexes need a larger share of their lists for a good recall@200); `recall_sample`: queries
     used to measure recall@k at build; `seed`."""
 
-    exact_below: int = 50_000
+    exact_below: int = 25_000
     nprobe: int = 24
     min_scan: int = 8192
     recall_sample: int = 200
