@@ -6,16 +6,20 @@ deactivation swapped in, and an index hot swap under concurrent load with no fai
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from fastapi.testclient import TestClient
 
+from decision_service.app import create_app
 from decision_service.service import Service
 from log.retrievers import register_retriever
 from log.store import get_stored_decision
 from policies.two_tower import TwoTower, TwoTowerConfig, save_two_tower
+from tests.conftest import admin_client, make_settings
 
 RULES = {"blocked_creators": ["c3"], "creator_cap": 1, "overfetch": 3}
 
@@ -196,3 +200,27 @@ def test_index_hot_swap_under_load(client: TestClient) -> None:
         t.join(timeout=60)
     assert not failures, failures[:3]
     assert len(versions) == 4 and service.retrieval.indexes["default"].ann.n == 380
+
+
+def test_workers_swap_the_index_by_themselves(db_url: str, tmp_path: Path) -> None:
+    """Without any call but the catalog's: the worker's refresh rebuilds and swaps the index
+    within DS_LOOP_REFRESH_S of a change, and ranks serve the new item."""
+    settings = make_settings(db_url, tmp_path, loop_refresh_s=0.2)
+    with admin_client(create_app(settings)) as client:
+        client.put("/v1/loops/default/items", json={"items": [_item(j) for j in range(40)]})
+        _retriever(client)
+        service = _service(client)
+        deadline = time.monotonic() + 30
+        while "default" not in service.retrieval.indexes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        before = service.retrieval.indexes["default"]
+        new = {"id": "brand-new", "features": {"creator": "c1", "cat": "k1"}}
+        client.put("/v1/loops/default/items", json={"items": [new]})
+        while service.retrieval.indexes["default"] is before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        after = service.retrieval.indexes["default"]
+        assert after is not before and after.ann.n == 41 and "brand-new" in after.ids
+        body = client.post(
+            "/v1/loops/default/rank", json={"context": {"user": "u1"}, "retrieve": {"k": 41}}
+        ).json()
+        assert "brand-new" in {r["id"] for r in body["ranking"]}
