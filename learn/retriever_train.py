@@ -9,7 +9,8 @@ uniformly counts less, so popular items are not pushed down for being popular). 
 negatives are only probably negative (a random item may well be clicked), so their loss is
 weighted by `negative_weight` against the logged examples'.
 
-Loss: binary cross-entropy with logits; Adam. The validation set is the newest
+Loss: binary cross-entropy with logits; Adam (lazy, sparse Adam for the hashed embedding
+tables, whose rows a batch barely touches). The validation set is the newest
 `val_fraction` of the examples by decision time (a time split: the model is scored on events
 after those it learned from); each epoch reports its ROC AUC on the shown examples and
 recall@k (how often a rewarded item is among the k best-scored of all items); training stops
@@ -198,7 +199,13 @@ def train_two_tower(ex: RetrieverExamples, config: RetrieverTrainConfig) -> Trai
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     model = TwoTower(config.tower).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    # the bags' gradients are sparse (the rows a batch touched): a lazy Adam updates only those
+    bags = [model.user.bag.weight, model.item.bag.weight]
+    dense = [p for name, p in model.named_parameters() if not name.endswith("bag.weight")]
+    optimizers = [
+        torch.optim.SparseAdam(bags, lr=config.lr),
+        torch.optim.Adam(dense, lr=config.lr),
+    ]
     loss_fn = nn.BCEWithLogitsLoss()
     data = _OnDevice(ex, device)
     train_rows_np, val_rows_np = _split(len(ex), ex.time, config.val_fraction)
@@ -240,9 +247,11 @@ def train_two_tower(ex: RetrieverExamples, config: RetrieverTrainConfig) -> Trai
                 loss = loss + config.negative_weight * loss_fn(
                     neg_logits, torch.zeros_like(neg_logits)
                 )
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
             total_loss += loss.detach()
             batches += 1
         if device.type == "cuda":

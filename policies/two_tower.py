@@ -116,7 +116,8 @@ def encode(rows: Sequence[Mapping[str, Any]], buckets: int) -> Encoded:
 class _Tower(nn.Module):
     def __init__(self, config: TwoTowerConfig) -> None:
         super().__init__()
-        self.bag = nn.EmbeddingBag(config.buckets, config.hidden, mode="sum")
+        # sparse gradients: a batch touches few of the buckets (trained with a lazy Adam)
+        self.bag = nn.EmbeddingBag(config.buckets, config.hidden, mode="sum", sparse=True)
         nn.init.normal_(self.bag.weight, std=0.05)
         # A linear map of the bag: with ReLU or tanh hidden layers the simulator's towers sat on
         # a popularity-only plateau for several epochs before learning the interactions.
