@@ -5,6 +5,7 @@ deactivation swapped in, and an index hot swap under concurrent load with no fai
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from datetime import UTC, datetime
@@ -12,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 from fastapi.testclient import TestClient
 
 from decision_service.app import create_app
 from decision_service.service import Service
+from log.export_parquet import export_parquet
 from log.retrievers import register_retriever
 from log.store import get_stored_decision
 from policies.two_tower import TwoTower, TwoTowerConfig, save_two_tower
@@ -159,6 +162,12 @@ def test_catalog_and_retrieval_end_to_end(client: TestClient) -> None:
     for i in range(20):
         body = _rank(client, i % 5)
         assert not set(gone) & {r["id"] for r in body["ranking"]}
+    # exports carry the retriever and index of each retrieved decision
+    buffer = io.BytesIO()
+    export_parquet(service.engine, "default", buffer)
+    table = pq.read_table(io.BytesIO(buffer.getvalue())).to_pylist()
+    assert {r["retriever_version"] for r in table} == {version}
+    assert {r["index_version"] for r in table} == {index.version, swapped.version}
     assert client.delete("/v1/loops/default/items/fresh").status_code == 200
     assert client.delete("/v1/loops/default/items/fresh").status_code == 404
     assert client.get("/v1/loops/default/items/fresh").status_code == 404
