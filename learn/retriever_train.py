@@ -282,6 +282,10 @@ def train_two_tower(ex: RetrieverExamples, config: RetrieverTrainConfig) -> Trai
         "best_epoch": best_epoch,
         "epochs_run": len(history),
         "train_examples": len(train_rows_np),
+        # the window of decision times it learned from (epoch seconds): a future retriever
+        # gate scores it only on events after `trained_until`
+        "trained_from": float(ex.time[train_rows_np].min()) if len(train_rows_np) else None,
+        "trained_until": float(ex.time[train_rows_np].max()) if len(train_rows_np) else None,
         "val_examples": len(val_rows_np),
         "items": n_items,
         "examples_per_s": examples_seen / train_s if train_s > 0 else float("nan"),
