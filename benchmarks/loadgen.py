@@ -82,11 +82,16 @@ def make_templates(
     seed: int,
     id_width: int,
     key: str = BENCH_KEY,
+    retrieve: int = 0,
 ) -> list[RequestTemplate]:
     rng = random.Random(seed)
     out = []
     for _ in range(variants):
-        body = orjson.dumps(rank_body(n_actions, rng, _PLACEHOLDER))
+        request = rank_body(n_actions, rng, _PLACEHOLDER)
+        if retrieve:  # candidates from the loop's catalog instead of the request
+            del request["actions"]
+            request["retrieve"] = {"k": retrieve}
+        body = orjson.dumps(request)
         before, after = body.split(orjson.dumps(_PLACEHOLDER)[1:-1])
         length = len(before) + id_width + len(after)
         head = (
@@ -230,11 +235,14 @@ async def run_load(
     seed: int = 0,
     variants: int = 64,
     grace: float = 30.0,
+    retrieve: int = 0,
 ) -> dict[str, Any]:
     """Drive `connections` closed-loop clients; figures cover the `duration` after `warmup`."""
     tag = secrets.token_hex(4)
     id_width = len(f"{tag}-{0:04d}-{0:010d}")
-    templates = make_templates(host, port, path, actions, variants, seed, id_width)
+    templates = make_templates(
+        host, port, path, actions, variants, seed, id_width, retrieve=retrieve
+    )
     tally = _Tally()
     clients: set[_Client] = set()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -298,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", type=int, default=64, help="distinct request bodies")
+    parser.add_argument("--retrieve", type=int, default=0, help="send retrieve: {k} (0: actions)")
     args = parser.parse_args(argv)
     _install_uvloop()
     result = asyncio.run(
@@ -311,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             warmup=args.warmup,
             seed=args.seed,
             variants=args.variants,
+            retrieve=args.retrieve,
         )
     )
     sys.stdout.write(orjson.dumps(result).decode() + "\n")

@@ -14,6 +14,7 @@ from pydantic.json_schema import models_json_schema
 
 from decision_service import errors
 from decision_service.routes import router
+from decision_service.routes_catalog import router as catalog_router
 from decision_service.routes_deploy import router as deploy_router
 from decision_service.routes_evaluations import REQUEST_MODELS as EVALUATION_REQUEST_MODELS
 from decision_service.routes_evaluations import router as evaluations_router
@@ -22,6 +23,7 @@ from decision_service.routes_learner import REQUEST_MODELS as LEARNER_REQUEST_MO
 from decision_service.routes_learner import router as learner_router
 from decision_service.routes_serving import router as serving_router
 from decision_service.schemas import REQUEST_MODELS
+from decision_service.schemas_catalog import REQUEST_MODELS as CATALOG_REQUEST_MODELS
 from decision_service.schemas_deploy import REQUEST_MODELS as DEPLOY_REQUEST_MODELS
 from decision_service.schemas_keys import REQUEST_MODELS as KEY_REQUEST_MODELS
 from decision_service.service import Service
@@ -141,12 +143,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(serving_router)
     app.include_router(deploy_router)
     app.include_router(keys_router)
+    app.include_router(catalog_router)
     models = (
         REQUEST_MODELS
         + EVALUATION_REQUEST_MODELS
         + DEPLOY_REQUEST_MODELS
         + KEY_REQUEST_MODELS
         + LEARNER_REQUEST_MODELS
+        + CATALOG_REQUEST_MODELS
     )
     app.openapi = lambda: openapi_document(app, models)  # type: ignore[method-assign]
     return app

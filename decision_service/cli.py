@@ -199,6 +199,10 @@ def _register_subcommands() -> None:
     app.command("learner")(learner)
     app.command("writers")(writers)
     app.add_typer(keys, name="keys")
+    from decision_service.cli_catalog import items, retriever
+
+    app.add_typer(items, name="items")
+    app.add_typer(retriever, name="retriever")
 
 
 _register_subcommands()

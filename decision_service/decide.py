@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -49,10 +50,12 @@ import numpy as np
 import orjson
 
 from decision_service.rank_input import RankInput
+from decision_service.retrieval import Retrieved
 from decision_service.runtime import LoopRuntime
 from explore import Action, event_stream, rank_order, sample_index, sample_slate
 from explore.arms import CANARY
 from explore.errors import InvalidInput
+from explore.rules import cap_mask, freshness_bonus, min_share
 from log.records import DecisionRecord
 
 logger = logging.getLogger(__name__)
@@ -76,9 +79,18 @@ def request_digest(body: dict[str, Any]) -> str:
 
 
 def decide(
-    req: RankInput, body: dict[str, Any], runtime: LoopRuntime, now: datetime, event_id: str
+    req: RankInput,
+    body: dict[str, Any],
+    runtime: LoopRuntime,
+    now: datetime,
+    event_id: str,
+    retrieved: Retrieved | None = None,
 ) -> DecisionRecord:
-    """Compute the decision for `event_id`; its `response` is what is served."""
+    """Compute the decision for `event_id`; its `response` is what is served. With
+    `retrieved` (a `retrieve` request) the candidates are the retrieved items, and the loop's
+    retrieval rules shape every slot's distribution before it is sampled (explore.rules)."""
+    if retrieved is not None:
+        req = replace(req, actions=retrieved.actions, excluded=[])
     actions = req.actions
     excluded = set(req.excluded)
     allowed = np.flatnonzero([a.id not in excluded for a in actions])
@@ -93,21 +105,49 @@ def decide(
         )
     explorer = runtime.explorer
     rng = event_stream(runtime.config.sampling_key, event_id)
-    pmf_c = explorer.pmf(scores_c)
+    rules = runtime.config.retrieval
+    shaped = retrieved is not None and (rules.min_share > 0 or rules.creator_cap > 0)
+    if retrieved is not None and rules.freshness_boost > 0:
+        scores_c = scores_c + freshness_bonus(rules, now.timestamp() - retrieved.created_ts)
+    in_group = np.array([shaped and rules.in_group(a.features) for a in candidates], dtype=bool)
+    creators = [rules.creator(a.features) for a in candidates] if shaped else []
+
+    def distribution(subset: np.ndarray) -> np.ndarray:
+        p = explorer.pmf(scores_c[subset])
+        return min_share(p, in_group[subset], rules.min_share) if shaped else p
+
+    pmf_c = distribution(np.arange(len(candidates)))
     if req.slots is None:
         k = sample_index(pmf_c, rng)
         choices = [(k, float(pmf_c[k]))]
     else:
         slot_pmfs: list[np.ndarray] = []
+        placed: list[int] = []
 
         def slot_pmf(_slot: int, remaining: np.ndarray) -> np.ndarray:
-            conditional = explorer.pmf(scores_c[remaining])
+            if shaped:
+                # the per-creator cap given the slots already placed, then the group's share
+                mask = cap_mask(creators, remaining, placed, rules.creator_cap)
+                conditional = np.zeros(len(remaining))
+                conditional[mask] = distribution(remaining[mask])
+            else:
+                conditional = explorer.pmf(scores_c[remaining])
             full = np.zeros(len(actions))
             full[allowed[remaining]] = conditional
             slot_pmfs.append(full)
             return conditional
 
-        choices = sample_slate(slot_pmf, len(candidates), req.slots, rng)
+        def track(slot: int, remaining: np.ndarray) -> np.ndarray:
+            # the slots placed so far are the candidates no longer remaining
+            placed[:] = sorted(set(range(len(candidates))) - set(remaining.tolist()))
+            return slot_pmf(slot, remaining)
+
+        if req.slots > len(candidates):
+            raise InvalidInput(
+                f"{req.slots} slots but only {len(candidates)} candidates were retrieved",
+                "too_many_slots",
+            )
+        choices = sample_slate(track, len(candidates), req.slots, rng)
 
     n = len(actions)
     pmf = np.zeros(n)
@@ -160,6 +200,13 @@ def decide(
         response=response,
         arm_probability=arm_probability,
         shadow=None if runtime.shadow is None else shadow_pmf(runtime, req, candidates, allowed),
+        retrieval=None
+        if retrieved is None or req.retrieve is None
+        else {
+            "retriever": retrieved.retriever,
+            "index": retrieved.index_version,
+            **req.retrieve.to_json(),
+        },
     )
 
 

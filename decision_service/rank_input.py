@@ -14,6 +14,7 @@ from typing import Any
 from decision_service.settings import Settings
 from explore import Action
 from explore.errors import InvalidInput
+from explore.rules import FeaturePredicate, predicates_from_json
 
 _SCALARS = (str, int, float, bool)
 # Control characters (NUL above all) are not valid in ids: PostgreSQL text refuses NUL.
@@ -25,12 +26,25 @@ _RANK_FIELDS = frozenset(
         "user_id",
         "context",
         "actions",
+        "retrieve",
         "excluded_actions",
         "slots",
         "defer_activation",
     )
 )
 _ACTION_FIELDS = frozenset(("id", "features"))
+_RETRIEVE_FIELDS = frozenset(("k", "filters"))
+
+
+@dataclass(frozen=True, slots=True)
+class RetrieveSpec:
+    """`retrieve` of a rank request: k candidates from the catalog, meeting `filters`."""
+
+    k: int
+    filters: tuple[FeaturePredicate, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"k": self.k, "filters": [p.to_json() for p in self.filters]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +57,8 @@ class RankInput:
     defer_activation: bool
     # The unit of a canary split (else the event id is); hashed with the loop's key, not stored.
     user_id: str | None = None
+    # Candidates from the catalog (then `actions` is empty until the service retrieves them).
+    retrieve: RetrieveSpec | None = None
 
 
 def _invalid(message: str) -> InvalidInput:
@@ -111,6 +127,8 @@ def parse_rank(body: Any, settings: Settings) -> RankInput:
     if n > settings.max_features:
         raise _limit(f"context has {n} features; the limit is {settings.max_features}")
 
+    if body.get("retrieve") is not None:
+        return _parse_retrieve(body, event_id, context, user_id, settings)
     raw_actions = body.get("actions")
     if type(raw_actions) is not list or not raw_actions:
         raise _invalid("actions must be a non-empty list of {id, features} objects")
@@ -183,3 +201,49 @@ def parse_rank(body: Any, settings: Settings) -> RankInput:
     if type(defer) is not bool:
         raise _invalid("defer_activation must be true or false")
     return RankInput(event_id, context, actions, list(excluded), slots, defer, user_id)
+
+
+def _parse_retrieve(
+    body: dict[str, Any],
+    event_id: str | None,
+    context: dict[str, Any],
+    user_id: str | None,
+    settings: Settings,
+) -> RankInput:
+    """A request whose candidates come from the catalog: `retrieve` in place of `actions`;
+    `excluded_actions` are ids never retrieved."""
+    if body.get("actions") is not None:
+        raise _invalid("send either actions or retrieve, not both")
+    raw = body["retrieve"]
+    if type(raw) is not dict or not raw.keys() <= _RETRIEVE_FIELDS:
+        raise _invalid("retrieve must be an object {k, filters?}")
+    k = raw.get("k")
+    if type(k) is not int or k < 1:
+        raise _invalid("retrieve.k must be an integer >= 1")
+    if k > settings.max_actions:
+        raise _limit(f"retrieve.k is {k}; the limit is {settings.max_actions}")
+    try:
+        filters = predicates_from_json(raw.get("filters"), "retrieve.filters")
+    except ValueError as err:
+        raise _invalid(str(err)) from None
+    excluded = body.get("excluded_actions", [])
+    if excluded is None:
+        excluded = []
+    if type(excluded) is not list or any(type(x) is not str for x in excluded):
+        raise _invalid("excluded_actions must be a list of action ids")
+    if len(excluded) > settings.max_actions:
+        raise _limit(f"{len(excluded)} excluded_actions; the limit is {settings.max_actions}")
+    slots = body.get("slots")
+    if slots is not None:
+        if type(slots) is not int or slots < 1:
+            raise _invalid("slots must be an integer >= 1")
+        if slots > settings.max_slots:
+            raise _limit(f"{slots} slots; the limit is {settings.max_slots}")
+        if slots > k:
+            raise InvalidInput(f"{slots} slots but retrieve.k is {k}", "too_many_slots")
+    defer = body.get("defer_activation", False)
+    if type(defer) is not bool:
+        raise _invalid("defer_activation must be true or false")
+    return RankInput(
+        event_id, context, [], list(excluded), slots, defer, user_id, RetrieveSpec(k, filters)
+    )

@@ -28,6 +28,21 @@ class ActionIn(_Body):
     features: dict[str, Any] = Field(default_factory=dict)
 
 
+class PredicateIn(_Body):
+    feature: str = Field(min_length=1, max_length=256, description="Item feature (dots nest).")
+    op: Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "not_in"]
+    value: Any = Field(description="A string, number or boolean; a list for in / not_in.")
+
+
+class RetrieveIn(_Body):
+    k: StrictInt = Field(ge=1, description="Candidates to retrieve (at most DS_MAX_ACTIONS).")
+    filters: list[PredicateIn] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Item predicates every candidate must meet (beside the loop's rules).",
+    )
+
+
 class RankRequest(_Body):
     event_id: str | None = Field(default=None, min_length=1)
     user_id: str | None = Field(
@@ -40,8 +55,22 @@ class RankRequest(_Body):
         "At most DS_MAX_ID_LENGTH characters, no control characters.",
     )
     context: dict[str, Any] = Field(default_factory=dict)
-    actions: list[ActionIn] = Field(min_length=1)
-    excluded_actions: list[str] = Field(default_factory=list)
+    actions: list[ActionIn] | None = Field(
+        default=None,
+        min_length=1,
+        description="The candidates. Exactly one of `actions` and `retrieve` is required.",
+    )
+    retrieve: RetrieveIn | None = Field(
+        default=None,
+        description="Retrieve the candidates from the loop's catalog instead of sending them: "
+        "the live retriever's user embedding of the context, the k nearest active items, the "
+        "loop's retrieval rules, then the policy (README: Retrieval). 409 no_retriever when "
+        "the loop has no live retriever or no index.",
+    )
+    excluded_actions: list[str] = Field(
+        default_factory=list,
+        description="Ids never served (with `retrieve`: never retrieved).",
+    )
     slots: StrictInt | None = Field(default=None, ge=1)
     defer_activation: StrictBool = False
 
@@ -216,6 +245,13 @@ class LoopConfigIn(_Body):
     gate: GateIn = Field(default_factory=GateIn, description="The promotion gate's criteria.")
     rollout: RolloutIn = Field(default_factory=RolloutIn, description="The rollout policy.")
     learner: LearnerIn = Field(default_factory=LearnerIn, description="The learner's schedule.")
+    retrieval: dict[str, Any] | None = Field(
+        None,
+        description="Post-processing rules of retrieved candidates (`retrieve` requests): "
+        "excluded_ids, creator_feature, blocked_creators, max_age_s, predicates, "
+        "freshness_boost, freshness_half_life_s, creator_cap, group_feature, group_value, "
+        "min_share, overfetch (README: Retrieval).",
+    )
 
 
 # ----------------------------------------------------------------------------------- responses

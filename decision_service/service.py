@@ -19,6 +19,7 @@ from decision_service.decide import decide, request_digest
 from decision_service.errors import describe_validation
 from decision_service.key_bootstrap import ensure_admin_key
 from decision_service.rank_input import CONTROL, LOOP_NAME, parse_rank
+from decision_service.retrieval import RetrievalRegistry, Retrieved
 from decision_service.runtime import LoopRegistry, LoopRuntime
 from decision_service.schemas import RewardRequest
 from decision_service.settings import Settings
@@ -44,6 +45,7 @@ from log.store import (
     is_unreachable,
 )
 from log.writer import GroupCommitWriter
+from policies.ann_index import one_math_thread
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class Service:
             max_group=settings.group_commit_max_rows,
         )
         self.loops = LoopRegistry(self.engine)
+        self.retrieval = RetrievalRegistry(self.engine)
         self.keys = KeyCache(self.engine, settings.key_cache_s)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -71,6 +74,7 @@ class Service:
         """`admin_key`: make sure an admin key exists (decision_service.key_bootstrap)."""
         migrate(self.engine)
         ensure_default_loop(self.engine)
+        one_math_thread()  # faiss: one OpenMP thread per serving process (set here, not at import)
         if admin_key:
             secret = self.settings.admin_key
             ensure_admin_key(
@@ -96,9 +100,13 @@ class Service:
             return
         self._start_background()
 
+    def _refresh_indexes(self) -> None:
+        self.retrieval.refresh(list(self.loops.loops))
+
     def _start_background(self) -> None:
         self._tasks = [
             asyncio.create_task(self._every(self.settings.loop_refresh_s, self.loops.refresh)),
+            asyncio.create_task(self._every(self.settings.loop_refresh_s, self._refresh_indexes)),
             asyncio.create_task(self._every(self.settings.join_interval_s, self.join_due)),
         ]
 
@@ -171,7 +179,21 @@ class Service:
             # ids of this form are the service's own: a client may only replay them
             return await self._replay(loop, req.event_id, request_digest(body), missing=True)
         event_id = req.event_id or new_event_id()
-        record = decide(req, body, runtime, datetime.now(UTC), event_id)
+        now = datetime.now(UTC)
+        retrieved: Retrieved | None = None
+        if req.retrieve is not None:
+            index = self.retrieval.indexes.get(loop)  # one reference: the index of this request
+            if index is None:
+                index = await run_in_threadpool(self.retrieval.get, loop)
+            retrieved = index.retrieve(
+                req.context,
+                req.retrieve.k,
+                runtime.config.retrieval,
+                req.retrieve.filters,
+                frozenset(req.excluded),
+                now,
+            )
+        record = decide(req, body, runtime, now, event_id, retrieved)
         if (
             req.event_id is None  # a generated id is unique: no stored decision to answer with
             and self.settings.durability == "fast"

@@ -46,7 +46,9 @@ __all__ = [
 ]
 
 DEFAULT_YIELD_PER = 1000
-JSON_FIELDS = frozenset(("context", "actions", "pmf", "excluded", "slots", "response", "shadow"))
+JSON_FIELDS = frozenset(
+    ("context", "actions", "pmf", "excluded", "slots", "response", "shadow", "retrieval")
+)
 _TABLE = DecisionRow.__table__
 
 

@@ -19,6 +19,8 @@ Every decision in the window is written, joined or not (`joined` tells; `reward`
   canary split, 1 otherwise; for the A/B analysis of arms, not a propensity of the action);
 * `shadow_version` and `shadow_probabilities` (aligned with `action_ids`; for a slate, the first
   slot's): the shadow version scored beside the decision, never served; null without one.
+* `retriever_version` and `index_version`: for a decision whose candidates were retrieved from
+  the catalog (`action_ids` are those candidates), the retriever and the index; null otherwise.
 
 Rows are written in row groups of `batch_rows` through `pyarrow.parquet.ParquetWriter` while the
 decisions stream from the database, so memory stays bounded by one batch.
@@ -71,6 +73,8 @@ SCHEMA = pa.schema(
         pa.field("arm_probability", pa.float64(), nullable=False),
         pa.field("shadow_version", pa.string()),
         pa.field("shadow_probabilities", pa.list_(pa.float64())),
+        pa.field("retriever_version", pa.string()),
+        pa.field("index_version", pa.string()),
     ]
 )
 
@@ -86,6 +90,7 @@ def _row(d: LoggedDecision) -> dict[str, Any]:
     first = d.outcomes.get(0)
     joined = d.joined
     shadow = d.record.shadow
+    retrieval = d.record.retrieval
     return {
         "loop": d.record.loop,
         "event_id": d.record.event_id,
@@ -116,6 +121,8 @@ def _row(d: LoggedDecision) -> dict[str, Any]:
         "arm_probability": float(d.record.arm_probability),
         "shadow_version": None if shadow is None else str(shadow["version"]),
         "shadow_probabilities": None if shadow is None else [float(p) for p in shadow["pmf"]],
+        "retriever_version": None if retrieval is None else str(retrieval["retriever"]),
+        "index_version": None if retrieval is None else str(retrieval["index"]),
     }
 
 

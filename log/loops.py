@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from explore.rules import RetrievalRules
 from explore.sampling import check_sampling_key, new_sampling_key
 from log.deploy_settings import (
     GateSettings,
@@ -105,6 +106,8 @@ class LoopConfig:
     gate: GateSettings = field(default_factory=GateSettings)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     learner: LearnerSettings = field(default_factory=LearnerSettings)
+    # Post-processing rules of retrieved candidates (explore.rules; `retrieve` requests).
+    retrieval: RetrievalRules = field(default_factory=RetrievalRules)
     # The secret key of the loop's sampling (32 bytes): never shown by any route, never set over
     # HTTP. repr=False keeps it out of logs and tracebacks.
     sampling_key: bytes = field(default_factory=new_sampling_key, repr=False)
@@ -135,14 +138,17 @@ class LoopConfig:
             raise ValueError("extra must be an object")
         for name, cls in _SECTIONS.items():  # nested sections may be given as JSON objects
             object.__setattr__(self, name, settings_from_json(cls, getattr(self, name), name))
+        object.__setattr__(self, "retrieval", RetrievalRules.from_json(self.retrieval))
 
     def to_json(self) -> dict[str, Any]:
         """The public configuration (what routes return): no sampling key, no `extra`."""
-        return {
+        out = {
             name: section_json(value) if name in _SECTIONS else value
             for name in PUBLIC_FIELDS
             for value in (getattr(self, name),)
         }
+        out["retrieval"] = self.retrieval.to_json()
+        return out
 
     def storage_json(self) -> dict[str, Any]:
         """Everything, for the `loops` table: the public fields, the key (hex) and `extra`."""

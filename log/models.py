@@ -99,6 +99,9 @@ class DecisionRow(Base):
     )
     # The shadow candidate's {"version", "pmf"} scored beside the served decision, never served.
     shadow: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Ranked from the catalog: {"retriever", "index", "k", "filters"}; None when the request
+    # sent its actions.
+    retrieval: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     __table_args__ = (
         Index(
@@ -349,3 +352,69 @@ class LearnerStateRow(Base):
     last_freshness_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_candidate_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     details: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+
+
+class CatalogItemRow(Base):
+    """An item of a loop's catalog: features, age, whether it may be retrieved, and its
+    embedding (float32 bytes) with the model that produced it ("client": sent precomputed)."""
+
+    __tablename__ = "catalog_items"
+
+    loop: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    features: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    embedding_model: Mapped[str | None] = mapped_column(String(ID_LEN))
+
+    __table_args__ = (Index("ix_catalog_items_loop_active", "loop", "active"),)
+
+
+class CatalogClock(Base):
+    """Per loop, bumped by every change of its catalog (in the change's transaction)."""
+
+    __tablename__ = "catalog_clock"
+
+    loop: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class RetrieverRow(Base):
+    """A two-tower retriever version of a loop: candidate | live | retired | rejected."""
+
+    __tablename__ = "retrievers"
+
+    version: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    loop: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    artifact: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+    __table_args__ = (
+        Index("ix_retrievers_loop_status", "loop", "status"),
+        Index(
+            "ux_retrievers_one_live",
+            "loop",
+            unique=True,
+            sqlite_where=text("status = 'live'"),
+            postgresql_where=text("status = 'live'"),
+        ),
+    )
+
+
+class RetrievalIndexRow(Base):
+    """One build of a loop's ANN index: its kind, size and measured recall@k."""
+
+    __tablename__ = "retrieval_indexes"
+
+    index_version: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    loop: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    built_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+
+    __table_args__ = (Index("ix_retrieval_indexes_loop", "loop", "built_at"),)

@@ -34,6 +34,7 @@ _PG_TYPES = {
     "response": "json",
     "arm_probability": "float8",
     "shadow": "json",
+    "retrieval": "json",
 }
 assert tuple(_PG_TYPES) == DECISION_COLUMNS, "keep _PG_TYPES in the order of DecisionRecord"
 _JSON = frozenset(name for name, kind in _PG_TYPES.items() if kind == "json")

@@ -87,6 +87,10 @@ class DecisionRecord:
     # The shadow candidate scored beside the served decision (never served):
     # {"version": ..., "pmf": [...] aligned with `actions`}; None without a shadow.
     shadow: dict[str, Any] | None = None
+    # Ranked from the catalog (`retrieve` in place of `actions`): {"retriever": its version,
+    # "index": the index version, "k", "filters"}; `actions` are the retrieved candidates with
+    # their features as of decision time. None when the request sent its actions.
+    retrieval: dict[str, Any] | None = None
 
     @property
     def key(self) -> tuple[str, str]:

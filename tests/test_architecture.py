@@ -38,6 +38,7 @@ OWNER: dict[str, str] = {
     "pydantic_core": "decision_service",
     "starlette": "decision_service",
     "uvicorn": "decision_service",
+    "faiss": "policies",
 }
 
 

@@ -26,6 +26,13 @@ from tests.conftest import TEST_ADMIN_KEY, admin_client, make_settings
 
 # (method, path) -> (permission, whether the route acts on the loop in its path)
 PERMISSION: dict[tuple[str, str], tuple[str, bool]] = {
+    ("PUT", "/v1/loops/{loop}/items"): ("configure", True),
+    ("POST", "/v1/loops/{loop}/items/deactivate"): ("configure", True),
+    ("DELETE", "/v1/loops/{loop}/items/{item_id:path}"): ("configure", True),
+    ("GET", "/v1/loops/{loop}/items"): ("read", True),
+    ("GET", "/v1/loops/{loop}/items/{item_id:path}"): ("read", True),
+    ("GET", "/v1/loops/{loop}/retrievers"): ("read", True),
+    ("POST", "/v1/loops/{loop}/retrievers/{version}/promote"): ("gatekeep", True),
     ("GET", "/v1/status"): ("read", False),
     ("GET", "/v1/loops"): ("read", False),
     ("GET", "/v1/loops/{loop}"): ("read", True),

@@ -39,7 +39,7 @@ def test_concurrent_migrations(db_url: str) -> None:
 def _row_0004(event_id: str) -> dict[str, object]:
     """A decisions row as revision 0004 had it (later revisions added columns)."""
     row = decision_rec(event_id).row()
-    for later in ("arm_probability", "shadow"):  # revision 0006
+    for later in ("arm_probability", "shadow", "retrieval"):  # revisions 0006, 0007
         del row[later]
     return row
 

@@ -1,0 +1,169 @@
+"""`decision-service items ...` (the catalog) and `decision-service retriever ...` (train,
+promote): commands over the database, no server needed."""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import typer
+
+from decision_service.settings import get_settings
+
+items = typer.Typer(help="The item catalog of a loop (retrieval).", no_args_is_help=True)
+retriever = typer.Typer(help="Two-tower retrievers: train, promote.", no_args_is_help=True)
+MAX_BATCH = 1000
+
+
+def _rows(path: Path) -> Iterator[dict[str, Any]]:
+    """Objects {id, features?, created_at?, embedding?} from Parquet (one column per field;
+    `features` a struct or a JSON string) or JSON lines."""
+    if path.suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=MAX_BATCH):
+            for row in batch.to_pylist():
+                if isinstance(row.get("features"), str):
+                    row["features"] = orjson.loads(row["features"])
+                created = row.get("created_at")
+                if isinstance(created, datetime):
+                    row["created_at"] = created.isoformat()
+                yield row
+        return
+    with path.open("rb") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                row = orjson.loads(line)
+                if not isinstance(row, dict):
+                    raise typer.BadParameter(f"line {n} is not a JSON object")
+                yield row
+
+
+def _count(path: Path) -> int | None:
+    if path.suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    return None
+
+
+@items.command("load")
+def load(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Parquet or JSONL."),
+    loop: str = typer.Option(..., "--loop", help="The loop whose catalog receives the items."),
+    batch: int = typer.Option(MAX_BATCH, min=1, max=MAX_BATCH, help="Items per transaction."),
+) -> None:
+    """Upsert every item of FILE, `batch` per transaction, with a progress bar. Each batch is
+    validated like a PUT /v1/loops/{loop}/items (and embedded by the live item tower)."""
+    from tqdm import tqdm
+
+    from decision_service.retrieval import RetrievalRegistry
+    from decision_service.routes_catalog import validate_items
+    from explore.errors import DomainError
+    from log.loops import get_loop
+    from log.schema import make_engine, migrate
+
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        migrate(engine)
+        if get_loop(engine, loop) is None:
+            raise typer.BadParameter(f"loop {loop!r} does not exist", param_hint="--loop")
+        registry = RetrievalRegistry(engine)
+        total = inserted = embedded = 0
+        pending: list[dict[str, Any]] = []
+        with tqdm(total=_count(file), unit="item", desc=f"items -> {loop}") as bar:
+
+            def flush() -> None:
+                nonlocal total, inserted, embedded
+                try:
+                    parsed = validate_items({"items": pending}, settings)
+                    new, emb = registry.upsert(loop, parsed)
+                except DomainError as err:
+                    first = total + 1
+                    last = first + len(pending) - 1
+                    raise typer.BadParameter(f"items {first}-{last}: {err}") from None
+                total, inserted, embedded = total + len(pending), inserted + new, embedded + emb
+                bar.update(len(pending))
+                pending.clear()
+
+            for row in _rows(file):
+                pending.append(row)
+                if len(pending) >= batch:
+                    flush()
+            if pending:
+                flush()
+    finally:
+        engine.dispose()
+    typer.echo(
+        orjson.dumps(
+            {"loop": loop, "upserted": total, "inserted": inserted, "embedded": embedded}
+        ).decode()
+    )
+
+
+@retriever.command("train")
+def train(
+    loop: str = typer.Option(..., "--loop"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda:N)."),
+    epochs: int = typer.Option(30, min=1, max=1000),
+    batch_size: int = typer.Option(2048, min=1, max=1 << 20),
+    dim: int = typer.Option(32, min=2, max=256, help="Embedding size."),
+    promote: bool = typer.Option(False, "--promote", help="Make it live (re-embeds items)."),
+) -> None:
+    """Train a two-tower retriever on the loop's joined decisions and register it as a
+    candidate (kind retriever) with its validation metrics."""
+    from decision_service.retrieval import RetrievalRegistry
+    from learn.retriever_train import (
+        RetrieverTrainConfig,
+        examples_from_joined,
+        train_two_tower,
+    )
+    from log.retrievers import register_retriever
+    from log.schema import make_engine, migrate
+    from log.training_reads import iter_joined
+    from policies.two_tower import TwoTowerConfig, save_two_tower
+
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise typer.BadParameter("cpu or cuda", param_hint="--device")
+    engine = make_engine(get_settings().database_url)
+    try:
+        migrate(engine)
+        config = RetrieverTrainConfig(
+            epochs=epochs, batch_size=batch_size, device=device, tower=TwoTowerConfig(dim=dim)
+        )
+        examples = examples_from_joined(
+            iter_joined(engine, loop, order="decided"), config.tower.buckets
+        )
+        result = train_two_tower(examples, config)
+        metrics = {k: v for k, v in result.metrics.items() if k != "history"}
+        record = register_retriever(
+            engine, loop, save_two_tower(result.model), metrics, datetime.now(UTC)
+        )
+        if promote:
+            RetrievalRegistry(engine).promote(loop, record.version, f"cli:{getpass.getuser()}")
+    finally:
+        engine.dispose()
+    typer.echo(orjson.dumps({"version": record.version, **metrics}).decode())
+
+
+@retriever.command("promote")
+def promote_cmd(
+    version: str = typer.Argument(...),
+    loop: str = typer.Option(..., "--loop"),
+) -> None:
+    """Make a candidate retriever live: the catalog is re-embedded by its item tower in the
+    same transaction; serving workers swap their index within DS_LOOP_REFRESH_S."""
+    from decision_service.retrieval import RetrievalRegistry
+    from log.schema import make_engine
+
+    engine = make_engine(get_settings().database_url)
+    try:
+        record = RetrievalRegistry(engine).promote(loop, version, f"cli:{getpass.getuser()}")
+    finally:
+        engine.dispose()
+    typer.echo(orjson.dumps(record.to_json()).decode())

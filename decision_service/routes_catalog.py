@@ -1,0 +1,254 @@
+"""The item catalog of a loop (`/v1/loops/{loop}/items`) and its retrievers.
+
+Writes need `configure` (promoting a retriever: `gatekeep`), reads `read`. A PUT upserts at
+most 1,000 items (each within DS_MAX_FEATURES features and DS_MAX_ID_LENGTH characters of id;
+embeddings of at most 256 finite numbers) in one transaction: all or nothing. Items sent without
+an embedding get the live retriever's item tower's (cold start). Lists are paged by item id
+(`after`: the last id of the previous page), which is stable under concurrent changes.
+
+| what | status | code |
+| --- | --- | --- |
+| unknown loop | 404 | loop_not_found |
+| unknown item / retriever | 404 | item_not_found / not_found |
+| too many items, features or numbers | 422 | limit_exceeded |
+| an id twice in one PUT | 422 | duplicate_item |
+| an embedding of another size than the live retriever's | 422 | embedding_dimension |
+| promoting a version that is not a candidate | 409 | transition_conflict |
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from decision_service.auth import authorize
+from decision_service.errors import describe_validation
+from decision_service.rank_input import _check_id, count_features
+from decision_service.routes import LoopName, _json, _service, check_loop_name, read_json
+from decision_service.schemas import body_ref, error_responses
+from decision_service.schemas_catalog import (
+    MAX_LIST,
+    ItemIdsIn,
+    ItemOut,
+    ItemsChangedOut,
+    ItemsOut,
+    ItemsPutIn,
+    ItemsPutOut,
+    RetrieverOut,
+    RetrieversOut,
+)
+from decision_service.service import Service
+from decision_service.settings import Settings
+from explore.errors import InvalidInput, NotFound
+from log.catalog import ItemUpsert, delete_items, get_item, list_items, set_active
+from log.loops import get_loop
+from log.retrievers import index_builds, list_retrievers
+
+__all__ = ["router"]
+
+router = APIRouter()
+MAX_EMBEDDING_VALUE = 1e30  # stored as float32; products of two stay finite in float64
+ItemId = Annotated[str, Path(description="The item's id (percent-encode `/`, `%`, spaces).")]
+Version = Annotated[str, Path(description="The retriever version.")]
+
+
+async def _loop(request: Request, loop: str) -> Service:
+    service = _service(request)
+    check_loop_name(loop, service.settings.max_id_length)
+    if await run_in_threadpool(get_loop, service.engine, loop) is None:
+        raise NotFound(f"loop {loop!r} does not exist", "loop_not_found")
+    return service
+
+
+def _created(value: str | None, where: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"{where} must be an ISO 8601 timestamp", "invalid_request") from None
+    if parsed.tzinfo is None:
+        raise InvalidInput(f"{where} needs a time zone (e.g. +00:00 or Z)", "invalid_request")
+    return parsed.astimezone(UTC)
+
+
+def parse_items(body: Any, service: Service) -> list[ItemUpsert]:
+    return validate_items(body, service.settings)
+
+
+def validate_items(body: Any, settings: Settings) -> list[ItemUpsert]:
+    """Validate a PUT body; raises InvalidInput naming the item and field."""
+    try:
+        parsed = ItemsPutIn.model_validate(body)
+    except ValidationError as err:
+        code = "limit_exceeded" if "too_long" in str(err) else "invalid_request"
+        raise InvalidInput(describe_validation(err.errors()), code) from None
+    items: list[ItemUpsert] = []
+    seen: set[str] = set()
+    for i, item in enumerate(parsed.items):
+        _check_id(item.id, f"items[{i}].id", settings)
+        if item.id in seen:
+            raise InvalidInput(f"item id {item.id!r} appears twice", "duplicate_item")
+        seen.add(item.id)
+        n = count_features(item.features, f"items[{i}].features")
+        if n > settings.max_features:
+            raise InvalidInput(
+                f"items[{i}] has {n} features; the limit is {settings.max_features}",
+                "limit_exceeded",
+            )
+        embedding = None
+        if item.embedding is not None:
+            if not item.embedding or not all(
+                math.isfinite(x) and abs(x) <= MAX_EMBEDDING_VALUE for x in item.embedding
+            ):
+                raise InvalidInput(
+                    f"items[{i}].embedding must be a non-empty list of numbers within "
+                    f"+-{MAX_EMBEDDING_VALUE:g} (32-bit floats)",
+                    "invalid_request",
+                )
+            embedding = tuple(float(x) for x in item.embedding)
+        items.append(
+            ItemUpsert(item.id, item.features, _created(item.created_at, f"items[{i}]"), embedding)
+        )
+    return items
+
+
+def _upsert(service: Service, loop: str, items: list[ItemUpsert]) -> tuple[int, int]:
+    return service.retrieval.upsert(loop, items)
+
+
+@router.put(
+    "/v1/loops/{loop}/items",
+    response_model=ItemsPutOut,
+    responses=error_responses(400, 404, 413, 422),
+    openapi_extra=body_ref(ItemsPutIn),
+)
+async def put_items(request: Request, loop: LoopName) -> Response:
+    """Insert or replace up to 1,000 items (one transaction). An upserted item is active."""
+    await authorize(request, "configure", loop)
+    service = await _loop(request, loop)
+    items = parse_items(await read_json(request), service)
+    inserted, embedded = await run_in_threadpool(_upsert, service, loop, items)
+    return _json({"loop": loop, "upserted": len(items), "inserted": inserted, "embedded": embedded})
+
+
+async def _ids(request: Request) -> list[str]:
+    try:
+        return ItemIdsIn.model_validate(await read_json(request)).ids
+    except ValidationError as err:
+        raise InvalidInput(describe_validation(err.errors())) from None
+
+
+@router.post(
+    "/v1/loops/{loop}/items/deactivate",
+    response_model=ItemsChangedOut,
+    responses=error_responses(400, 404, 413, 422),
+    openapi_extra=body_ref(ItemIdsIn),
+)
+async def deactivate_items(request: Request, loop: LoopName) -> Response:
+    """Stop retrieving these items (kept in the catalog; a PUT makes an item active again)."""
+    await authorize(request, "configure", loop)
+    service = await _loop(request, loop)
+    ids = await _ids(request)
+    now = datetime.now(UTC)
+    changed = await run_in_threadpool(set_active, service.engine, loop, ids, False, now)
+    return _json({"loop": loop, "changed": changed})
+
+
+@router.delete(
+    "/v1/loops/{loop}/items/{item_id:path}",
+    response_model=ItemsChangedOut,
+    responses=error_responses(404, 422),
+)
+async def delete_item(request: Request, loop: LoopName, item_id: ItemId) -> Response:
+    """Remove an item from the catalog (decisions that served it keep its features)."""
+    await authorize(request, "configure", loop)
+    service = await _loop(request, loop)
+    changed = await run_in_threadpool(delete_items, service.engine, loop, [item_id])
+    if not changed:
+        raise NotFound(f"no item {item_id!r} in loop {loop!r}", "item_not_found")
+    return _json({"loop": loop, "changed": changed})
+
+
+@router.get("/v1/loops/{loop}/items", response_model=ItemsOut, responses=error_responses(404, 422))
+async def get_items(
+    request: Request,
+    loop: LoopName,
+    after: Annotated[str | None, Query(max_length=256, description="Ids after this one.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST, description="Most items returned.")] = 100,
+    active: Annotated[bool | None, Query(description="Only active (or inactive) items.")] = None,
+) -> Response:
+    """A page of the catalog in item-id order (without embeddings)."""
+    await authorize(request, "read", loop)
+    service = await _loop(request, loop)
+    items, total = await run_in_threadpool(
+        lambda: list_items(service.engine, loop, after=after, limit=limit, active=active)
+    )
+    next_after = items[-1].item_id if len(items) == limit else None
+    return _json(
+        {"items": [item.to_json() for item in items], "total": total, "next_after": next_after}
+    )
+
+
+@router.get(
+    "/v1/loops/{loop}/items/{item_id:path}",
+    response_model=ItemOut,
+    responses=error_responses(404, 422),
+)
+async def get_one_item(request: Request, loop: LoopName, item_id: ItemId) -> Response:
+    """One item with its embedding."""
+    await authorize(request, "read", loop)
+    service = await _loop(request, loop)
+    item = await run_in_threadpool(get_item, service.engine, loop, item_id)
+    if item is None:
+        raise NotFound(f"no item {item_id!r} in loop {loop!r}", "item_not_found")
+    return _json(item.to_json(with_embedding=True))
+
+
+@router.get(
+    "/v1/loops/{loop}/retrievers",
+    response_model=RetrieversOut,
+    responses=error_responses(404, 422),
+)
+async def get_retrievers(request: Request, loop: LoopName) -> Response:
+    """The loop's retriever versions, its latest index builds (kind, items, recall@k against
+    exact search) and the index this worker serves."""
+    await authorize(request, "read", loop)
+    service = await _loop(request, loop)
+    versions = await run_in_threadpool(list_retrievers, service.engine, loop)
+    builds = await run_in_threadpool(index_builds, service.engine, loop)
+    serving = service.retrieval.indexes.get(loop)
+    return _json(
+        {
+            "retrievers": [v.to_json() for v in versions],
+            "indexes": builds,
+            "serving": None
+            if serving is None
+            else {
+                "index": serving.version,
+                "retriever": serving.retriever,
+                "catalog_seq": serving.catalog_seq,
+                **serving.ann.details(),
+            },
+        }
+    )
+
+
+@router.post(
+    "/v1/loops/{loop}/retrievers/{version}/promote",
+    response_model=RetrieverOut,
+    responses=error_responses(404, 409, 422),
+)
+async def promote(request: Request, loop: LoopName, version: Version) -> Response:
+    """Make a candidate retriever live (the live one retires; audited). The catalog is
+    re-embedded by its item tower before it serves."""
+    principal = await authorize(request, "gatekeep", loop)
+    service = await _loop(request, loop)
+    record = await run_in_threadpool(service.retrieval.promote, loop, version, principal.actor)
+    return _json(record.to_json())
