@@ -20,12 +20,14 @@ from decision_service.routes_evaluations import router as evaluations_router
 from decision_service.routes_keys import router as keys_router
 from decision_service.routes_learner import REQUEST_MODELS as LEARNER_REQUEST_MODELS
 from decision_service.routes_learner import router as learner_router
+from decision_service.routes_operate import router as operate_router
 from decision_service.routes_serving import router as serving_router
 from decision_service.schemas import REQUEST_MODELS
 from decision_service.schemas_deploy import REQUEST_MODELS as DEPLOY_REQUEST_MODELS
 from decision_service.schemas_keys import REQUEST_MODELS as KEY_REQUEST_MODELS
 from decision_service.service import Service
 from decision_service.settings import Settings, get_settings
+from decision_service.telemetry import TelemetryMiddleware
 from policies.rank_cost import configure_rank_budget
 from policies.vw_text import configure_text_caches
 
@@ -121,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service = Service(settings)
         await service.start()
         app.state.service = service
+        app.state.telemetry = service.telemetry
         if settings.gc_tuning:
             # Everything loaded at start-up (SQLAlchemy, Alembic, FastAPI, VW) lives as long as
             # the process: move it out of the collector's sight, and collect less often, so that
@@ -141,6 +144,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(serving_router)
     app.include_router(deploy_router)
     app.include_router(keys_router)
+    app.include_router(operate_router)
+    app.add_middleware(TelemetryMiddleware)
     models = (
         REQUEST_MODELS
         + EVALUATION_REQUEST_MODELS

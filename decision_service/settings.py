@@ -104,6 +104,14 @@ class Settings(BaseSettings):
         "revoked elsewhere stops working in every worker within this time.",
     )
 
+    metrics_flush_s: float = Field(
+        30.0,
+        ge=1,
+        le=300,
+        description="How often each worker writes its rank-latency histogram and error counts "
+        "(per loop and 5-minute bucket) to the database for the metrics rollup.",
+    )
+
     @field_validator("admin_key")
     @classmethod
     def _admin_key_form(cls, value: SecretStr | None) -> SecretStr | None:

@@ -54,9 +54,14 @@ PERMISSION: dict[tuple[str, str], tuple[str, bool]] = {
     ("GET", "/v1/loops/{loop}/alarms"): ("read", True),
     ("POST", "/v1/loops/{loop}/freshness/resume"): ("gatekeep", True),
     ("POST", "/v1/loops/{loop}/alarms/{alarm_id}/clear"): ("gatekeep", True),
+    # issue 12 (operate)
+    ("GET", "/metrics"): ("read", False),
+    ("GET", "/v1/loops/{loop}/metrics"): ("read", True),
 }
 OPEN = {
     ("GET", "/healthz"),
+    ("GET", "/livez"),
+    ("GET", "/readyz"),
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"),
