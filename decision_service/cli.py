@@ -199,6 +199,10 @@ def _register_subcommands() -> None:
     app.command("learner")(learner)
     app.command("writers")(writers)
     app.add_typer(keys, name="keys")
+    from decision_service.cli_operate import operate, status
+
+    app.command("status")(status)
+    app.command("operate")(operate)
 
 
 _register_subcommands()

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
+from decision_service.schemas_operate import AlarmsIn
 from log.deploy_settings import AUTO_LEVELS, DEPLOY_BOUNDS
 from log.loops import AGGREGATIONS, BOUNDS, MAX_VW_ARGS_CHARS, STRATEGIES
 
@@ -216,6 +217,7 @@ class LoopConfigIn(_Body):
     gate: GateIn = Field(default_factory=GateIn, description="The promotion gate's criteria.")
     rollout: RolloutIn = Field(default_factory=RolloutIn, description="The rollout policy.")
     learner: LearnerIn = Field(default_factory=LearnerIn, description="The learner's schedule.")
+    alarms: AlarmsIn = Field(default_factory=AlarmsIn, description="The alarm rules.")
 
 
 # ----------------------------------------------------------------------------------- responses
@@ -286,6 +288,7 @@ class LoopConfigOut(BaseModel):
     gate: GateIn
     rollout: RolloutIn
     learner: LearnerIn
+    alarms: AlarmsIn
 
 
 class LoopCounts(BaseModel):

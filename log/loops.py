@@ -23,6 +23,7 @@ from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from explore.sampling import check_sampling_key, new_sampling_key
+from log.alarm_settings import AlarmSettings
 from log.deploy_settings import (
     GateSettings,
     LearnerSettings,
@@ -105,6 +106,8 @@ class LoopConfig:
     gate: GateSettings = field(default_factory=GateSettings)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     learner: LearnerSettings = field(default_factory=LearnerSettings)
+    # Alarm rules (log.alarm_settings).
+    alarms: AlarmSettings = field(default_factory=AlarmSettings)
     # The secret key of the loop's sampling (32 bytes): never shown by any route, never set over
     # HTTP. repr=False keeps it out of logs and tracebacks.
     sampling_key: bytes = field(default_factory=new_sampling_key, repr=False)
@@ -165,6 +168,7 @@ _SECTIONS: dict[str, Any] = {
     "gate": GateSettings,
     "rollout": RolloutSettings,
     "learner": LearnerSettings,
+    "alarms": AlarmSettings,
 }
 PUBLIC_FIELDS = tuple(f.name for f in fields(LoopConfig) if f.name not in ("sampling_key", "extra"))
 

@@ -52,6 +52,7 @@ __all__ = [
     "MetricsPolicy",
     "breakdown",
     "flush_request_stats",
+    "merged_point",
     "metrics_through",
     "read_series",
     "rollup_loop",
@@ -390,3 +391,29 @@ def flush_request_stats(
         with engine.begin() as conn:
             conn.execute(insert(RequestStatsRow), values)
     return len(values)
+
+
+def merged_point(
+    engine: Engine, loop: str, windows: list[tuple[datetime, datetime]], *, grain: str = "5m"
+) -> MetricsPoint | None:
+    """The loop's figures (arm "*") over the union of `windows` merged into one; None when no
+    bucket of them has a row."""
+    if not windows:
+        return None
+    table = TABLES[grain]
+    merged = Sums()
+    found = False
+    with engine.connect() as conn:
+        for since, until in windows:
+            for row in conn.execute(
+                select(table).where(
+                    table.loop == loop,
+                    table.arm == ALL,
+                    table.model_version == ALL,
+                    table.bucket >= since,
+                    table.bucket < until,
+                )
+            ).mappings():
+                merged.merge(_sums_of(row))
+                found = True
+    return derive(windows[0][0], merged) if found else None

@@ -36,6 +36,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from deploy.learner.candidates import candidates_due, run_candidates
 from deploy.learner.faults import Faults
 from deploy.learner.freshness import freshness_due, run_freshness
+from deploy.operate import OperateOptions, run_operate
 from learn.scheduler import SETTLE_MARGIN_S, Stopped
 from log.joiner import join_loop
 from log.learner_state import LearnerRun, get_learner_state, record_run
@@ -60,6 +61,8 @@ class LearnerOptions:
     join_grace_s: float = 5.0
     settle_s: float | None = None
     fault: str | None = None
+    # the operate job (metrics rollup, alarm rules, webhook; deploy/operate.py): None = off
+    operate: OperateOptions | None = None
 
     def __post_init__(self) -> None:
         if not self.tick_s > 0 or not self.rollout_every_s >= 0:
@@ -190,10 +193,33 @@ class Learner:
         return run
 
 
+def _operate(learner: Learner) -> None:
+    options = learner.options
+    if options.operate is not None:
+        run_operate(learner.engine, options.operate, now=datetime.now(UTC), loops=options.loops)
+
+
 def _make_scheduler(learner: Learner, tick_s: float) -> BlockingScheduler:
     scheduler = BlockingScheduler(
-        executors={"default": ThreadPoolExecutor(max_workers=1)}, timezone=UTC
+        executors={
+            "default": ThreadPoolExecutor(max_workers=1),
+            "operate": ThreadPoolExecutor(max_workers=1),  # never waits behind a training
+        },
+        timezone=UTC,
     )
+    if learner.options.operate is not None:
+        scheduler.add_job(
+            _operate,
+            IntervalTrigger(seconds=learner.options.operate.every_s, timezone=UTC),
+            args=(learner,),
+            id="operate",
+            name="metrics rollup, alarms, webhook",
+            executor="operate",
+            next_run_time=datetime.now(UTC),
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=None,
+        )
 
     def tick() -> None:
         with contextlib.suppress(Stopped):
@@ -229,6 +255,7 @@ def run_learner_process(
         if rounds is not None:
             for _ in range(rounds):
                 learner.tick()
+                _operate(learner)
             return
         scheduler = _make_scheduler(learner, options.tick_s)
         try:
