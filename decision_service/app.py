@@ -14,6 +14,7 @@ from pydantic.json_schema import models_json_schema
 
 from decision_service import errors
 from decision_service.routes import router
+from decision_service.routes_dashboard import router as dashboard_router
 from decision_service.routes_deploy import router as deploy_router
 from decision_service.routes_evaluations import REQUEST_MODELS as EVALUATION_REQUEST_MODELS
 from decision_service.routes_evaluations import router as evaluations_router
@@ -145,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(deploy_router)
     app.include_router(keys_router)
     app.include_router(operate_router)
+    app.include_router(dashboard_router)
     app.add_middleware(TelemetryMiddleware)
     models = (
         REQUEST_MODELS

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, func, select, text
 
+from log.audit import AuditEntry
 from log.learner_state import _COLUMNS as _LEARNER_COLUMNS
 from log.learner_state import LearnerState, _state
-from log.models import AlarmRow
+from log.models import AlarmRow, AuditRow
 
-__all__ = ["firing_alarm_counts", "learner_states", "store_answers"]
+__all__ = ["firing_alarm_counts", "latest_audit", "learner_states", "store_answers"]
 
 
 def learner_states(engine: Engine) -> list[LearnerState]:
@@ -33,3 +34,28 @@ def store_answers(engine: Engine) -> None:
     """One round trip to the database (raises when it does not answer)."""
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+def latest_audit(engine: Engine, loop: str, *, limit: int = 50) -> list[AuditEntry]:
+    """The loop's newest audit entries, newest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(*AuditRow.__table__.c)
+            .where(AuditRow.loop == loop)
+            .order_by(AuditRow.seq.desc())
+            .limit(limit)
+        ).all()
+    return [
+        AuditEntry(
+            at=r.at,
+            actor=r.actor,
+            action=r.action,
+            loop=r.loop,
+            target=r.target,
+            reason=r.reason,
+            role=r.role,
+            details=r.details or {},
+            seq=r.seq,
+        )
+        for r in rows
+    ]

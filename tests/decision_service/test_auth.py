@@ -57,11 +57,19 @@ PERMISSION: dict[tuple[str, str], tuple[str, bool]] = {
     # issue 12 (operate)
     ("GET", "/metrics"): ("read", False),
     ("GET", "/v1/loops/{loop}/metrics"): ("read", True),
+    ("GET", "/dashboard"): ("read", False),
+    ("GET", "/dashboard/loops/{loop}"): ("read", True),
+    ("POST", "/dashboard/loops/{loop}/models/{version}/approve"): ("gatekeep", True),
+    ("POST", "/dashboard/loops/{loop}/models/{version}/reject"): ("gatekeep", True),
+    ("POST", "/dashboard/loops/{loop}/rollback"): ("gatekeep", True),
 }
 OPEN = {
     ("GET", "/healthz"),
     ("GET", "/livez"),
     ("GET", "/readyz"),
+    ("GET", "/dashboard/login"),  # the login form; POST checks the key itself
+    ("POST", "/dashboard/login"),
+    ("POST", "/dashboard/logout"),
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"),
