@@ -323,7 +323,7 @@ def _loop_page(engine: Engine, loop: str, window: str, now: datetime) -> dict[st
         )
     current = {m.status: m for m in models if m.status in ("live", "canary", "shadow")}
     return {
-        "loop": loop,
+        "loop_name": loop,  # (`loop` is Jinja's loop variable inside a for)
         "window": window,
         "windows": list(WINDOWS),
         "metrics": metrics,

@@ -61,6 +61,7 @@ def test_gatekeeper_session_sees_charts_and_approves_with_csrf(
     assert decisions and int(decisions.group(1)) >= 1
     assert f'id="total-decisions">{run.decisions}<' in page.text
     url = f"/dashboard/loops/{LOOP}/models/{run.candidate}/approve"
+    assert f'action="{url}"' in page.text  # the page's own form posts there
     form = {"reason": "looks good", "to": "live", "override": "on"}
     # no CSRF token, or a wrong one: refused, nothing changes
     assert browser.post(url, data=form, follow_redirects=False).status_code == 403
