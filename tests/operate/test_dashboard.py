@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from decision_service import Settings, create_app
+from log.evaluations import claim_evaluation, create_evaluation, finish_evaluation
 from log.models import DashboardSessionRow
 from log.registry_store import list_models
+from log.verdicts import VerdictRecord, store_verdict
 from tests.conftest import admin_client
 from tests.operate.dashboard_helpers import CSRF, LOOP, Run, simulate
 
@@ -84,6 +87,30 @@ def test_gatekeeper_session_sees_charts_and_approves_with_csrf(
     )
     assert r.status_code == 303 and "notice" in r.headers["location"]
     assert [m.version for m in list_models(engine, LOOP, statuses=("live",))] == [run.live]
+
+
+def test_verdicts_and_evaluation_reports_are_plotted(
+    app_and_run: tuple[TestClient, Run, dict[str, str]],
+) -> None:
+    admin, run, keys = app_and_run
+    engine = admin.app.state.service.engine  # type: ignore[attr-defined]
+    store_verdict(
+        engine,
+        VerdictRecord(
+            loop=LOOP, version=run.candidate, incumbent=run.live, at=datetime.now(UTC),
+            decision="pending", reason="needs more events",
+            numbers={"difference": {"value": 0.02, "ci_low": -0.01, "ci_high": 0.05}},
+        ),
+    )  # fmt: skip
+    ev = create_evaluation(engine, LOOP, {"policies": []})
+    assert claim_evaluation(engine, ev.id) is not None
+    estimate = {"value": 0.4, "ci_low": 0.3, "ci_high": 0.5, "n": 60, "ess": 50.0, "method": "x"}
+    result = {"policies": [{"name": "live", "estimates": {"ips": estimate, "dr": estimate}}]}
+    assert finish_evaluation(engine, ev.id, result)
+    page = login(admin, keys["experimenter"]).get(f"/dashboard/loops/{LOOP}").text
+    assert 'data-title="gate verdicts: candidate - live (latest look)" data-points="1"' in page
+    assert f'data-title="evaluation {ev.id[:8]}" data-points="2"' in page
+    assert "needs more events" in page
 
 
 def test_experimenter_reads_but_is_refused_actions(

@@ -6,15 +6,24 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
 from sqlalchemy import Engine, select
 
+from deploy.learner import LearnerOptions, run_learner_process
+from deploy.operate import OperateOptions
 from log.joiner import join_loop
-from log.metrics import ALL, MetricsPolicy, flush_request_stats, read_series, rollup_loop
+from log.metrics import (
+    ALL,
+    MetricsPolicy,
+    flush_request_stats,
+    metrics_through,
+    read_series,
+    rollup_loop,
+)
 from log.metrics_math import Sums, floor_time, latency_bucket, quantile
 from log.models import DecisionRow, Metrics1dRow, Metrics1hRow, Metrics5mRow, OutcomeRow, RewardRow
 from log.writer import GroupCommitWriter
@@ -166,3 +175,20 @@ def test_quantiles_of_a_histogram() -> None:
     assert p50 is not None and p99 is not None
     assert 40 <= p50 <= 55 and 75 <= p99 <= 100
     assert quantile(Sums().latency_hist, 0.5) is None
+
+
+def test_the_learner_process_runs_the_operate_job(
+    engine: Engine, writer: GroupCommitWriter
+) -> None:
+    """`decision-service learner` runs the rollup and the alarm rules (here: one round)."""
+    configure(engine)
+    now = datetime.now(UTC)
+    write(writer, sim_events(SIM, 30, seed=8, start=now - timedelta(minutes=3), prefix="lp"))
+    options = LearnerOptions(loops=(LOOP,), operate=OperateOptions())
+    run_learner_process(engine, options, rounds=1)
+    through = metrics_through(engine, LOOP)
+    assert through is not None and through >= floor_time(now)
+    points = read_series(
+        engine, LOOP, since=now - timedelta(hours=1), until=now + timedelta(hours=1)
+    )
+    assert sum(p.decisions for p in points) == 30
