@@ -110,6 +110,12 @@ def status(
 
 def operate(
     loop: list[str] = typer.Option(None, "--loop", help="Only these loops (default: all)."),
+    since: datetime = typer.Option(
+        None,
+        formats=["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"],
+        help="Recompute the metrics from this UTC time instead of the watermark (e.g. after a "
+        "spool shipped decisions older than DS_METRICS_SETTLE_S).",
+    ),
 ) -> None:
     """One round of the operate job: the metrics rollup (catching up from its watermark), the
     alarm rules, webhook delivery. The learner process runs it every DS_OPERATE_INTERVAL_S."""
@@ -124,6 +130,7 @@ def operate(
             operate_options(get_settings()),
             now=datetime.now(UTC),
             loops=tuple(loop) if loop else None,
+            since=None if since is None else since.replace(tzinfo=UTC),
         )
     finally:
         engine.dispose()

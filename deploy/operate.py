@@ -103,10 +103,15 @@ def check_alarms(
 
 
 def run_operate(
-    engine: Engine, options: OperateOptions, *, now: datetime, loops: tuple[str, ...] | None = None
+    engine: Engine,
+    options: OperateOptions,
+    *,
+    now: datetime,
+    loops: tuple[str, ...] | None = None,
+    since: datetime | None = None,
 ) -> OperateReport:
-    """One round for every loop (or `loops`): rollup, alarms, webhook delivery. A loop that
-    fails is logged and skipped."""
+    """One round for every loop (or `loops`): rollup (from `since` when given, else from its
+    watermark), alarms, webhook delivery. A loop that fails is logged and skipped."""
     buckets: dict[str, int] = {}
     raised: list[Alarm] = []
     cleared: list[str] = []
@@ -114,7 +119,9 @@ def run_operate(
         if loops is not None and stored.name not in loops:
             continue
         try:
-            buckets[stored.name] = rollup_loop(engine, stored.name, now=now, policy=options.metrics)
+            buckets[stored.name] = rollup_loop(
+                engine, stored.name, now=now, policy=options.metrics, since=since
+            )
             up, down = check_alarms(engine, stored, now)
         except Exception:
             logger.exception("operate: loop %r failed", stored.name)

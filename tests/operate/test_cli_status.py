@@ -56,5 +56,11 @@ def test_status_prints_the_headline_figures(store: str) -> None:
     assert "decisions           240" in text.output
     assert f"joined {joined}" in text.output
     assert "reward rate" in text.output and "firing alarms" in text.output
+    again = runner.invoke(app, ["operate", "--since", "2026-01-01"])  # a full recompute
+    assert again.exit_code == 0, again.output
+    assert (
+        orjson.loads(again.output)["buckets"]["default"]
+        > orjson.loads(done.output)["buckets"]["default"]
+    )
     missing = runner.invoke(app, ["status", "--loop", "nope"])
     assert missing.exit_code == 1
