@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from log.metrics_math import Sums, floor_time, latency_bucket
+from log.metrics_math import BUCKET_S, Sums, floor_time, latency_bucket
 from log.operate_reads import firing_alarm_counts, learner_states
 from log.writer import GroupCommitWriter
 
@@ -50,6 +50,9 @@ class Telemetry:
             buckets=HTTP_BUCKETS,
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str, int], Any] = {}  # labelled histograms, looked up once
+        self._bucket = floor_time(datetime.now(UTC))
+        self._bucket_end = 0.0
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, datetime], Sums] = {}
         self.dropped = 0  # observations dropped because too many (loop, bucket) keys were held
@@ -62,13 +65,22 @@ class Telemetry:
         self, route: str, method: str, status: int, seconds: float, loop: str | None,
         error_code: str | None,
     ) -> None:  # fmt: skip
-        self.http.labels(route, method, str(status)).observe(seconds)
+        child = self._children.get((route, method, status))
+        if child is None:
+            child = self._children[(route, method, status)] = self.http.labels(
+                route, method, str(status)
+            )
+        child.observe(seconds)
         if loop is None:
             return
         is_rank = route == RANK_ROUTE
         if not is_rank and error_code is None:
             return
-        key = (loop, floor_time(datetime.now(UTC)))
+        now = time.time()
+        if now >= self._bucket_end:  # a new 5-minute bucket began
+            self._bucket = floor_time(datetime.fromtimestamp(now, UTC))
+            self._bucket_end = self._bucket.timestamp() + BUCKET_S
+        key = (loop, self._bucket)
         with self._lock:
             sums = self._pending.get(key)
             if sums is None:
