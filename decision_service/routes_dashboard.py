@@ -123,6 +123,16 @@ async def _viewer(request: Request, permission: str, loop: str | None) -> Viewer
     return Viewer(await authorize(request, permission, loop), None)  # a 401 like the API's
 
 
+def _cross_site(request: Request) -> bool:
+    """A form posted from another origin (a browser names it in Origin): refused whatever the
+    cookie, so no other site can log a browser in with its own key or act for it."""
+    origin = request.headers.get("origin")
+    if origin is None:  # not a browser's form post (the CSRF token still guards actions)
+        return False
+    host = request.headers.get("host", "")
+    return origin.split("://", 1)[-1] != host
+
+
 async def _form(request: Request) -> dict[str, str]:
     body = b""
     async for chunk in request.stream():
@@ -155,6 +165,8 @@ async def login_form() -> Response:
 @router.post("/dashboard/login")
 async def login(request: Request) -> Response:
     """Log in with an API key: a session of that key (its role decides what the pages allow)."""
+    if _cross_site(request):
+        return _page("forbidden.html", 403, viewer=None, message="cross-site login refused")
     form = await _form(request)
     if "key" not in form:
         return _login_page(422, "enter an API key")
@@ -380,7 +392,7 @@ async def _action_form(
     if isinstance(viewer, Response):
         return viewer
     form = await _form(request)
-    if not _csrf_ok(viewer, form):
+    if _cross_site(request) or not _csrf_ok(viewer, form):
         return _page("forbidden.html", 403, viewer=viewer, message="bad CSRF token")
     reason = form.get("reason", "").strip()
     if not reason or len(reason) > MAX_REASON or "\x00" in reason:

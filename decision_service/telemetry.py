@@ -121,6 +121,9 @@ class _StateCollector(Collector):
         self.writer = writer
         self.engine = engine
 
+    def describe(self) -> list[Metric]:
+        return []  # registering must not read the store (collect does, at scrape time)
+
     def collect(self) -> Iterator[Metric]:
         w = self.writer
         s = w.stats

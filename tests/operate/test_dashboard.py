@@ -71,6 +71,9 @@ def test_gatekeeper_session_sees_charts_and_approves_with_csrf(
     bad = {**form, "csrf": "x" * 43}
     assert browser.post(url, data=bad, follow_redirects=False).status_code == 403
     assert browser.post(url, data={"csrf": csrf_of(page.text)}).status_code == 422  # no reason
+    evil = {"Origin": "https://evil.example"}
+    ok_form = {**form, "csrf": csrf_of(page.text)}
+    assert browser.post(url, data=ok_form, headers=evil).status_code == 403  # cross-site
     engine = admin.app.state.service.engine  # type: ignore[attr-defined]
     assert [m.version for m in list_models(engine, LOOP, statuses=("live",))] == [run.live]
     r = browser.post(url, data={**form, "csrf": csrf_of(page.text)}, follow_redirects=False)
@@ -140,6 +143,14 @@ def test_login_logout_and_revocation(
         "unauthorized"
     )
     assert anonymous.post("/dashboard/login", data={"key": "dsk_nope"}).status_code == 401
+    evil = {"Origin": "https://evil.example"}  # another site posting the login form
+    r = anonymous.post("/dashboard/login", data={"key": keys["gatekeeper"]}, headers=evil)
+    assert r.status_code == 403 and "ds_session" not in r.headers.get("set-cookie", "")
+    same = {"Origin": "http://testserver"}
+    r = anonymous.post(
+        "/dashboard/login", data={"key": keys["gatekeeper"]}, headers=same, follow_redirects=False
+    )
+    assert r.status_code == 303
     assert (
         anonymous.post("/dashboard/login", data={"key": keys["gatekeeper"][:-2] + "AA"}).status_code
         == 401
