@@ -51,7 +51,8 @@ def headline(data: dict[str, Any], live: str | None, alarms: list[dict[str, Any]
         f"decisions           {t.get('decisions', 0)}   requests {t.get('requests', 0)}",
         f"rewards             {t.get('rewards', 0)}   late {t.get('late_rewards', 0)}   "
         f"joined {t.get('joined', 0)}",
-        f"reward rate         {_fmt(t.get('reward_rate'))}   mean reward "
+        f"reward rate         {_fmt(t.get('reward_rate'))} [{_fmt(t.get('reward_rate_low'))}, "
+        f"{_fmt(t.get('reward_rate_high'))}]   mean reward "
         f"{_fmt(t.get('mean_reward'))} [{_fmt(t.get('mean_reward_low'))}, "
         f"{_fmt(t.get('mean_reward_high'))}]",
         f"default-reward rate {_fmt(t.get('default_reward_rate'))}",

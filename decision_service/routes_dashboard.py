@@ -294,7 +294,16 @@ def _loop_page(engine: Engine, loop: str, window: str, now: datetime) -> dict[st
             since,
             until,
         ),
-        time_chart(_series(points, "reward rate", "reward_rate"), since, until),
+        time_chart(
+            _series(
+                points,
+                "reward rate (95% interval)",
+                "reward_rate",
+                band=("reward_rate_low", "reward_rate_high"),
+            ),
+            since,
+            until,
+        ),
         time_chart(_series(points, "decisions", "decisions", kind="bars"), since, until),
         time_chart(_series(points, "exploration share", "exploration_share"), since, until),
         time_chart(_series(points, "entropy (nats)", "entropy"), since, until),

@@ -60,6 +60,8 @@ class PointOut(BaseModel):
     late_rewards: int
     joined: int
     reward_rate: float | None
+    reward_rate_low: float | None
+    reward_rate_high: float | None
     mean_reward: float | None
     mean_reward_low: float | None
     mean_reward_high: float | None

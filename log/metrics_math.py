@@ -26,6 +26,7 @@ __all__ = [
     "merge_counts",
     "merge_hist",
     "quantile",
+    "wilson",
 ]
 
 BUCKET_S = 300
@@ -203,6 +204,8 @@ class MetricsPoint:
     late_rewards: int
     joined: int
     reward_rate: float | None
+    reward_rate_low: float | None
+    reward_rate_high: float | None
     mean_reward: float | None
     mean_reward_low: float | None
     mean_reward_high: float | None
@@ -222,9 +225,20 @@ class MetricsPoint:
         return out
 
 
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """The Wilson score interval of a proportion (None when n = 0)."""
+    if n <= 0:
+        return None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(centre - half, 0.0), min(centre + half, 1.0)
+
+
 def derive(bucket: datetime, s: Sums) -> MetricsPoint:
-    """The figures of a bucket's sums. The mean reward's interval is the normal (Wald) 95%
-    interval of the mean of the joined decisions' rewards."""
+    """The figures of a bucket's sums. The reward rate's interval is the Wilson 95% interval;
+    the mean reward's the normal (Wald) 95% interval of the joined decisions' rewards."""
+    rate_ci = wilson(s.rewarded, s.joined)
     mean = _ratio(s.reward_sum, s.joined)
     low = high = None
     if mean is not None and s.joined >= 2:
@@ -243,6 +257,8 @@ def derive(bucket: datetime, s: Sums) -> MetricsPoint:
         late_rewards=s.late_rewards,
         joined=s.joined,
         reward_rate=_ratio(s.rewarded, s.joined),
+        reward_rate_low=None if rate_ci is None else rate_ci[0],
+        reward_rate_high=None if rate_ci is None else rate_ci[1],
         mean_reward=mean,
         mean_reward_low=low,
         mean_reward_high=high,

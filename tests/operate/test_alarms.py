@@ -165,7 +165,10 @@ def test_no_rewards_alarm_is_stored_delivered_with_retries_and_cleared(
     assert receiver.received[0]["alarm"]["kind"] == "no_rewards"
     assert run_operate(engine, options, now=now).delivered == 0
     # rewards arrive: the rule clears and the clearing is delivered
-    write(writer, [op for op in ops if isinstance(op, RewardRecord)][:5])
+    fresh = [
+        RewardRecord(f"late-{i}", "default", f"n{i}", 0, 1.0, now, False, "") for i in range(5)
+    ]
+    write(writer, fresh)  # received now, as the service stamps them
     report = run_operate(engine, options, now=now + timedelta(seconds=1))
     assert report.cleared and report.delivered == 1
     assert receiver.received[-1]["event"] == "alarm.cleared"

@@ -111,7 +111,9 @@ def test_gatekeeper_approves_in_a_real_browser(
     # the 5-minute charts are drawn with the simulated run's data
     bars = d.find_elements(By.CSS_SELECTOR, 'svg[data-title="decisions"] rect.bar')
     assert bars and all(b.size["height"] > 0 for b in bars)
-    assert d.find_elements(By.CSS_SELECTOR, 'svg[data-title="reward rate"] polyline.line')
+    assert d.find_elements(
+        By.CSS_SELECTOR, 'svg[data-title="reward rate (95% interval)"] polygon.band'
+    )
     assert d.find_element(By.ID, "total-decisions").text == str(run.decisions)
     assert d.find_element(By.ID, "rollout-live").text.startswith(run.live)
     shot(d, "02-loop")

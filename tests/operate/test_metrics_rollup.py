@@ -24,7 +24,7 @@ from log.metrics import (
     read_series,
     rollup_loop,
 )
-from log.metrics_math import Sums, floor_time, latency_bucket, quantile
+from log.metrics_math import Sums, floor_time, latency_bucket, quantile, wilson
 from log.models import DecisionRow, Metrics1dRow, Metrics1hRow, Metrics5mRow, OutcomeRow, RewardRow
 from log.writer import GroupCommitWriter
 from tests.deploy.learner_helpers import SIM, configure
@@ -192,3 +192,10 @@ def test_the_learner_process_runs_the_operate_job(
         engine, LOOP, since=now - timedelta(hours=1), until=now + timedelta(hours=1)
     )
     assert sum(p.decisions for p in points) == 30
+
+
+def test_wilson_interval_covers_the_rate() -> None:
+    low, high = wilson(30, 100) or (0.0, 0.0)
+    assert low == pytest.approx(0.2189, abs=1e-3) and high == pytest.approx(0.3958, abs=1e-3)
+    assert wilson(0, 0) is None
+    assert wilson(0, 10) is not None and wilson(0, 10)[0] == 0.0  # type: ignore[index]
