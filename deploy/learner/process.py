@@ -10,6 +10,10 @@ joins its due windows and runs what is due, in this order:
 2. candidates (every `learner.candidate_interval_s`, :mod:`deploy.learner.candidates`);
 3. rollout (every `rollout_every_s` of the process, :mod:`deploy.learner.progress`).
 
+With `LearnerOptions.operate` (the CLI sets it), a second job on its own executor runs the
+operate round (metrics rollup, alarm rules, webhook; deploy/operate.py) every `operate.every_s`,
+and `rounds` mode runs it after each tick.
+
 The times of the last freshness and candidate runs are stored (`learner_state`), so a restart
 keeps the schedule; a track that was killed before it finished has no stored run and runs
 again. A failure in one track of one loop is logged, recorded as a "failed" run and does not
