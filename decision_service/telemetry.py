@@ -15,6 +15,7 @@ and alarm gauges are read from the database at scrape time and are the same in e
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -23,13 +24,18 @@ from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from log.metrics_math import BUCKET_S, Sums, floor_time, latency_bucket
 from log.operate_reads import firing_alarm_counts, learner_states
-from log.writer import GroupCommitWriter
+from log.writer import GROUP_SIZE_EDGES, GroupCommitWriter
 
 __all__ = ["Telemetry", "TelemetryMiddleware"]
 
@@ -143,6 +149,15 @@ class _StateCollector(Collector):
         yield counter("ds_write_groups", "Groups made durable.", s.groups)
         yield counter("ds_write_rows", "Rows made durable (database or spool).", s.ops)
         yield gauge("ds_write_group_size_max", "Largest group so far (rows).", s.max_group)
+        sizes = HistogramMetricFamily(
+            "ds_write_group_size", "Rows per group made durable.", labels=["worker"]
+        )
+        cumulative, buckets = 0, []
+        for edge, count in zip((*GROUP_SIZE_EDGES, math.inf), s.group_sizes, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if edge == math.inf else str(edge), cumulative))
+        sizes.add_metric([worker], buckets, sum_value=s.ops)
+        yield sizes
         yield gauge("ds_spool_segments", "Spool segments not yet shipped.", len(w.spool.segments()))
         yield counter("ds_spool_spooled_rows", "Rows written to the spool.", s.spooled_ops)
         yield counter(

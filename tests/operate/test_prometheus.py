@@ -52,6 +52,8 @@ def test_metrics_parse_and_cover_the_write_path_routes_and_learner(client: TestC
     assert [(s.labels["loop"], s.value) for s in stopped] == [("default", 1.0)]
     firing = found["ds_alarms_firing"].samples  # type: ignore[attr-defined]
     assert [(s.labels["kind"], s.value) for s in firing] == [("freshness_stopped", 1.0)]
+    sizes = {s.labels.get("le"): s.value for s in found["ds_write_group_size"].samples}  # type: ignore[attr-defined]
+    assert sizes["+Inf"] >= 5 and sizes["1"] >= 1  # every rank was a group of its own or more
     rows = [s for s in found["ds_write_rows"].samples if s.name == "ds_write_rows_total"]  # type: ignore[attr-defined]
     assert rows and rows[0].value >= 5
 
