@@ -129,7 +129,10 @@ class RewardRow(Base):
     # "" for the reward; otherwise the name of a guardrail metric ("report", "hide"...).
     metric: Mapped[str] = mapped_column(String(64), nullable=False, server_default=text("''"))
 
-    __table_args__ = (Index("ix_rewards_loop_event", "loop", "event_id"),)
+    __table_args__ = (
+        Index("ix_rewards_loop_event", "loop", "event_id"),
+        Index("ix_rewards_loop_received", "loop", "received_at"),  # the metrics rollup
+    )
 
 
 class OutcomeRow(Base):
@@ -149,7 +152,10 @@ class OutcomeRow(Base):
     # Per guardrail metric, how many of its signals were received inside the window.
     guardrails: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
-    __table_args__ = (Index("ix_outcomes_loop_decided", "loop", "decided_at"),)
+    __table_args__ = (
+        Index("ix_outcomes_loop_decided", "loop", "decided_at"),
+        Index("ix_outcomes_loop_joined", "loop", "joined_at"),  # the metrics rollup
+    )
 
 
 class ModelRow(Base):

@@ -199,3 +199,28 @@ def test_wilson_interval_covers_the_rate() -> None:
     assert low == pytest.approx(0.2189, abs=1e-3) and high == pytest.approx(0.3958, abs=1e-3)
     assert wilson(0, 0) is None
     assert wilson(0, 10) is not None and wilson(0, 10)[0] == 0.0  # type: ignore[index]
+
+
+def test_migration_0008_downgrades_and_upgrades(db_url: str) -> None:
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from log.schema import alembic_config, make_engine, migrate
+
+    engine = make_engine(db_url)
+    migrate(engine)
+    cfg = alembic_config(db_url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0006")
+    assert "metrics_5m" not in inspect(engine).get_table_names()
+    migrate(engine)
+    tables = set(inspect(engine).get_table_names())
+    assert {
+        "metrics_5m",
+        "metrics_1h",
+        "metrics_1d",
+        "request_stats",
+        "dashboard_sessions",
+    } <= tables
+    engine.dispose()

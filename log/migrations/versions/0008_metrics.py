@@ -12,6 +12,7 @@ watermarks, dashboard sessions, and alarm delivery state.
   the CSRF token, expiry).
 - alarms.notified: the last alarm state delivered to the webhook (raised / cleared), NULL
   when none was.
+- indexes outcomes (loop, joined_at) and rewards (loop, received_at): what the rollup reads.
 
 Revision ID: 0008
 Revises: 0006
@@ -95,9 +96,14 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("alarms") as batch_op:
         batch_op.add_column(sa.Column("notified", sa.String(16), nullable=True))
+    # the rollup reads outcomes by join time and rewards by arrival time
+    op.create_index("ix_outcomes_loop_joined", "outcomes", ["loop", "joined_at"])
+    op.create_index("ix_rewards_loop_received", "rewards", ["loop", "received_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_rewards_loop_received", table_name="rewards")
+    op.drop_index("ix_outcomes_loop_joined", table_name="outcomes")
     with op.batch_alter_table("alarms") as batch_op:
         batch_op.drop_column("notified")
     op.drop_table("dashboard_sessions")
