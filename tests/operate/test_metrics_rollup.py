@@ -25,7 +25,15 @@ from log.metrics import (
     rollup_loop,
 )
 from log.metrics_math import Sums, floor_time, latency_bucket, quantile, wilson
-from log.models import DecisionRow, Metrics1dRow, Metrics1hRow, Metrics5mRow, OutcomeRow, RewardRow
+from log.models import (
+    DecisionRow,
+    Metrics1dRow,
+    Metrics1hRow,
+    Metrics5mRow,
+    OutcomeRow,
+    RequestStatsRow,
+    RewardRow,
+)
 from log.writer import GroupCommitWriter
 from tests.deploy.learner_helpers import SIM, configure
 from tests.learn.helpers import T0, WAIT_S, sim_events, write
@@ -224,3 +232,21 @@ def test_migration_0008_downgrades_and_upgrades(db_url: str) -> None:
         "dashboard_sessions",
     } <= tables
     engine.dispose()
+
+
+def test_retention_deletes_old_buckets_per_grain(engine: Engine, writer: GroupCommitWriter) -> None:
+    configure(engine)
+    at = log(engine, writer, 100, T0, "r")
+    flush_request_stats(engine, "w1", [(LOOP, T0, Sums(requests=1))], at)
+    rollup_loop(engine, LOOP, now=at)
+    assert stored(engine) and stored(engine, Metrics1hRow) and stored(engine, Metrics1dRow)
+    policy = MetricsPolicy(retention_5m_days=1, retention_1h_days=7, request_stats_days=1)
+    rollup_loop(engine, LOOP, now=at + timedelta(days=3), policy=policy)
+    assert stored(engine) == {}  # 5-minute buckets older than a day are gone
+    assert sum(v["decisions"] for v in stored(engine, Metrics1hRow).values()) == 100
+    assert sum(v["decisions"] for v in stored(engine, Metrics1dRow).values()) == 100
+    with engine.connect() as conn:
+        assert conn.execute(select(RequestStatsRow)).first() is None
+    rollup_loop(engine, LOOP, now=at + timedelta(days=8), policy=policy)
+    assert stored(engine, Metrics1hRow) == {}  # hourly kept a week
+    assert sum(v["decisions"] for v in stored(engine, Metrics1dRow).values()) == 100
