@@ -15,12 +15,14 @@ from pydantic.json_schema import models_json_schema
 from decision_service import errors
 from decision_service.routes import router
 from decision_service.routes_catalog import router as catalog_router
+from decision_service.routes_dashboard import router as dashboard_router
 from decision_service.routes_deploy import router as deploy_router
 from decision_service.routes_evaluations import REQUEST_MODELS as EVALUATION_REQUEST_MODELS
 from decision_service.routes_evaluations import router as evaluations_router
 from decision_service.routes_keys import router as keys_router
 from decision_service.routes_learner import REQUEST_MODELS as LEARNER_REQUEST_MODELS
 from decision_service.routes_learner import router as learner_router
+from decision_service.routes_operate import router as operate_router
 from decision_service.routes_serving import router as serving_router
 from decision_service.schemas import REQUEST_MODELS
 from decision_service.schemas_catalog import REQUEST_MODELS as CATALOG_REQUEST_MODELS
@@ -28,6 +30,7 @@ from decision_service.schemas_deploy import REQUEST_MODELS as DEPLOY_REQUEST_MOD
 from decision_service.schemas_keys import REQUEST_MODELS as KEY_REQUEST_MODELS
 from decision_service.service import Service
 from decision_service.settings import Settings, get_settings
+from decision_service.telemetry import TelemetryMiddleware
 from policies.rank_cost import configure_rank_budget
 from policies.vw_text import configure_text_caches
 
@@ -123,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service = Service(settings)
         await service.start()
         app.state.service = service
+        app.state.telemetry = service.telemetry
         if settings.gc_tuning:
             # Everything loaded at start-up (SQLAlchemy, Alembic, FastAPI, VW) lives as long as
             # the process: move it out of the collector's sight, and collect less often, so that
@@ -144,6 +148,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(deploy_router)
     app.include_router(keys_router)
     app.include_router(catalog_router)
+    app.include_router(operate_router)
+    app.include_router(dashboard_router)
+    app.add_middleware(TelemetryMiddleware)
     models = (
         REQUEST_MODELS
         + EVALUATION_REQUEST_MODELS

@@ -203,6 +203,10 @@ def _register_subcommands() -> None:
 
     app.add_typer(items, name="items")
     app.add_typer(retriever, name="retriever")
+    from decision_service.cli_operate import operate, status
+
+    app.command("status")(status)
+    app.command("operate")(operate)
 
 
 _register_subcommands()

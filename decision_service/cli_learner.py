@@ -38,6 +38,7 @@ def learner(
     and registered), and the rollout of candidates (gate, shadow, canary, live as the loop's
     rollout.auto allows; automatic rollback of a bad canary). Ctrl-C or SIGTERM stop it; a
     kill at any point leaves no partial version and no half-done transition."""
+    from decision_service.cli_operate import operate_options
     from deploy.learner import FAULT_ENV, LearnerOptions, run_learner_process
     from log.schema import make_engine
     from log.schema import migrate as run_migrations
@@ -54,6 +55,7 @@ def learner(
             join_grace_s=settings.join_grace_s,
             settle_s=settle_s,
             fault=os.environ.get(FAULT_ENV) or None,
+            operate=operate_options(settings),
         )
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
+from decision_service.schemas_operate import AlarmsIn
 from log.deploy_settings import AUTO_LEVELS, DEPLOY_BOUNDS
 from log.loops import AGGREGATIONS, BOUNDS, MAX_VW_ARGS_CHARS, STRATEGIES
 
@@ -252,6 +253,7 @@ class LoopConfigIn(_Body):
         "freshness_boost, freshness_half_life_s, creator_cap, group_feature, group_value, "
         "min_share, overfetch (README: Retrieval).",
     )
+    alarms: AlarmsIn = Field(default_factory=AlarmsIn, description="The alarm rules.")
 
 
 # ----------------------------------------------------------------------------------- responses
@@ -322,6 +324,7 @@ class LoopConfigOut(BaseModel):
     gate: GateIn
     rollout: RolloutIn
     learner: LearnerIn
+    alarms: AlarmsIn
 
 
 class LoopCounts(BaseModel):

@@ -23,9 +23,11 @@ from decision_service.retrieval import RetrievalRegistry, Retrieved
 from decision_service.runtime import LoopRegistry, LoopRuntime
 from decision_service.schemas import RewardRequest
 from decision_service.settings import Settings
+from decision_service.telemetry import Telemetry
 from explore.errors import Conflict, InvalidInput, NotFound, Unavailable
 from log.joiner import JoinStats, join_loop
 from log.loops import ensure_default_loop, list_loops
+from log.metrics import flush_request_stats
 from log.ops import Op
 from log.records import (
     GUARDRAIL_MAX_VALUE,
@@ -67,6 +69,8 @@ class Service:
         self.loops = LoopRegistry(self.engine)
         self.retrieval = RetrievalRegistry(self.engine)
         self.keys = KeyCache(self.engine, settings.key_cache_s)
+        self.telemetry = Telemetry()
+        self.telemetry.attach(self.writer, self.engine)
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -108,6 +112,7 @@ class Service:
             asyncio.create_task(self._every(self.settings.loop_refresh_s, self.loops.refresh)),
             asyncio.create_task(self._every(self.settings.loop_refresh_s, self._refresh_indexes)),
             asyncio.create_task(self._every(self.settings.join_interval_s, self.join_due)),
+            asyncio.create_task(self._every(self.settings.metrics_flush_s, self.flush_metrics)),
         ]
 
     async def _start_when_reachable(self) -> None:
@@ -129,8 +134,20 @@ class Service:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        with contextlib.suppress(Exception):  # the store may be gone: those figures are lost
+            await run_in_threadpool(self.flush_metrics)
         await run_in_threadpool(self.writer.stop)
         self.engine.dispose()
+
+    def flush_metrics(self) -> int:
+        """Write the request statistics aggregated since the last flush (additive rows that
+        the rollup merges); on failure they are kept for the next flush."""
+        rows = self.telemetry.drain(len(self.writer.spool.segments()))
+        try:
+            return flush_request_stats(self.engine, self.writer.writer_id, rows, datetime.now(UTC))
+        except Exception:
+            self.telemetry.restore(rows)
+            raise
 
     async def _every(self, seconds: float, fn: Any) -> None:
         while True:

@@ -104,6 +104,53 @@ class Settings(BaseSettings):
         "revoked elsewhere stops working in every worker within this time.",
     )
 
+    metrics_flush_s: float = Field(
+        30.0,
+        ge=1,
+        le=300,
+        description="How often each worker writes its rank-latency histogram and error counts "
+        "(per loop and 5-minute bucket) to the database for the metrics rollup.",
+    )
+
+    # -- operate (issue 12): the learner process runs the rollup, the alarm rules, the webhook
+    operate_interval_s: float = Field(
+        60.0,
+        ge=5,
+        le=3600,
+        description="How often the learner process runs the metrics "
+        "rollup, the alarm rules and webhook delivery.",
+    )
+    metrics_settle_s: float = Field(
+        900.0,
+        ge=0,
+        le=7 * 86_400,
+        description="Each rollup recomputes the 5-minute buckets of "
+        "this long before its watermark (rows that land late).",
+    )
+    metrics_retention_5m_days: float = Field(
+        14.0, ge=1, le=90, description="How long 5-minute metrics are kept (days)."
+    )
+    metrics_retention_1h_days: float = Field(
+        90.0, ge=7, le=730, description="How long hourly metrics are kept (days)."
+    )
+    metrics_retention_1d_days: float = Field(
+        730.0, ge=30, le=3650, description="How long daily metrics are kept (days)."
+    )
+    alarm_webhook_url: SecretStr | None = Field(
+        None,
+        description="http(s) URL every alarm state change is POSTed to (JSON); unset: "
+        "alarms are stored and shown only.",
+    )
+    alarm_webhook_attempts: int = Field(
+        5, ge=1, le=20, description="Attempts per webhook delivery."
+    )
+    alarm_webhook_backoff_s: float = Field(
+        1.0, ge=0, le=60, description="Wait before the first retry; doubled at each next one."
+    )
+    dashboard_session_s: float = Field(
+        8 * 3600.0, ge=60, le=7 * 86_400, description="How long a dashboard login lasts."
+    )
+
     @field_validator("admin_key")
     @classmethod
     def _admin_key_form(cls, value: SecretStr | None) -> SecretStr | None:

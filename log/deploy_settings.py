@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
+from log.alarm_settings import AlarmSettings
+
 __all__ = [
     "AUTO_LEVELS",
     "DEPLOY_BOUNDS",
@@ -194,7 +196,7 @@ class LearnerSettings:
         object.__setattr__(self, "candidates", tuple(candidates))
 
 
-T = TypeVar("T", GateSettings, RolloutSettings, LearnerSettings)
+T = TypeVar("T", GateSettings, RolloutSettings, LearnerSettings, AlarmSettings)
 
 
 def settings_from_json(cls: type[T], data: Any, section: str) -> T:
@@ -211,7 +213,9 @@ def settings_from_json(cls: type[T], data: Any, section: str) -> T:
     return cls(**data)
 
 
-def section_json(obj: GateSettings | RolloutSettings | LearnerSettings) -> dict[str, Any]:
+def section_json(
+    obj: GateSettings | RolloutSettings | LearnerSettings | AlarmSettings,
+) -> dict[str, Any]:
     out = asdict(obj)
     for key, value in out.items():
         if isinstance(value, tuple):

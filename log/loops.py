@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from explore.rules import RetrievalRules
 from explore.sampling import check_sampling_key, new_sampling_key
+from log.alarm_settings import AlarmSettings
 from log.deploy_settings import (
     GateSettings,
     LearnerSettings,
@@ -108,6 +109,8 @@ class LoopConfig:
     learner: LearnerSettings = field(default_factory=LearnerSettings)
     # Post-processing rules of retrieved candidates (explore.rules; `retrieve` requests).
     retrieval: RetrievalRules = field(default_factory=RetrievalRules)
+    # Alarm rules (log.alarm_settings).
+    alarms: AlarmSettings = field(default_factory=AlarmSettings)
     # The secret key of the loop's sampling (32 bytes): never shown by any route, never set over
     # HTTP. repr=False keeps it out of logs and tracebacks.
     sampling_key: bytes = field(default_factory=new_sampling_key, repr=False)
@@ -171,6 +174,7 @@ _SECTIONS: dict[str, Any] = {
     "gate": GateSettings,
     "rollout": RolloutSettings,
     "learner": LearnerSettings,
+    "alarms": AlarmSettings,
 }
 PUBLIC_FIELDS = tuple(f.name for f in fields(LoopConfig) if f.name not in ("sampling_key", "extra"))
 

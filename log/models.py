@@ -132,7 +132,10 @@ class RewardRow(Base):
     # "" for the reward; otherwise the name of a guardrail metric ("report", "hide"...).
     metric: Mapped[str] = mapped_column(String(64), nullable=False, server_default=text("''"))
 
-    __table_args__ = (Index("ix_rewards_loop_event", "loop", "event_id"),)
+    __table_args__ = (
+        Index("ix_rewards_loop_event", "loop", "event_id"),
+        Index("ix_rewards_loop_received", "loop", "received_at"),  # the metrics rollup
+    )
 
 
 class OutcomeRow(Base):
@@ -152,7 +155,10 @@ class OutcomeRow(Base):
     # Per guardrail metric, how many of its signals were received inside the window.
     guardrails: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
-    __table_args__ = (Index("ix_outcomes_loop_decided", "loop", "decided_at"),)
+    __table_args__ = (
+        Index("ix_outcomes_loop_decided", "loop", "decided_at"),
+        Index("ix_outcomes_loop_joined", "loop", "joined_at"),  # the metrics rollup
+    )
 
 
 class ModelRow(Base):
@@ -336,6 +342,8 @@ class AlarmRow(Base):
     cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     message: Mapped[str] = mapped_column(Text, nullable=False)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    # the last state delivered to the alarm webhook ("firing" / "cleared"); NULL: none yet
+    notified: Mapped[str | None] = mapped_column(String(16))
 
     __table_args__ = (Index("ix_alarms_loop_state", "loop", "state"),)
 
@@ -418,3 +426,90 @@ class RetrievalIndexRow(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
 
     __table_args__ = (Index("ix_retrieval_indexes_loop", "loop", "built_at"),)
+
+
+class _MetricsColumns:
+    """Additive sums of one bucket of a loop, per arm and model version ("*": all). Rates,
+    means and quantiles are derived when read (log/metrics_math.py), so coarser buckets are
+    plain sums of finer ones."""
+
+    loop: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    bucket: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    arm: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    decisions: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    explored: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    prob_sum: Mapped[float] = mapped_column(Float, nullable=False)
+    prob_min: Mapped[float | None] = mapped_column(Float)
+    entropy_sum: Mapped[float] = mapped_column(Float, nullable=False)
+    top_sum: Mapped[float] = mapped_column(Float, nullable=False)
+    rewards: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    late_rewards: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    joined: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    rewarded: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    default_rewards: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    reward_sum: Mapped[float] = mapped_column(Float, nullable=False)
+    reward_sq_sum: Mapped[float] = mapped_column(Float, nullable=False)
+    join_lag_sum_s: Mapped[float] = mapped_column(Float, nullable=False)
+    join_lag_max_s: Mapped[float | None] = mapped_column(Float)
+    guardrails: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    requests: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    latency_hist: Mapped[list[int]] = mapped_column(JSON, nullable=False)
+    errors: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    spool_backlog_max: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class Metrics5mRow(_MetricsColumns, Base):
+    __tablename__ = "metrics_5m"
+    __table_args__ = (Index("ix_metrics_5m_bucket", "bucket"),)
+
+
+class Metrics1hRow(_MetricsColumns, Base):
+    __tablename__ = "metrics_1h"
+    __table_args__ = (Index("ix_metrics_1h_bucket", "bucket"),)
+
+
+class Metrics1dRow(_MetricsColumns, Base):
+    __tablename__ = "metrics_1d"
+    __table_args__ = (Index("ix_metrics_1d_bucket", "bucket"),)
+
+
+class RequestStatsRow(Base):
+    """What one worker saw of a loop's rank requests in one 5-minute bucket since its last
+    flush: additive (several rows per worker and bucket are summed by the rollup)."""
+
+    __tablename__ = "request_stats"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    loop: Mapped[str] = mapped_column(String(ID_LEN), nullable=False)
+    bucket: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    worker: Mapped[str] = mapped_column(String(64), nullable=False)
+    requests: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    latency_hist: Mapped[list[int]] = mapped_column(JSON, nullable=False)
+    errors: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    spool_backlog_max: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    flushed_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+    __table_args__ = (Index("ix_request_stats_loop_bucket", "loop", "bucket"),)
+
+
+class MetricsStateRow(Base):
+    """Per loop, the end of the last 5-minute bucket the rollup computed."""
+
+    __tablename__ = "metrics_state"
+
+    loop: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    through: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+
+class DashboardSessionRow(Base):
+    """A dashboard session: the cookie carries a random token, only its sha256 is stored."""
+
+    __tablename__ = "dashboard_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32), nullable=False)
+    csrf: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)

@@ -30,8 +30,9 @@ import socket
 import threading
 import time
 import uuid
+from bisect import bisect_left
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,9 @@ class WriteResult:
     ops: list[Op] | None = None
 
 
+GROUP_SIZE_EDGES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
 @dataclass
 class WriterStats:
     groups: int = 0
@@ -99,6 +103,8 @@ class WriterStats:
     refused_unverifiable: int = 0
     last_error: str | None = None
     watermark: datetime | None = None
+    # groups by size: counts of groups of at most GROUP_SIZE_EDGES[i] rows (last: above all)
+    group_sizes: list[int] = field(default_factory=lambda: [0] * (len(GROUP_SIZE_EDGES) + 1))
 
 
 class GroupCommitWriter:
@@ -331,6 +337,7 @@ class GroupCommitWriter:
         self.stats.groups += 1
         self.stats.ops += len(ops)
         self.stats.max_group = max(self.stats.max_group, len(ops))
+        self.stats.group_sizes[bisect_left(GROUP_SIZE_EDGES, len(ops))] += 1
         fresh = self._first_occurrences(ops)
         inserted: list[bool] | None = None
         if time.monotonic() >= self._db_down_until:

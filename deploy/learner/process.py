@@ -10,6 +10,10 @@ joins its due windows and runs what is due, in this order:
 2. candidates (every `learner.candidate_interval_s`, :mod:`deploy.learner.candidates`);
 3. rollout (every `rollout_every_s` of the process, :mod:`deploy.learner.progress`).
 
+With `LearnerOptions.operate` (the CLI sets it), a second job on its own executor runs the
+operate round (metrics rollup, alarm rules, webhook; deploy/operate.py) every `operate.every_s`,
+and `rounds` mode runs it after each tick.
+
 The times of the last freshness and candidate runs are stored (`learner_state`), so a restart
 keeps the schedule; a track that was killed before it finished has no stored run and runs
 again. A failure in one track of one loop is logged, recorded as a "failed" run and does not
@@ -36,6 +40,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from deploy.learner.candidates import candidates_due, run_candidates
 from deploy.learner.faults import Faults
 from deploy.learner.freshness import freshness_due, run_freshness
+from deploy.operate import OperateOptions, run_operate
 from learn.scheduler import SETTLE_MARGIN_S, Stopped
 from log.joiner import join_loop
 from log.learner_state import LearnerRun, get_learner_state, record_run
@@ -60,6 +65,8 @@ class LearnerOptions:
     join_grace_s: float = 5.0
     settle_s: float | None = None
     fault: str | None = None
+    # the operate job (metrics rollup, alarm rules, webhook; deploy/operate.py): None = off
+    operate: OperateOptions | None = None
 
     def __post_init__(self) -> None:
         if not self.tick_s > 0 or not self.rollout_every_s >= 0:
@@ -190,10 +197,33 @@ class Learner:
         return run
 
 
+def _operate(learner: Learner) -> None:
+    options = learner.options
+    if options.operate is not None:
+        run_operate(learner.engine, options.operate, now=datetime.now(UTC), loops=options.loops)
+
+
 def _make_scheduler(learner: Learner, tick_s: float) -> BlockingScheduler:
     scheduler = BlockingScheduler(
-        executors={"default": ThreadPoolExecutor(max_workers=1)}, timezone=UTC
+        executors={
+            "default": ThreadPoolExecutor(max_workers=1),
+            "operate": ThreadPoolExecutor(max_workers=1),  # never waits behind a training
+        },
+        timezone=UTC,
     )
+    if learner.options.operate is not None:
+        scheduler.add_job(
+            _operate,
+            IntervalTrigger(seconds=learner.options.operate.every_s, timezone=UTC),
+            args=(learner,),
+            id="operate",
+            name="metrics rollup, alarms, webhook",
+            executor="operate",
+            next_run_time=datetime.now(UTC),
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=None,
+        )
 
     def tick() -> None:
         with contextlib.suppress(Stopped):
@@ -229,6 +259,7 @@ def run_learner_process(
         if rounds is not None:
             for _ in range(rounds):
                 learner.tick()
+                _operate(learner)
             return
         scheduler = _make_scheduler(learner, options.tick_s)
         try:

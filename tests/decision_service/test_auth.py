@@ -61,9 +61,22 @@ PERMISSION: dict[tuple[str, str], tuple[str, bool]] = {
     ("GET", "/v1/loops/{loop}/alarms"): ("read", True),
     ("POST", "/v1/loops/{loop}/freshness/resume"): ("gatekeep", True),
     ("POST", "/v1/loops/{loop}/alarms/{alarm_id}/clear"): ("gatekeep", True),
+    # issue 12 (operate)
+    ("GET", "/metrics"): ("read", False),
+    ("GET", "/v1/loops/{loop}/metrics"): ("read", True),
+    ("GET", "/dashboard"): ("read", False),
+    ("GET", "/dashboard/loops/{loop}"): ("read", True),
+    ("POST", "/dashboard/loops/{loop}/models/{version}/approve"): ("gatekeep", True),
+    ("POST", "/dashboard/loops/{loop}/models/{version}/reject"): ("gatekeep", True),
+    ("POST", "/dashboard/loops/{loop}/rollback"): ("gatekeep", True),
 }
 OPEN = {
     ("GET", "/healthz"),
+    ("GET", "/livez"),
+    ("GET", "/readyz"),
+    ("GET", "/dashboard/login"),  # the login form; POST checks the key itself
+    ("POST", "/dashboard/login"),
+    ("POST", "/dashboard/logout"),
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"),

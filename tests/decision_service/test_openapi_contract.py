@@ -111,6 +111,9 @@ EXPECTED = {
     ("post", "/v1/loops/{loop}/alarms/{alarm_id}/clear"): {
         "200", "400", "404", "409", "413", "422",
     } | AUTH,
+    # issue 12 (operate)
+    ("get", "/metrics"): {"200"} | AUTH,
+    ("get", "/v1/loops/{loop}/metrics"): {"200", "404", "422"} | AUTH,
 }  # fmt: skip
 BODIES = {
     ("post", "/v1/keys"): "KeyCreateIn",
@@ -143,6 +146,8 @@ def test_every_status_and_body_is_documented(tmp_path: Path) -> None:
                 assert content == {"application/json": {"schema": error}}, (key, status)
             elif key[1].endswith("/report"):
                 assert set(content) == {"text/html"}
+            elif key[1] == "/metrics":  # the Prometheus text format
+                assert set(content) == {"text/plain"}
             else:
                 assert content["application/json"]["schema"].get("$ref"), (key, status)
         for status in {"429", "503"} & statuses:

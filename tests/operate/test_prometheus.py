@@ -1,0 +1,88 @@
+"""/metrics parses as the Prometheus text format with the write path, per-route latency and
+the learner's state; the probes; rank latency and errors flow from a worker's memory through
+request_stats and the rollup into the loop's figures."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from log.learner_state import stop_freshness
+from log.metrics import rollup_loop
+
+
+def families(client: TestClient) -> dict[str, object]:
+    r = client.get("/metrics")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain")
+    return {f.name: f for f in text_string_to_metric_families(r.text)}
+
+
+def test_metrics_parse_and_cover_the_write_path_routes_and_learner(client: TestClient) -> None:
+    for i in range(5):
+        assert (
+            client.post(
+                "/v1/loops/default/rank", json={"event_id": f"p{i}", "actions": [{"id": "a"}]}
+            ).status_code
+            == 201
+        )
+    service = client.app.state.service  # type: ignore[attr-defined]
+    stop_freshness(
+        service.engine, "default", at=datetime.now(UTC), reason="test", message="stopped",
+        details={},
+    )  # fmt: skip
+    found = families(client)
+    for name in (
+        "ds_write_queue_depth", "ds_write_groups", "ds_write_rows", "ds_write_group_size_max",
+        "ds_spool_segments", "ds_spool_shipped_rows", "ds_spool_quarantined_segments",
+        "ds_http_request_duration_seconds", "ds_learner_freshness_stopped", "ds_alarms_firing",
+        "ds_store_up",
+    ):  # fmt: skip
+        assert name in found, name
+    http = found["ds_http_request_duration_seconds"]
+    counts = {
+        s.labels["route"]: s.value
+        for s in http.samples  # type: ignore[attr-defined]
+        if s.name.endswith("_count") and s.labels["status"] == "201"
+    }
+    assert counts["/v1/loops/{loop}/rank"] == 5
+    stopped = found["ds_learner_freshness_stopped"].samples  # type: ignore[attr-defined]
+    assert [(s.labels["loop"], s.value) for s in stopped] == [("default", 1.0)]
+    firing = found["ds_alarms_firing"].samples  # type: ignore[attr-defined]
+    assert [(s.labels["kind"], s.value) for s in firing] == [("freshness_stopped", 1.0)]
+    sizes = {s.labels.get("le"): s.value for s in found["ds_write_group_size"].samples}  # type: ignore[attr-defined]
+    assert sizes["+Inf"] >= 5 and sizes["1"] >= 1  # every rank was a group of its own or more
+    rows = [s for s in found["ds_write_rows"].samples if s.name == "ds_write_rows_total"]  # type: ignore[attr-defined]
+    assert rows and rows[0].value >= 5
+
+
+def test_probes(client: TestClient) -> None:
+    assert client.get("/livez", headers={"Authorization": ""}).status_code == 200
+    r = client.get("/readyz", headers={"Authorization": ""})
+    assert r.status_code == 200 and r.json() == {"status": "ready"}
+
+
+def test_rank_latency_and_errors_reach_the_loop_figures(client: TestClient) -> None:
+    for i in range(7):
+        assert (
+            client.post(
+                "/v1/loops/default/rank", json={"event_id": f"q{i}", "actions": [{"id": "a"}]}
+            ).status_code
+            == 201
+        )
+    assert client.post("/v1/loops/default/rank", json={"actions": []}).status_code == 422
+    assert client.post("/v1/loops/default/events/nope/reward", json={"value": 1}).status_code == 404
+    service = client.app.state.service  # type: ignore[attr-defined]
+    assert service.flush_metrics() == 1
+    rollup_loop(service.engine, "default", now=datetime.now(UTC))
+    r = client.get("/v1/loops/default/metrics", params={"window": "1h"})
+    assert r.status_code == 200, r.text
+    total = r.json()["total"]
+    assert total["decisions"] == 7
+    assert total["requests"] == 8  # every rank request, the refused one too
+    assert total["errors"] == {"event_not_found": 1, "invalid_request": 1}
+    assert 0 < total["latency_p50_ms"] <= total["latency_p99_ms"]
+    assert r.json()["arms"][0]["figures"]["decisions"] == 7
+    assert client.get("/v1/loops/nope/metrics").status_code == 404
