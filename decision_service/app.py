@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from decision_service import errors
+from decision_service.personalizer.routes import routers as personalizer_routers
 from decision_service.routes import router
 from decision_service.routes_deploy import router as deploy_router
 from decision_service.routes_evaluations import REQUEST_MODELS as EVALUATION_REQUEST_MODELS
@@ -141,6 +142,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(serving_router)
     app.include_router(deploy_router)
     app.include_router(keys_router)
+    for compat in personalizer_routers():  # Azure Personalizer's API (not in the document)
+        app.include_router(compat)
     models = (
         REQUEST_MODELS
         + EVALUATION_REQUEST_MODELS

@@ -31,6 +31,7 @@ from log.deploy_settings import (
     settings_from_json,
 )
 from log.models import Loop
+from log.personalizer_settings import PersonalizerSettings
 
 __all__ = [
     "AGGREGATIONS",
@@ -105,6 +106,8 @@ class LoopConfig:
     gate: GateSettings = field(default_factory=GateSettings)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     learner: LearnerSettings = field(default_factory=LearnerSettings)
+    # Azure Personalizer compatibility (learning mode, ...): log.personalizer_settings.
+    personalizer: PersonalizerSettings = field(default_factory=PersonalizerSettings)
     # The secret key of the loop's sampling (32 bytes): never shown by any route, never set over
     # HTTP. repr=False keeps it out of logs and tracebacks.
     sampling_key: bytes = field(default_factory=new_sampling_key, repr=False)
@@ -165,6 +168,7 @@ _SECTIONS: dict[str, Any] = {
     "gate": GateSettings,
     "rollout": RolloutSettings,
     "learner": LearnerSettings,
+    "personalizer": PersonalizerSettings,
 }
 PUBLIC_FIELDS = tuple(f.name for f in fields(LoopConfig) if f.name not in ("sampling_key", "extra"))
 

@@ -55,6 +55,38 @@ PERMISSION: dict[tuple[str, str], tuple[str, bool]] = {
     ("POST", "/v1/loops/{loop}/freshness/resume"): ("gatekeep", True),
     ("POST", "/v1/loops/{loop}/alarms/{alarm_id}/clear"): ("gatekeep", True),
 }
+# Azure Personalizer's routes (decision_service/personalizer): the loop is the one the key is
+# scoped to (an unscoped key: `default`), never outside the key's scope, so about_loop is False.
+_PERSONALIZER_COMMON = {
+    ("POST", "/rank"): "decide",
+    ("POST", "/events/{event_id:path}/reward"): "decide",
+    ("POST", "/events/{event_id:path}/activate"): "decide",
+    ("GET", "/configurations/service"): "read",
+    ("PUT", "/configurations/service"): "configure",
+    ("GET", "/configurations/policy"): "read",
+    ("PUT", "/configurations/policy"): "configure",
+    ("DELETE", "/configurations/policy"): "configure",
+    ("GET", "/logs/properties"): "read",
+    ("DELETE", "/logs"): "configure",
+    ("GET", "/model/properties"): "read",
+    ("GET", "/model"): "export",
+    ("DELETE", "/model"): "configure",
+}
+_PERSONALIZER_PREVIEW = {
+    ("POST", "/multislot/rank"): "decide",
+    ("POST", "/multislot/events/{event_id:path}/reward"): "decide",
+    ("POST", "/multislot/events/{event_id:path}/activate"): "decide",
+    ("PUT", "/model"): "configure",
+}
+for _base, _preview in (
+    ("/personalizer/v1.0", False),
+    ("/personalizer/v1.1-preview.3", True),
+    ("/personalizer", True),
+):
+    for (_method, _path), _permission in (
+        _PERSONALIZER_COMMON | (_PERSONALIZER_PREVIEW if _preview else {})
+    ).items():
+        PERMISSION[(_method, _base + _path)] = (_permission, False)
 OPEN = {
     ("GET", "/healthz"),
     ("GET", "/openapi.json"),
