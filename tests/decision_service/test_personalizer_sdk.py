@@ -94,20 +94,23 @@ def admin_key(running: Running) -> str:
 
 
 @pytest.fixture(scope="module")
-def legacy(running: Running, admin_key: str) -> LegacyClient:
-    return LegacyClient(running.url, CognitiveServicesCredentials(admin_key))
+def legacy(running: Running, admin_key: str) -> Iterator[LegacyClient]:
+    with LegacyClient(running.url, CognitiveServicesCredentials(admin_key)) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
-def client(running: Running, admin_key: str) -> PersonalizerClient:
-    return PersonalizerClient(running.url, AzureKeyCredential(admin_key), retry_total=0)
+def client(running: Running, admin_key: str) -> Iterator[PersonalizerClient]:
+    with PersonalizerClient(running.url, AzureKeyCredential(admin_key), retry_total=0) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
-def admin(running: Running, admin_key: str) -> PersonalizerAdministrationClient:
-    return PersonalizerAdministrationClient(
+def admin(running: Running, admin_key: str) -> Iterator[PersonalizerAdministrationClient]:
+    with PersonalizerAdministrationClient(
         running.url, AzureKeyCredential(admin_key), retry_total=0
-    )
+    ) as c:
+        yield c
 
 
 FOOD = [
@@ -161,8 +164,11 @@ def test_legacy_sdk_errors_are_its_own_exceptions(running: Running, legacy: Lega
         legacy.events.reward(event_id="never-ranked", value=1.0)
     assert missing.value.response.status_code == 404
     assert missing.value.response.json()["error"]["code"] == "ResourceNotFound"
-    wrong = LegacyClient(running.url, CognitiveServicesCredentials("dsk_0000000000ff_" + "A" * 43))
-    with pytest.raises(ErrorResponseException) as denied:
+    unknown = CognitiveServicesCredentials("dsk_0000000000ff_" + "A" * 43)
+    with (
+        LegacyClient(running.url, unknown) as wrong,
+        pytest.raises(ErrorResponseException) as denied,
+    ):
         wrong.rank(RankRequest(actions=FOOD, context_features=[{"t": 1}]))
     assert denied.value.response.status_code == 401
 
@@ -241,13 +247,13 @@ def test_errors_and_wrong_key(running: Running, client: PersonalizerClient) -> N
         client.reward("evt-456", {"value": 5.0})  # outside the loop's reward range
     assert err.value.status_code == 400 and err.value.error.code == "InvalidRewardRequest"
     wrong = PersonalizerClient(running.url, AzureKeyCredential("not-a-key"), retry_total=0)
-    with pytest.raises(ClientAuthenticationError) as denied:
+    with wrong, pytest.raises(ClientAuthenticationError) as denied:
         wrong.rank({"actions": [{"id": "a", "features": [{"f": 1}]}]})
     assert denied.value.status_code == 401
     app_only = PersonalizerAdministrationClient(
         running.url, AzureKeyCredential(running.key("app", [LOOP])), retry_total=0
     )
-    with pytest.raises(HttpResponseError) as forbidden:
+    with app_only, pytest.raises(HttpResponseError) as forbidden:
         app_only.get_service_configuration()
     assert forbidden.value.status_code == 403
 
@@ -329,8 +335,18 @@ def test_apprentice_mode(running: Running, admin: PersonalizerAdministrationClie
     apprentice metrics count the joined events."""
     key = running.key("admin", ["apprentice"])
     assert running.native.put("/v1/loops/apprentice", json={}).status_code == 201
-    pz = PersonalizerClient(running.url, AzureKeyCredential(key), retry_total=0)
-    pz_admin = PersonalizerAdministrationClient(running.url, AzureKeyCredential(key), retry_total=0)
+    with (
+        PersonalizerClient(running.url, AzureKeyCredential(key), retry_total=0) as pz,
+        PersonalizerAdministrationClient(
+            running.url, AzureKeyCredential(key), retry_total=0
+        ) as pz_admin,
+    ):
+        apprentice(running, pz, pz_admin)
+
+
+def apprentice(
+    running: Running, pz: PersonalizerClient, pz_admin: PersonalizerAdministrationClient
+) -> None:
     config = pz_admin.get_service_configuration()
     config = pz_admin.update_service_configuration({**config, "rewardWaitTime": "PT1S"})
     config = pz_admin.update_service_configuration({**config, "learningMode": "Apprentice"})
