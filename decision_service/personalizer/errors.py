@@ -11,8 +11,9 @@ turns them into the status and code Personalizer's clients expect:
 - 409: `Conflict`; 413: `PayloadSizeExceeded`; 429: `TooManyRequests` with `Retry-After`;
   503: `ServiceUnavailable` with `Retry-After`.
 
-`innerError.code` keeps the native code (e.g. `limit_exceeded`, `reward_out_of_range`). Key
-errors (401, 403) are answered as on every route (`unauthorized`, `forbidden`, with
+An error raised with one of Personalizer's own codes (CamelCase: `OperationNotAllowed`,
+`InvalidModelImportSignature`, ...) keeps it. `innerError.code` keeps the native code (e.g.
+`limit_exceeded`, `reward_out_of_range`). Key errors (401, 403) are answered as on every route (`unauthorized`, `forbidden`, with
 `WWW-Authenticate`): both SDKs raise them as their own exceptions with that status.
 """
 
@@ -53,6 +54,12 @@ OPERATION_CODES: dict[str, str] = {
     "get_policy": "InvalidPolicyConfiguration",
     "put_policy": "InvalidPolicyConfiguration",
     "reset_policy": "InvalidPolicyConfiguration",
+    "create_evaluation_2022": "InvalidEvaluationContract",
+    "create_evaluation_v1": "InvalidEvaluationContract",
+    "get_evaluation_route": "InvalidEvaluationContract",
+    "list_evaluations": "InvalidEvaluationContract",
+    "apply_from_evaluation": "InvalidEvaluationContract",
+    "import_model": "InvalidModelImportFormat",
 }
 _BY_STATUS = {
     404: "ResourceNotFound",
@@ -73,6 +80,8 @@ def personalizer_error(
 
 
 def _code(status: int, err: DomainError, operation: str, version: str) -> str:
+    if err.code[:1].isupper():  # raised with one of Personalizer's own codes
+        return err.code
     if status == 400:
         if version == V1_0:
             return "BadRequest"

@@ -24,7 +24,8 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -32,15 +33,28 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+import deploy.registry as registry_module
+from decision_service import routes_evaluations
 from decision_service.auth import authorize
 from decision_service.personalizer import config as pconfig
+from decision_service.personalizer import evaluations as pevaluations
 from decision_service.personalizer import mapping
 from decision_service.personalizer.errors import route_class
 from decision_service.routes import read_body, read_json
 from decision_service.service import Service
 from deploy.registry import live_version, load_artifact, register
 from explore.errors import Conflict, Forbidden, InvalidInput, NotFound
+from learn.offline_eval import resolve_spec
+from learn.offline_eval_spec import EvaluationSpec, SpecError
+from log.evaluations import EvaluationRecord, create_evaluation, get_evaluation
 from log.loops import DEFAULT_LOOP, LoopConfig, get_loop, put_loop
+from log.personalizer_evaluations import (
+    PersonalizerEvaluation,
+    add_personalizer_evaluation,
+    delete_personalizer_evaluation,
+    get_personalizer_evaluation,
+    list_personalizer_evaluations,
+)
 from log.personalizer_reads import apprentice_metrics, log_date_range, model_times
 from log.store import get_stored_decision
 
@@ -290,7 +304,223 @@ def _router(version: str) -> APIRouter:
             )
             return _no_content()
 
+    # ------------------------------------------------------------------------ evaluations
+    v2022 = version == API_VERSION_2022
+    if v2022:
+
+        @router.put("/evaluations/{evaluation_id}")
+        async def create_evaluation_2022(request: Request, evaluation_id: str) -> Response:
+            loop = await resource(request, "evaluate", version)
+            mapping._id(evaluation_id, "evaluationId")
+            body = await read_json(request)
+            item = await _create_evaluation(request, loop, evaluation_id, body)
+            return _json(await _evaluation(request, item, None))
+
+    else:
+
+        @router.post("/evaluations", status_code=201)
+        async def create_evaluation_v1(request: Request) -> Response:
+            loop = await resource(request, "evaluate", version)
+            body = await read_json(request)
+            item = await _create_evaluation(request, loop, None, body)
+            out = _json(await _evaluation(request, item, None), 201)
+            out.headers["Location"] = f"{BASES[version]}/evaluations/{item.evaluation_id}"
+            return out
+
+    @router.get("/evaluations")
+    async def list_evaluations(request: Request) -> Response:
+        loop = await resource(request, "read", version)
+        skip, top = _paging(request) if v2022 else (0, MAX_LISTED)
+        engine = _service(request).engine
+        items = await run_in_threadpool(
+            lambda: list_personalizer_evaluations(engine, loop, skip=skip, top=top)
+        )
+        listed = [await _evaluation(request, item, None) for item in items]
+        if not v2022:
+            return _json(listed)
+        return _json({"value": listed})
+
+    @router.get("/evaluations/{evaluation_id}")
+    async def get_evaluation_route(request: Request, evaluation_id: str) -> Response:
+        loop = await resource(request, "read", version)
+        item = await _find_evaluation(request, loop, evaluation_id)
+        return _json(await _evaluation(request, item, _series_query(request, v2022)))
+
+    @router.delete("/evaluations/{evaluation_id}", status_code=204)
+    async def delete_evaluation(request: Request, evaluation_id: str) -> Response:
+        loop = await resource(request, "evaluate", version)
+        engine = _service(request).engine
+        if not await run_in_threadpool(delete_personalizer_evaluation, engine, loop, evaluation_id):
+            raise NotFound(f"no evaluation {evaluation_id!r}", "evaluation_not_found")
+        return _no_content()
+
+    if preview:
+
+        @router.post("/configurations/applyFromEvaluation", status_code=204)
+        async def apply_from_evaluation(request: Request) -> Response:
+            loop = await resource(request, "configure", version)
+            body = await read_json(request)
+            if not isinstance(body, dict):
+                raise InvalidInput("the body must be {evaluationId, policyName}")
+            item = await _find_evaluation(request, loop, str(body.get("evaluationId")))
+            await _apply(_service(request), loop, item, body.get("policyName"))
+            return _no_content()
+
+    if v2022:
+
+        @router.api_route("/featureImportances", methods=["GET"])
+        @router.api_route("/featureImportances/{feature_importance_id}", methods=["GET", "PUT"])
+        @router.api_route("/featureImportances/{feature_importance_id}", methods=["DELETE"])
+        async def feature_importances(request: Request) -> Response:
+            await resource(request, "read", version)
+            raise InvalidInput(
+                "feature importance is not computed by this service's evaluation runs; the "
+                "evaluation result's per-policy estimates are available (GET /evaluations/{id})",
+                "OperationNotAllowed",
+            )
+
     return router
+
+
+MAX_LISTED = 500
+
+
+def _paging(request: Request) -> tuple[int, int]:
+    def number(name: str, default: int, lo: int, hi: int) -> int:
+        raw = request.query_params.get(name)
+        if raw is None:
+            return default
+        if not raw.isdigit() or not lo <= int(raw) <= hi:
+            raise InvalidInput(f"{name} must be an integer in [{lo}, {hi}], got {raw!r}")
+        return int(raw)
+
+    return number("skip", 0, 0, 10**9), number("top", MAX_LISTED, 1, MAX_LISTED)
+
+
+def _series_query(request: Request, v2022: bool) -> dict[str, Any]:
+    """The 2022 time-series query (startTime and endTime required), validated and echoed."""
+    if not v2022:
+        return {}
+    q = request.query_params
+    out: dict[str, Any] = {}
+    for name in ("startTime", "endTime"):
+        value = q.get(name)
+        if value is None:
+            raise InvalidInput(f"the query parameter {name} is required", "invalid_evaluation")
+        try:
+            out[name] = datetime.fromisoformat(value).isoformat()
+        except ValueError:
+            raise InvalidInput(f"{name} must be an ISO 8601 time", "invalid_evaluation") from None
+    interval = q.get("intervalInMinutes", "5")
+    if not interval.isdigit() or int(interval) not in pevaluations.INTERVALS:
+        raise InvalidInput(
+            f"intervalInMinutes must be one of {list(pevaluations.INTERVALS)}",
+            "invalid_evaluation",
+        )
+    window = q.get("window", "Expanding")
+    if window not in pevaluations.WINDOWS:
+        raise InvalidInput(
+            f"window must be one of {list(pevaluations.WINDOWS)}", "invalid_evaluation"
+        )
+    out["intervalInMinutes"] = int(interval)
+    out["window"] = window
+    return out
+
+
+async def _create_evaluation(
+    request: Request, loop: str, evaluation_id: str | None, body: Any
+) -> PersonalizerEvaluation:
+    """Start the native run of a Personalizer evaluation (the same steps as
+    POST /v1/loops/{loop}/evaluations) and name it."""
+    service = _service(request)
+    engine = service.engine
+    config = await _stored_config(service, loop)
+    native, stored = pevaluations.native_spec(body, config.vw_args, pconfig.native_arguments)
+    existing = None
+    if evaluation_id is not None:
+        existing = await run_in_threadpool(get_personalizer_evaluation, engine, loop, evaluation_id)
+    if existing is not None:
+        raise Conflict(f"an evaluation {evaluation_id!r} exists already", "evaluation_exists")
+    try:
+        spec = EvaluationSpec.from_json(native)
+        spec = await run_in_threadpool(
+            lambda: resolve_spec(engine, loop, spec, registry=registry_module)
+        )
+    except SpecError as err:
+        raise InvalidInput(err.message, err.code) from None
+    settings = service.settings
+    since = datetime.now(UTC) - timedelta(seconds=settings.evaluation_timeout_s)
+    record = await run_in_threadpool(
+        lambda: create_evaluation(
+            engine,
+            loop,
+            spec.to_json(),
+            max_active=settings.max_evaluations_per_loop,
+            active_since=since,
+        )
+    )
+    item = PersonalizerEvaluation(
+        loop, evaluation_id or record.id, record.id, stored, record.created_at
+    )
+    await run_in_threadpool(add_personalizer_evaluation, engine, item)
+    await run_in_threadpool(routes_evaluations.spawn_job, engine, settings, record.id)
+    return item
+
+
+async def _find_evaluation(
+    request: Request, loop: str, evaluation_id: str
+) -> PersonalizerEvaluation:
+    engine = _service(request).engine
+    item = await run_in_threadpool(get_personalizer_evaluation, engine, loop, evaluation_id)
+    if item is None:
+        raise NotFound(f"no evaluation {evaluation_id!r}", "evaluation_not_found")
+    return item
+
+
+async def _evaluation(
+    request: Request, item: PersonalizerEvaluation, query: dict[str, Any] | None
+) -> dict[str, Any]:
+    engine = _service(request).engine
+    run: EvaluationRecord | None = await run_in_threadpool(get_evaluation, engine, item.run_id)
+    status = "failed" if run is None else run.status
+    result = None if run is None else run.result
+    return pevaluations.evaluation_json(
+        item.evaluation_id,
+        item.contract,
+        item.created_at,
+        status,
+        result,
+        version_2022=request.query_params.get("api-version") == API_VERSION_2022,
+        query=query,
+    )
+
+
+async def _apply(service: Service, loop: str, item: PersonalizerEvaluation, policy: Any) -> None:
+    """Make an evaluated policy a candidate of the loop (`learner.candidates`): the learner
+    trains it, the gate checks it, and it goes live only as the rollout policy allows."""
+    found = pevaluations.policy_arguments(item.contract, str(policy))
+    if found is None:
+        raise InvalidInput(
+            f"policy {policy!r} was not part of evaluation {item.evaluation_id!r}",
+            "unknown_policy",
+        )
+    source, arguments = found
+    if source == "Online":
+        return  # it is the loop's own policy already
+    if source in ("Baseline", "Random"):
+        raise InvalidInput(
+            f"{source} is a reference policy, not learning settings: it cannot be applied",
+            "OperationNotAllowed",
+        )
+    config = await _stored_config(service, loop)
+    args = pconfig.native_arguments(arguments)
+    candidates = config.learner.candidates
+    if args not in candidates:
+        try:
+            learner = replace(config.learner, candidates=(*candidates, args))
+        except ValueError as err:
+            raise InvalidInput(f"cannot add the candidate: {err}", "invalid_config") from None
+        await _save(service, loop, replace(config, learner=learner))
 
 
 async def _activate(service: Service, loop: str, event_id: str) -> None:

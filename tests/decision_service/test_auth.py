@@ -71,21 +71,31 @@ _PERSONALIZER_COMMON = {
     ("GET", "/model/properties"): "read",
     ("GET", "/model"): "export",
     ("DELETE", "/model"): "configure",
+    ("GET", "/evaluations"): "read",
+    ("GET", "/evaluations/{evaluation_id}"): "read",
+    ("DELETE", "/evaluations/{evaluation_id}"): "evaluate",
 }
 _PERSONALIZER_PREVIEW = {
     ("POST", "/multislot/rank"): "decide",
     ("POST", "/multislot/events/{event_id:path}/reward"): "decide",
     ("POST", "/multislot/events/{event_id:path}/activate"): "decide",
     ("PUT", "/model"): "configure",
+    ("POST", "/configurations/applyFromEvaluation"): "configure",
 }
-for _base, _preview in (
-    ("/personalizer/v1.0", False),
-    ("/personalizer/v1.1-preview.3", True),
-    ("/personalizer", True),
+_PERSONALIZER_V1 = {("POST", "/evaluations"): "evaluate"}
+_PERSONALIZER_2022 = {
+    ("PUT", "/evaluations/{evaluation_id}"): "evaluate",
+    ("GET", "/featureImportances"): "read",
+    ("GET", "/featureImportances/{feature_importance_id}"): "read",
+    ("PUT", "/featureImportances/{feature_importance_id}"): "read",
+    ("DELETE", "/featureImportances/{feature_importance_id}"): "read",
+}
+for _base, _extra in (
+    ("/personalizer/v1.0", _PERSONALIZER_V1),
+    ("/personalizer/v1.1-preview.3", _PERSONALIZER_PREVIEW | _PERSONALIZER_V1),
+    ("/personalizer", _PERSONALIZER_PREVIEW | _PERSONALIZER_2022),
 ):
-    for (_method, _path), _permission in (
-        _PERSONALIZER_COMMON | (_PERSONALIZER_PREVIEW if _preview else {})
-    ).items():
+    for (_method, _path), _permission in (_PERSONALIZER_COMMON | _extra).items():
         PERMISSION[(_method, _base + _path)] = (_permission, False)
 OPEN = {
     ("GET", "/healthz"),
@@ -101,6 +111,7 @@ PATH_VALUES = {
     "{key_id}": "000000000000",
     "{version}": "v0",
     "{alarm_id}": "0" * 32,
+    "{feature_importance_id}": "fi-1",
 }
 PROBE = b'{"__auth_probe__": 1}'  # refused by every body model: nothing is written or started
 UNKNOWN_KEY = "dsk_0000000000ff_" + "A" * 43

@@ -13,7 +13,9 @@ import socket
 import threading
 import time
 import warnings
+import zipfile
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ import pytest
 import uvicorn
 
 from decision_service import create_app
+from deploy.registry import register
+from policies import VWPolicy
 from tests.conftest import ADMIN_HEADERS, make_settings
 
 with warnings.catch_warnings():  # the legacy SDK's dependencies warn on import
@@ -384,3 +388,176 @@ def apprentice(
     )
     assert [s["rewardActionId"] for s in ms["slots"]] == ["third", "first"]
     pz_admin.update_service_configuration({**config, "learningMode": "Online"})
+
+
+# ------------------------------------------------------------------ evaluations and the model
+EVAL_LOOP = "evals"
+
+
+@pytest.fixture(scope="module")
+def logged(running: Running) -> dict[str, Any]:
+    """A loop with 300 joined decisions made through the 2022 SDK: the reward is 1 when the
+    served action matches the user's kind. Returns the key and what the true estimates are."""
+    key = running.key("admin", [EVAL_LOOP])
+    assert running.native.put(f"/v1/loops/{EVAL_LOOP}", json={}).status_code == 201
+    credential = AzureKeyCredential(key)
+    with (
+        PersonalizerClient(running.url, credential, retry_total=0) as pz,
+        PersonalizerAdministrationClient(running.url, credential, retry_total=0) as pz_admin,
+    ):
+        config = pz_admin.get_service_configuration()
+        pz_admin.update_service_configuration({**config, "rewardWaitTime": "PT1S"})
+        rewards, baseline_terms = [], []
+        for i in range(300):
+            kind = i % 2
+            out = pz.rank(
+                {
+                    "contextFeatures": [{"user": {"kind": kind}}],
+                    "actions": [
+                        {"id": "a", "features": [{"k": "a"}]},
+                        {"id": "b", "features": [{"k": "b"}]},
+                    ],
+                }
+            )
+            served = out["rewardActionId"]
+            reward = 1.0 if served == ("a" if kind == 0 else "b") else 0.0
+            pz.reward(out["eventId"], {"value": reward})
+            rewards.append(reward)
+            p = {r["id"]: r["probability"] for r in out["ranking"]}[served]
+            baseline_terms.append(reward / p if served == "a" else 0.0)
+    time.sleep(1.6)
+    running.app.state.service.join_due()
+    return {
+        "key": key,
+        "online": sum(rewards) / len(rewards),
+        "baseline": sum(baseline_terms) / len(baseline_terms),
+    }
+
+
+def test_evaluations_2022(running: Running, logged: dict[str, Any]) -> None:
+    now = datetime.now(UTC)
+    start, end = now - timedelta(hours=1), now + timedelta(hours=1)
+    credential = AzureKeyCredential(logged["key"])
+    with PersonalizerAdministrationClient(running.url, credential, retry_total=0) as pz_admin:
+        pz_admin.create_evaluation(
+            "e1",
+            {
+                "name": "e1",
+                "startTime": start.isoformat(),
+                "endTime": end.isoformat(),
+                "enablePolicyOptimization": True,
+                "policies": [
+                    {"name": "custom", "arguments": "--cb_explore_adf --epsilon 0.2 --cb_type ips"}
+                ],
+            },
+        )
+        with pytest.raises(HttpResponseError) as taken:
+            pz_admin.create_evaluation(
+                "e1", {"name": "e1", "startTime": start.isoformat(), "endTime": end.isoformat()}
+            )
+        assert taken.value.status_code == 409
+        for _ in range(600):
+            got = pz_admin.get_evaluation(
+                "e1", start_time=start, end_time=end, interval_in_minutes=60, window="Rolling"
+            )
+            if got["status"] != "Running":
+                break
+            time.sleep(0.2)
+        assert got["status"] == "Succeeded", got
+        results = {p["name"]: p for p in got["content"]["value"]}
+        assert {n: p["policySource"] for n, p in results.items()} == {
+            "Online": "Online",
+            "Baseline": "Baseline",
+            "Random": "Random",
+            "custom": "Custom",
+            **{f"Optimized{k}": "OfflineExperimentation" for k in range(1, 5)},
+        }
+        # on-policy IPS is the mean logged reward; the baseline's IPS is computed from the
+        # probabilities the service answered
+        assert results["Online"]["summary"]["expectedReward"] == pytest.approx(logged["online"])
+        assert results["Baseline"]["summary"]["expectedReward"] == pytest.approx(logged["baseline"])
+        low, high = results["Online"]["summary"]["confidenceInterval"]
+        assert low <= logged["online"] <= high
+        assert got["content"]["intervalInMinutes"] == 60 and got["content"]["window"] == "Rolling"
+        assert got["optimalPolicy"] in results
+        listed = list(pz_admin.list_evaluations())
+        assert [e["id"] for e in listed] == ["e1"]
+        pz_admin.apply_from_evaluation({"evaluationId": "e1", "policyName": "custom"})
+        learner = running.native.get(f"/v1/loops/{EVAL_LOOP}").json()["config"]["learner"]
+        assert learner["candidates"] == ["--cb_type ips"]
+        with pytest.raises(HttpResponseError) as err:
+            pz_admin.apply_from_evaluation({"evaluationId": "e1", "policyName": "Random"})
+        assert err.value.status_code == 400
+        with pytest.raises(HttpResponseError) as err:
+            pz_admin.get_evaluation("e1", start_time=start, end_time=end, interval_in_minutes=7)
+        assert err.value.error.code == "InvalidEvaluationContract"
+        with pytest.raises(HttpResponseError) as err:
+            pz_admin.get_feature_importance("f1")
+        assert err.value.error.code == "OperationNotAllowed"
+        pz_admin.delete_evaluation("e1")
+        with pytest.raises(HttpResponseError) as gone:
+            pz_admin.get_evaluation("e1", start_time=start, end_time=end)
+        assert gone.value.status_code == 404 and gone.value.error.code == "EvaluationNotFound"
+
+
+def test_evaluations_v1_are_a_json_array(running: Running, logged: dict[str, Any]) -> None:
+    base = "/personalizer/v1.1-preview.3"
+    headers = {"Ocp-Apim-Subscription-Key": logged["key"]}
+    now = datetime.now(UTC)
+    body = {
+        "name": "v1",
+        "startTime": (now - timedelta(hours=1)).isoformat(),
+        "endTime": (now + timedelta(hours=1)).isoformat(),
+        "policies": [],
+    }
+    with httpx.Client(base_url=running.url, headers=headers) as http:
+        created = http.post(f"{base}/evaluations", json=body)
+        assert created.status_code == 201, created.text
+        location = created.headers["Location"]
+        assert location == f"{base}/evaluations/{created.json()['id']}"
+        listed = http.get(f"{base}/evaluations")
+        assert isinstance(listed.json(), list) and created.json()["id"] in {
+            e["id"] for e in listed.json()
+        }
+        one = http.get(location).json()
+        assert {p["name"] for p in one["policyResults"]} == {"Online", "Baseline", "Random"}
+        bad = http.post(f"{base}/evaluations", json={**body, "endTime": body["startTime"]})
+        assert bad.status_code == 400
+        assert bad.json()["error"]["code"] == "InvalidEvaluationContract"
+
+
+def test_model_export_import(running: Running, logged: dict[str, Any]) -> None:
+    service = running.app.state.service
+    args = "-q ca --cb_type mtr"
+    policy = VWPolicy(args)
+    artifact = policy.save()
+    policy.close()
+    live = register(
+        service.engine,
+        loop=EVAL_LOOP,
+        kind="manual",
+        vw_args=args,
+        artifact=artifact,
+        promote_now=True,
+        actor="test",
+    )
+    credential = AzureKeyCredential(logged["key"])
+    with PersonalizerAdministrationClient(running.url, credential, retry_total=0) as pz_admin:
+        props = pz_admin.get_model_properties()
+        assert props["creationTime"] == live.created_at.isoformat()
+        exported = b"".join(pz_admin.export_model(signed=True))
+        pz_admin.import_model(io.BytesIO(exported))
+        models = running.native.get(f"/v1/loops/{EVAL_LOOP}/models").json()["models"]
+        candidates = [m for m in models if m["status"] == "candidate"]
+        assert [m["sha256"] for m in candidates] == [live.sha256]
+        with zipfile.ZipFile(io.BytesIO(exported)) as zf:  # another model, same manifest
+            manifest = zf.read("manifest.json")
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as zf:
+            zf.writestr("manifest.json", manifest)
+            zf.writestr("model.vw", artifact + b"tampered")
+        tampered = out.getvalue()
+        with pytest.raises(HttpResponseError) as err:
+            pz_admin.import_model(io.BytesIO(tampered))
+        assert err.value.status_code == 400
+        assert err.value.error.code == "InvalidModelImportSignature"
