@@ -199,6 +199,9 @@ def _register_subcommands() -> None:
     app.command("learner")(learner)
     app.command("writers")(writers)
     app.add_typer(keys, name="keys")
+    from decision_service.cli_import import import_app
+
+    app.add_typer(import_app, name="import")
 
 
 _register_subcommands()

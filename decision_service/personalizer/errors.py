@@ -13,8 +13,9 @@ turns them into the status and code Personalizer's clients expect:
 
 An error raised with one of Personalizer's own codes (CamelCase: `OperationNotAllowed`,
 `InvalidModelImportSignature`, ...) keeps it. `innerError.code` keeps the native code (e.g.
-`limit_exceeded`, `reward_out_of_range`). Key errors (401, 403) are answered as on every route (`unauthorized`, `forbidden`, with
-`WWW-Authenticate`): both SDKs raise them as their own exceptions with that status.
+`limit_exceeded`, `reward_out_of_range`). Key errors (401, 403) are answered as on every route
+(`unauthorized`, `forbidden`, with `WWW-Authenticate`): both SDKs raise them as their own
+exceptions with that status.
 """
 
 from __future__ import annotations
