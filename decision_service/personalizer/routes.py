@@ -338,7 +338,13 @@ def _router(version: str) -> APIRouter:
         listed = [await _evaluation(request, item, None) for item in items]
         if not v2022:
             return _json(listed)
-        return _json({"value": listed})
+        page: dict[str, Any] = {"value": listed}
+        if len(items) == top:  # there may be more: the SDK follows nextLink
+            page["nextLink"] = (
+                f"{request.base_url}{BASES[version].lstrip('/')}/evaluations?"
+                f"api-version={API_VERSION_2022}&skip={skip + top}&top={top}"
+            )
+        return _json(page)
 
     @router.get("/evaluations/{evaluation_id}")
     async def get_evaluation_route(request: Request, evaluation_id: str) -> Response:
