@@ -22,7 +22,8 @@ What a line becomes (the inverse of the export):
   observation `{"ActionTaken": true}`: deferred and activated at decision time.
 * `Timestamp` -> decided_at; `EventId` -> event_id (required); `VWState.m` -> model_version
   (else "imported"); `_policy_arm`, `_arm_probability`, `_shadow` (this service's rollout fields)
-  are restored. `pdrop` and `_ba` are not kept.
+  are restored (with `_shadow.mode`, the Personalizer learning mode a decision was served in).
+  `pdrop` and `_ba` are not kept.
 
 Atomicity: every line is parsed and checked first; with `skip_invalid=False` a single malformed
 line fails the import and nothing is written; otherwise malformed lines are skipped and
@@ -251,6 +252,8 @@ def parse_line(data: Any, loop: str, raw: bytes) -> ParsedLine:
             for idx, prob in zip(order, rollout_shadow["p"], strict=True):
                 spmf[idx] = _number(prob, "_shadow.p")
             shadow = {"version": str(rollout_shadow.get("m")), "pmf": spmf}
+            if isinstance(rollout_shadow.get("mode"), str):
+                shadow["mode"] = rollout_shadow["mode"]
     arm = data.get("_policy_arm")
     arm_probability = data.get("_arm_probability", 1.0)
     ranking = sorted(range(n), key=lambda i: (ids[i] != chosen, -pmf[i]))

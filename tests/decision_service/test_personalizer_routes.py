@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 from scipy.stats import chisquare
@@ -143,3 +144,30 @@ def test_throttled_answers_429_with_retry_after(
         assert second.status_code == 429
         assert second.json()["error"]["code"] == "TooManyRequests"
         assert int(second.headers["Retry-After"]) >= 0
+
+
+def test_limits_and_content_types(tmp_path: Path) -> None:
+    settings = make_settings(f"sqlite:///{tmp_path / 'store.db'}", tmp_path)
+    p3 = "/personalizer/v1.1-preview.3"
+    actions = [{"id": f"a{i}", "features": [{"i": i}]} for i in range(51)]
+    with admin_client(create_app(settings)) as c:
+        slots = [{"id": f"s{i}", "baselineAction": f"a{i}"} for i in range(51)]
+        cases = [
+            (f"{V1}/rank", {"actions": actions}, "BadRequest"),
+            (f"{p3}/rank", {"actions": actions}, "InvalidRankRequest"),
+            (f"{p3}/rank", {"actions": ACTIONS, "eventId": "e" * 257}, "InvalidRankRequest"),
+            (f"{p3}/multislot/rank", {"actions": actions[:50], "slots": slots}, None),
+            (f"{p3}/multislot/rank", {"actions": ACTIONS, "slots": [{"id": "x" * 257}]}, None),
+        ]
+        for path, body, code in cases:
+            r = c.post(path, json=body)
+            assert r.status_code == 400, (path, r.text)
+            assert r.json()["error"]["code"] == (code or "InvalidMultiSlotRankRequest")
+        ok = {"actions": ACTIONS[:2], "contextFeatures": [{"x": 1}], "eventId": "ct"}
+        for content_type in ("application/json", "application/json; charset=utf-8"):
+            r = c.post(
+                f"{V1}/rank", content=orjson.dumps(ok), headers={"Content-Type": content_type}
+            )
+            assert r.status_code == 201 and r.headers["content-type"] == "application/json"
+        r = c.post(f"{V1}/rank", content=b"{nope", headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "BadRequest"

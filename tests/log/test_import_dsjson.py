@@ -38,7 +38,8 @@ ACTIONS = [
 
 def fill(db_url: str, tmp_path: Path, n: int = 160) -> None:
     """Loop `src` with single decisions and slates, exclusions, deferred decisions (activated
-    or not), rewards on some (the others get the default), all served by the real path."""
+    or not), rewards on some (the others get the default), the last ones in Apprentice mode, all
+    served by the real path."""
     settings = make_settings(db_url, tmp_path)
     with admin_client(create_app(settings)) as c:
         assert c.put("/v1/loops/src", json={"reward_wait_s": WAIT_S}).status_code == 201
@@ -56,6 +57,12 @@ def fill(db_url: str, tmp_path: Path, n: int = 160) -> None:
             assert r.status_code == 201, r.text
             if i % 20 == 5:
                 assert c.post(f"/v1/loops/src/events/e{i}/activate").status_code == 202
+            if i == n - 20:  # the last 20 are served in Apprentice mode (baseline, pmf beside)
+                apprentice = {
+                    "reward_wait_s": WAIT_S,
+                    "personalizer": {"learning_mode": "Apprentice"},
+                }
+                assert c.put("/v1/loops/src", json=apprentice).status_code == 200
             if i % 3:
                 value = float(i % 2)
                 assert c.post(f"/v1/loops/src/events/e{i}/reward", json={"value": value}).is_success
@@ -116,6 +123,8 @@ def test_export_import_round_trip(db_url: str, tmp_path: Path) -> None:
             assert [s["probability"] for s in other.record.slots] == [
                 s["probability"] for s in d.record.slots
             ]
+        modes = [d.record.shadow["mode"] for d in dst.values() if d.record.shadow]
+        assert modes and set(modes) == {"Apprentice"}
         # the same OPE values (VW-trained target included)
         assert evaluate(engine, "dst") == evaluate(engine, "src")
         # importing again writes nothing new
