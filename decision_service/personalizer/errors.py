@@ -38,6 +38,7 @@ from explore.errors import (
     Unauthorized,
     Unavailable,
 )
+from log.store import is_unreachable
 
 __all__ = ["OPERATION_CODES", "PersonalizerRoute", "personalizer_error"]
 
@@ -126,6 +127,11 @@ class PersonalizerRoute(APIRoute):
             except RequestValidationError as err:
                 message = describe_validation(list(err.errors()))
                 return _answer(InvalidInput(message), operation, version)
+            except Exception as err:
+                if not is_unreachable(err):
+                    raise  # a bug: logged and answered 500 by the app
+                unavailable = Unavailable("the event store is unreachable; retry shortly")
+                return _answer(unavailable, operation, version)
 
         return route
 

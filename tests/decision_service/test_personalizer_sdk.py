@@ -272,6 +272,7 @@ def test_service_configuration_round_trip(
     config["explorationPercentage"] = 0.3
     config["rewardWaitTime"] = "PT4H"
     config["rewardAggregation"] = "sum"
+    config["modelExportFrequency"] = "PT5M"
     updated = admin.update_service_configuration(config)
     assert updated["explorationPercentage"] == pytest.approx(0.3)
     assert updated["rewardWaitTime"] == "PT4H"
@@ -280,6 +281,7 @@ def test_service_configuration_round_trip(
     assert native["epsilon"] == pytest.approx(0.3)
     assert native["reward_wait_s"] == 4 * 3600
     assert native["reward_aggregation"] == "sum"
+    assert native["learner"]["freshness_s"] == 300 and updated["modelExportFrequency"] == "PT5M"
     assert admin.get_service_configuration() == updated
     refused = ({"logRetentionDays": 90}, {"explorationPercentage": 1.5})
     for bad in (*refused, {"rewardAggregation": "median"}):
@@ -375,8 +377,10 @@ def apprentice(
     metrics = pz_admin.get_service_configuration()["latestApprenticeModeMetrics"]
     assert metrics["numberOfEvents"] == n
     assert metrics["sumOfRewards"] == pytest.approx(n / 2)
-    assert 0 <= metrics["numberOfImitatedEvents"] <= n
-    assert metrics["sumOfImitatedRewards"] <= metrics["sumOfRewards"]
+    # the untrained model scores every action alike: its top choice (ties: the first candidate)
+    # is the baseline every time, so every event is imitated
+    assert metrics["numberOfImitatedEvents"] == n
+    assert metrics["sumOfImitatedRewards"] == pytest.approx(n / 2)
     ms = pz.rank_multi_slot(
         {
             "actions": actions,
