@@ -28,6 +28,7 @@ __all__ = [
     "MAX_SLOTS",
     "SLOT_FEATURES",
     "SLOT_IDS",
+    "check_id",
     "multislot_rank_body",
     "multislot_response",
     "rank_body",
@@ -46,7 +47,7 @@ def _bad(message: str) -> InvalidInput:
     return InvalidInput(message, "invalid_request")
 
 
-def _id(value: Any, where: str) -> str:
+def check_id(value: Any, where: str) -> str:
     if type(value) is not str or not value:
         raise _bad(f"{where} must be a non-empty string")
     if len(value) > MAX_ID:
@@ -105,7 +106,7 @@ def _actions(body: dict[str, Any]) -> list[dict[str, Any]]:
             raise _bad(f"actions[{i}] must be an object with id and features")
         out.append(
             {
-                "id": _id(action.get("id"), f"actions[{i}].id"),
+                "id": check_id(action.get("id"), f"actions[{i}].id"),
                 "features": features_object(action.get("features"), f"actions[{i}].features"),
             }
         )
@@ -118,7 +119,7 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
     }
     event_id = body.get("eventId")
     if event_id is not None:
-        out["event_id"] = _id(event_id, "eventId")
+        out["event_id"] = check_id(event_id, "eventId")
     defer = body.get("deferActivation")
     if defer is not None:
         if type(defer) is not bool:
@@ -168,10 +169,10 @@ def multislot_rank_body(body: Any) -> dict[str, Any]:
     for i, slot in enumerate(slots):
         if type(slot) is not dict:
             raise _bad(f"slots[{i}] must be an object")
-        slot_id = _id(slot.get("id"), f"slots[{i}].id")
+        slot_id = check_id(slot.get("id"), f"slots[{i}].id")
         if slot_id in slot_ids:
             raise _bad(f"slot id {slot_id!r} appears twice")
-        baseline = _id(slot.get("baselineAction"), f"slots[{i}].baselineAction")
+        baseline = check_id(slot.get("baselineAction"), f"slots[{i}].baselineAction")
         if baseline not in by_id:
             raise _bad(f"slots[{i}].baselineAction {baseline!r} is not among the actions")
         if baseline in baselines:

@@ -123,7 +123,8 @@ def _slot_ids(context: dict[str, Any], event_id: str) -> list[str]:
 
 
 def routers() -> list[APIRouter]:
-    """One router per API version (the 2022 one last: its base is a prefix of the others)."""
+    """One router per API version (their paths never overlap: `/personalizer/v1.0/...`,
+    `/personalizer/v1.1-preview.3/...`, `/personalizer/...`)."""
     return [_router(V1_0), _router(V1_1), _router(API_VERSION_2022)]
 
 
@@ -311,7 +312,7 @@ def _router(version: str) -> APIRouter:
         @router.put("/evaluations/{evaluation_id}")
         async def create_evaluation_2022(request: Request, evaluation_id: str) -> Response:
             loop = await resource(request, "evaluate", version)
-            mapping._id(evaluation_id, "evaluationId")
+            mapping.check_id(evaluation_id, "evaluationId")
             body = await read_json(request)
             item = await _create_evaluation(request, loop, evaluation_id, body)
             return _json(await _evaluation(request, item, None))
