@@ -16,9 +16,11 @@ from scipy.stats import chisquare
 
 from decision_service import create_app, routes_evaluations
 from learn.examples import slot_examples
+from learn.train import train
 from log.joiner import join_loop
 from log.schema import make_engine
 from log.training_reads import EventWindow, iter_joined
+from policies import VWPolicy
 from tests.conftest import admin_client, make_settings
 
 V1 = "/personalizer/v1.0"
@@ -125,6 +127,12 @@ def test_baseline_modes_as_logged_and_learned(db_url: str, tmp_path: Path, mode:
                 assert examples == []
             else:
                 assert [(e.label, e.cost, e.probability) for e in examples] == [(0, -1.0, 1.0)]
+        policy = VWPolicy("-q ca --cb_type mtr")
+        try:
+            stats = train(policy, events)
+        finally:
+            policy.close()
+        assert stats.n_events == (0 if mode == "LoggingOnly" else 6)
     finally:
         engine.dispose()
 
