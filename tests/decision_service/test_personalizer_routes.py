@@ -18,6 +18,7 @@ from decision_service import create_app, routes_evaluations
 from learn.examples import slot_examples
 from learn.train import train
 from log.joiner import join_loop
+from log.personalizer_reads import apprentice_metrics
 from log.schema import make_engine
 from log.training_reads import EventWindow, iter_joined
 from policies import VWPolicy
@@ -133,6 +134,9 @@ def test_baseline_modes_as_logged_and_learned(db_url: str, tmp_path: Path, mode:
         finally:
             policy.close()
         assert stats.n_events == (0 if mode == "LoggingOnly" else 6)
+        metrics = apprentice_metrics(engine, "default", datetime(2000, 1, 1, tzinfo=UTC))
+        n = 6 if mode == "Apprentice" else 0  # only Apprentice decisions count
+        assert (metrics.events, metrics.imitated, metrics.sum_rewards) == (n, n, 0.0)
     finally:
         engine.dispose()
 
