@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from decision_service import errors
+from decision_service.personalizer.routes import routers as personalizer_routers
 from decision_service.routes import router
 from decision_service.routes_catalog import router as catalog_router
 from decision_service.routes_dashboard import router as dashboard_router
@@ -151,6 +152,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(operate_router)
     app.include_router(dashboard_router)
     app.add_middleware(TelemetryMiddleware)
+    for compat in personalizer_routers():  # Azure Personalizer's API (not in the document)
+        app.include_router(compat)
     models = (
         REQUEST_MODELS
         + EVALUATION_REQUEST_MODELS

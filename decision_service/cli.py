@@ -207,6 +207,9 @@ def _register_subcommands() -> None:
 
     app.command("status")(status)
     app.command("operate")(operate)
+    from decision_service.cli_import import import_app
+
+    app.add_typer(import_app, name="import")
 
 
 _register_subcommands()

@@ -117,6 +117,12 @@ def decide(
         return min_share(p, in_group[subset], rules.min_share) if shaped else p
 
     pmf_c = distribution(np.arange(len(candidates)))
+    # Apprentice / LoggingOnly (Personalizer learning modes): the baseline is served with
+    # probability 1 and the model's own pmf is logged beside it (`baseline_shadow`).
+    baseline = runtime.config.personalizer.learning_mode != "Online"
+    model_pmf_c = pmf_c
+    if baseline:
+        pmf_c = first_only(len(candidates))
     if req.slots is None:
         k = sample_index(pmf_c, rng)
         choices = [(k, float(pmf_c[k]))]
@@ -125,7 +131,9 @@ def decide(
         placed: list[int] = []
 
         def slot_pmf(_slot: int, remaining: np.ndarray) -> np.ndarray:
-            if shaped:
+            if baseline:  # each slot serves the first remaining action: slot s gets action s
+                conditional = first_only(len(remaining))
+            elif shaped:
                 # the per-creator cap given the slots already placed, then the group's share
                 mask = cap_mask(creators, remaining, placed, rules.creator_cap)
                 conditional = np.zeros(len(remaining))
@@ -177,6 +185,11 @@ def decide(
     if req.slots is not None:
         response["slots"] = slots
     deferred = req.defer_activation
+    shadow = None
+    if baseline:
+        shadow = baseline_shadow(runtime, policy.version, model_pmf_c, allowed, n)
+    elif runtime.shadow is not None:
+        shadow = shadow_pmf(runtime, req, candidates, allowed)
     if arm == CANARY:
         runtime.counters.canary_served += 1
     return DecisionRecord(
@@ -199,7 +212,7 @@ def decide(
         reward_deadline=None if deferred else now + timedelta(seconds=runtime.config.reward_wait_s),
         response=response,
         arm_probability=arm_probability,
-        shadow=None if runtime.shadow is None else shadow_pmf(runtime, req, candidates, allowed),
+        shadow=shadow,
         retrieval=None
         if retrieved is None or req.retrieve is None
         else {
@@ -208,6 +221,26 @@ def decide(
             **req.retrieve.to_json(),
         },
     )
+
+
+def first_only(n: int) -> np.ndarray:
+    """The pmf of serving the first of `n` candidates for sure (the baseline)."""
+    pmf = np.zeros(n)
+    pmf[0] = 1.0
+    return pmf
+
+
+def baseline_shadow(
+    runtime: LoopRuntime, version: str, model_pmf_c: np.ndarray, allowed: np.ndarray, n: int
+) -> dict[str, Any]:
+    """What a decision served in Apprentice or LoggingOnly mode logs as `shadow`: the live
+    model's pmf over the request's actions (first slot's for a slate), never served, and the
+    mode (the learner imitates the baseline on Apprentice decisions and skips LoggingOnly
+    ones). A shadow candidate is not scored in these modes."""
+    pmf = np.zeros(n)
+    pmf[allowed] = model_pmf_c
+    mode = runtime.config.personalizer.learning_mode
+    return {"version": version, "pmf": pmf.tolist(), "mode": mode}
 
 
 def shadow_pmf(

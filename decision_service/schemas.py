@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from decision_service.schemas_operate import AlarmsIn
 from log.deploy_settings import AUTO_LEVELS, DEPLOY_BOUNDS
 from log.loops import AGGREGATIONS, BOUNDS, MAX_VW_ARGS_CHARS, STRATEGIES
+from log.personalizer_settings import LEARNING_MODES
 
 Number = StrictInt | StrictFloat
 
@@ -213,6 +214,26 @@ class LearnerIn(_Body):
     )
 
 
+class PersonalizerIn(_Body):
+    """Azure Personalizer compatibility settings (also set by /personalizer/.../configurations)."""
+
+    learning_mode: str = Field(
+        "Online",
+        description="Online: the loop explores and learns. Apprentice: the baseline (first "
+        "action; each slot's first) is served with probability 1, the model's pmf is logged "
+        "beside it, the learner imitates the baseline. LoggingOnly: the baseline is served and "
+        "logged, nothing is learned.",
+        json_schema_extra={"enum": list(LEARNING_MODES)},
+    )
+    apprentice_since: str | None = Field(
+        None, description="Start of the apprentice metrics (ISO 8601; set on entering Apprentice)."
+    )
+    policy_name: str = Field(
+        "default", min_length=1, max_length=256, description="Name of the Personalizer policy."
+    )
+    edited_at: str | None = Field(None, description="Last change through the Personalizer API.")
+
+
 class LoopConfigIn(_Body):
     """Every field optional; PUT replaces the configuration (missing fields take defaults).
     The loop's sampling key is the server's secret: it cannot be set and is never shown."""
@@ -254,6 +275,9 @@ class LoopConfigIn(_Body):
         "min_share, overfetch (README: Retrieval).",
     )
     alarms: AlarmsIn = Field(default_factory=AlarmsIn, description="The alarm rules.")
+    personalizer: PersonalizerIn = Field(
+        default_factory=PersonalizerIn, description="Azure Personalizer compatibility settings."
+    )
 
 
 # ----------------------------------------------------------------------------------- responses
@@ -311,6 +335,13 @@ class ActivateResponse(BaseModel):
     reward_deadline: datetime | None
 
 
+class PersonalizerOut(BaseModel):
+    learning_mode: str
+    apprentice_since: str | None
+    policy_name: str
+    edited_at: str | None
+
+
 class LoopConfigOut(BaseModel):
     exploration: str
     epsilon: float
@@ -325,6 +356,7 @@ class LoopConfigOut(BaseModel):
     rollout: RolloutIn
     learner: LearnerIn
     alarms: AlarmsIn
+    personalizer: PersonalizerOut
 
 
 class LoopCounts(BaseModel):

@@ -73,8 +73,31 @@ def _reward(event_id: str, rewards: Mapping[int, float], slot: int) -> float:
         raise BadEvent(f"event {event_id!r} has no joined reward for slot {slot}") from None
 
 
+def learning_mode(event: TrainingEvent) -> str:
+    """`Online`, or the Personalizer learning mode the decision was served in (its baseline
+    was served with probability 1; `decision_service.decide.baseline_shadow`)."""
+    shadow = event.record.shadow
+    mode = shadow.get("mode") if isinstance(shadow, dict) else None
+    return mode if isinstance(mode, str) else "Online"
+
+
 def slot_examples(event: TrainingEvent) -> list[SlotExample]:
-    """The examples of one event: one for a single decision, one per slot for a slate."""
+    """The examples of one event: one for a single decision, one per slot for a slate.
+
+    A decision served in Apprentice mode (the baseline, probability 1) is learned with reward 1
+    on the baseline, whatever its true reward (which joins, reports and OPE keep): the model
+    imitates the baseline, as Personalizer's apprentice mode does. One served in LoggingOnly
+    mode has no examples: nothing is learned from it."""
+    mode = learning_mode(event)
+    if mode == "LoggingOnly":
+        return []
+    out = _examples(event)
+    if mode == "Apprentice":
+        return [SlotExample(ex.candidates, ex.label, -1.0, ex.probability) for ex in out]
+    return out
+
+
+def _examples(event: TrainingEvent) -> list[SlotExample]:
     record = event.record
     event_id = record.event_id
     ids = [str(a["id"]) for a in record.actions]
@@ -141,6 +164,8 @@ class LineBuilder:
     def event_lines(self, event: TrainingEvent) -> list[list[str]]:
         """The multi-line VW examples of an event (see :func:`slot_examples`)."""
         examples = slot_examples(event)
+        if not examples:  # LoggingOnly: nothing to learn
+            return []
         record = event.record
         actions = record.actions
         first = examples[0].candidates

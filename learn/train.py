@@ -129,6 +129,8 @@ def learn_prepared(
                 if stats.n_skipped <= _MAX_WARNINGS:
                     logger.warning("skipping event: %s", blocks)
                 continue
+            if not blocks:  # served in LoggingOnly mode: nothing to learn, not a learned event
+                continue
             for lines in blocks:
                 learn(lines)
             stats.n_examples += len(blocks)

@@ -36,7 +36,8 @@ One JSON object per line, readable by ``vw --cb_explore_adf --dsjson`` (single d
   "canary"), ``_arm_probability`` (the share of units in that arm; not a propensity: ``p`` /
   ``_p`` are the serving arm's probabilities, which are), and, when a shadow scored the decision,
   ``_shadow`` = ``{"m": shadow version, "p": its probabilities}`` with ``p`` aligned with ``a``
-  (single decision) or with slot 0's ``_a`` (slate: the shadow's first-slot pmf).
+  (single decision) or with slot 0's ``_a`` (slate: the shadow's first-slot pmf); a decision
+  served in Apprentice or LoggingOnly mode adds ``"mode"`` (the pmf is then the live model's).
 
 Decisions without outcomes (window still open, or deferred and never activated) are **not
 written**: there is no label yet, and VW drops a ``_skipLearn`` line's features anyway (and
@@ -185,6 +186,8 @@ def _rollout(d: LoggedDecision, order: list[int]) -> dict[str, Any]:
             if a["id"] not in excluded
         ]
         out["_shadow"] = {"m": str(shadow["version"]), "p": [kept[i] for i in order]}
+        if "mode" in shadow:  # served in a Personalizer learning mode (Apprentice, LoggingOnly)
+            out["_shadow"]["mode"] = str(shadow["mode"])
     return out
 
 

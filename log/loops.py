@@ -33,6 +33,7 @@ from log.deploy_settings import (
     settings_from_json,
 )
 from log.models import Loop
+from log.personalizer_settings import PersonalizerSettings
 
 __all__ = [
     "AGGREGATIONS",
@@ -111,6 +112,8 @@ class LoopConfig:
     retrieval: RetrievalRules = field(default_factory=RetrievalRules)
     # Alarm rules (log.alarm_settings).
     alarms: AlarmSettings = field(default_factory=AlarmSettings)
+    # Azure Personalizer compatibility (learning mode, ...): log.personalizer_settings.
+    personalizer: PersonalizerSettings = field(default_factory=PersonalizerSettings)
     # The secret key of the loop's sampling (32 bytes): never shown by any route, never set over
     # HTTP. repr=False keeps it out of logs and tracebacks.
     sampling_key: bytes = field(default_factory=new_sampling_key, repr=False)
@@ -175,6 +178,7 @@ _SECTIONS: dict[str, Any] = {
     "rollout": RolloutSettings,
     "learner": LearnerSettings,
     "alarms": AlarmSettings,
+    "personalizer": PersonalizerSettings,
 }
 PUBLIC_FIELDS = tuple(f.name for f in fields(LoopConfig) if f.name not in ("sampling_key", "extra"))
 

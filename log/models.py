@@ -513,3 +513,18 @@ class DashboardSessionRow(Base):
     csrf: Mapped[str] = mapped_column(String(64), nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+
+class PersonalizerEvaluationRow(Base):
+    """A Personalizer API evaluation (its id in that API) -> the native evaluation run computing
+    it, with the Personalizer contract as sent (revision 0009)."""
+
+    __tablename__ = "personalizer_evaluations"
+
+    loop: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    evaluation_id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    contract: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+    __table_args__ = (Index("ix_personalizer_evaluations_loop_created", "loop", "created_at"),)

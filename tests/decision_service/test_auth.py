@@ -70,6 +70,48 @@ PERMISSION: dict[tuple[str, str], tuple[str, bool]] = {
     ("POST", "/dashboard/loops/{loop}/models/{version}/reject"): ("gatekeep", True),
     ("POST", "/dashboard/loops/{loop}/rollback"): ("gatekeep", True),
 }
+# Azure Personalizer's routes (decision_service/personalizer): the loop is the one the key is
+# scoped to (an unscoped key: `default`), never outside the key's scope, so about_loop is False.
+_PERSONALIZER_COMMON = {
+    ("POST", "/rank"): "decide",
+    ("POST", "/events/{event_id:path}/reward"): "decide",
+    ("POST", "/events/{event_id:path}/activate"): "decide",
+    ("GET", "/configurations/service"): "read",
+    ("PUT", "/configurations/service"): "configure",
+    ("GET", "/configurations/policy"): "read",
+    ("PUT", "/configurations/policy"): "configure",
+    ("DELETE", "/configurations/policy"): "configure",
+    ("GET", "/logs/properties"): "read",
+    ("DELETE", "/logs"): "configure",
+    ("GET", "/model/properties"): "read",
+    ("GET", "/model"): "export",
+    ("DELETE", "/model"): "configure",
+    ("GET", "/evaluations"): "read",
+    ("GET", "/evaluations/{evaluation_id}"): "read",
+    ("DELETE", "/evaluations/{evaluation_id}"): "evaluate",
+}
+_PERSONALIZER_PREVIEW = {
+    ("POST", "/multislot/rank"): "decide",
+    ("POST", "/multislot/events/{event_id:path}/reward"): "decide",
+    ("POST", "/multislot/events/{event_id:path}/activate"): "decide",
+    ("PUT", "/model"): "configure",
+    ("POST", "/configurations/applyFromEvaluation"): "configure",
+}
+_PERSONALIZER_V1 = {("POST", "/evaluations"): "evaluate"}
+_PERSONALIZER_2022 = {
+    ("PUT", "/evaluations/{evaluation_id}"): "evaluate",
+    ("GET", "/featureImportances"): "read",
+    ("GET", "/featureImportances/{feature_importance_id}"): "read",
+    ("PUT", "/featureImportances/{feature_importance_id}"): "read",
+    ("DELETE", "/featureImportances/{feature_importance_id}"): "read",
+}
+for _base, _extra in (
+    ("/personalizer/v1.0", _PERSONALIZER_V1),
+    ("/personalizer/v1.1-preview.3", _PERSONALIZER_PREVIEW | _PERSONALIZER_V1),
+    ("/personalizer", _PERSONALIZER_PREVIEW | _PERSONALIZER_2022),
+):
+    for (_method, _path), _permission in (_PERSONALIZER_COMMON | _extra).items():
+        PERMISSION[(_method, _base + _path)] = (_permission, False)
 OPEN = {
     ("GET", "/healthz"),
     ("GET", "/livez"),
@@ -89,6 +131,7 @@ PATH_VALUES = {
     "{key_id}": "000000000000",
     "{version}": "v0",
     "{alarm_id}": "0" * 32,
+    "{feature_importance_id}": "fi-1",
 }
 PROBE = b'{"__auth_probe__": 1}'  # refused by every body model: nothing is written or started
 UNKNOWN_KEY = "dsk_0000000000ff_" + "A" * 43
