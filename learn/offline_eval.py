@@ -251,7 +251,6 @@ def _target(
     """The target of a policy spec and what to report about its training and time split."""
     if p.kind in ("live", "uniform", "first_action"):
         return Target(p.kind), {"time_split": "none"}
-    explorer = explorer_for(config, p.explore)
     if p.kind == "model":
         assert p.version is not None
         info = registry.get_version(engine, p.version)
@@ -259,6 +258,7 @@ def _target(
             raise SpecError("unknown_version", f"model version {p.version!r} does not exist")
         model = registry.load_artifact(engine, p.version)
         policy = VWPolicy(info.vw_args, model=model, version=info.version)
+        explorer = explorer_for(config, p.explore, policy)
         note: dict[str, Any] = {
             "training": {
                 "trained_from": _iso(info.trained_from),
@@ -293,6 +293,7 @@ def _target(
         "time_split": "after_train_until",
         "eval_from": _iso(training.until),
     }
+    explorer = explorer_for(config, p.explore, policy)
     target = Target(p.kind, policy=policy, explorer=explorer, cutoff=training.until, inclusive=True)
     return target, note
 
