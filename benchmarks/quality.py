@@ -180,8 +180,8 @@ PROBLEMS: dict[str, type[Problem]] = {
 def strategy_config(name: str) -> LoopConfig:
     """The loop configuration of a named strategy setting: ``base`` (with the suite's settings
     below), ``base+floor`` (floor 0.01), or ``base/key=value/...`` where a key is a top-level
-    loop setting (epsilon, softmax_lambda, vw_args), freshness_s (the learner's period, instead
-    of ``--freshness``) or an `ExploreSettings` field."""
+    loop setting (epsilon, softmax_lambda, vw_args with ~ for spaces), freshness_s (the
+    learner's period, instead of ``--freshness``) or an `ExploreSettings` field."""
     parts = name.split("/")
     base, _, suffix = parts[0].partition("+")
     options: dict[str, Any] = {}
@@ -205,7 +205,7 @@ def strategy_config(name: str) -> LoopConfig:
         if not eq:
             raise ValueError(f"expected key=value, got {part!r}")
         if key == "vw_args":
-            top[key] = value.replace("_", " ").replace("  ", " _")
+            top[key] = value.replace("~", " ")  # spaces written as ~
         elif key in ("epsilon", "softmax_lambda"):
             top[key] = float(value)
         elif key == "freshness_s":
