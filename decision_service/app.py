@@ -21,6 +21,8 @@ from decision_service.routes_keys import router as keys_router
 from decision_service.routes_learner import REQUEST_MODELS as LEARNER_REQUEST_MODELS
 from decision_service.routes_learner import router as learner_router
 from decision_service.routes_serving import router as serving_router
+from decision_service.routes_tune import REQUEST_MODELS as TUNE_REQUEST_MODELS
+from decision_service.routes_tune import router as tune_router
 from decision_service.schemas import REQUEST_MODELS
 from decision_service.schemas_deploy import REQUEST_MODELS as DEPLOY_REQUEST_MODELS
 from decision_service.schemas_keys import REQUEST_MODELS as KEY_REQUEST_MODELS
@@ -141,12 +143,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(serving_router)
     app.include_router(deploy_router)
     app.include_router(keys_router)
+    app.include_router(tune_router)
     models = (
         REQUEST_MODELS
         + EVALUATION_REQUEST_MODELS
         + DEPLOY_REQUEST_MODELS
         + KEY_REQUEST_MODELS
         + LEARNER_REQUEST_MODELS
+        + TUNE_REQUEST_MODELS
     )
     app.openapi = lambda: openapi_document(app, models)  # type: ignore[method-assign]
     return app

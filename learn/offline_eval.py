@@ -37,7 +37,13 @@ from typing import Any, Protocol
 from learn.events import EventWindow, count_training_events, iter_training_events, last_join_seq
 from learn.examples import BadEvent, TrainingEvent
 from learn.offline_eval_estimate import Accumulator, policy_result
-from learn.offline_eval_spec import EvaluationSpec, PolicySpec, SpecError, check_eval_vw_args
+from learn.offline_eval_spec import (
+    EvaluationSpec,
+    PolicySpec,
+    SpecError,
+    check_eval_vw_args,
+    explored_config,
+)
 from learn.offline_eval_targets import EvalEvent, RewardModel, Target, eval_event, explorer_for
 from learn.train import train
 from log.evaluations import joined_decided_at
@@ -251,6 +257,7 @@ def _target(
     """The target of a policy spec and what to report about its training and time split."""
     if p.kind in ("live", "uniform", "first_action"):
         return Target(p.kind), {"time_split": "none"}
+    config = explored_config(config, p.exploration)
     if p.kind == "model":
         assert p.version is not None
         info = registry.get_version(engine, p.version)
@@ -270,7 +277,7 @@ def _target(
         }
         return Target(p.kind, policy=policy, explorer=explorer, cutoff=info.trained_until), note
     assert p.args is not None and training is not None and training.until is not None
-    policy = VWPolicy(p.args, version=p.name)
+    policy = VWPolicy(config.with_explore_args(p.args), version=p.name)
     t0 = time.perf_counter()
     try:
         events = iter_training_events(
