@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import Engine
 
 import deploy.registry as registry
+from deploy.learner.candidates import run_candidates
 from deploy.learner.faults import Faults
 from deploy.learner.freshness import run_freshness
 from learn import learn_once
@@ -63,3 +64,25 @@ def test_every_joined_event_is_learned_once(
         assert (again.outcome, ran) == ("waiting", False) and "0 new joined" in again.message
     assert sum(learned) == sum(BATCHES)
     assert len(registry.list_versions(engine, LOOP)) == 1 + len(BATCHES)
+
+
+def test_candidates_of_a_vw_strategy_are_trained_with_its_reduction_once(
+    engine: Engine, writer: GroupCommitWriter
+) -> None:
+    configure(
+        engine,
+        exploration="bag",
+        learner={"candidates": ["-q ca --cb_type mtr"], "candidate_interval_s": 60},
+    )
+    log_joined(engine, writer, 200, seed=3, start=recent(30), prefix="a")
+    now = datetime.now(UTC)
+    first = run_candidates(engine, stored_loop(engine), now=now, faults=Faults())
+    assert first.outcome == "registered", first.message
+    (version,) = registry.list_versions(engine, LOOP)
+    assert version.vw_args.startswith("-q ca --cb_type mtr --cb_explore_adf --bag 4")
+    # in rollout: not trained again although its stored arguments carry the reduction
+    again = run_candidates(
+        engine, stored_loop(engine), now=now + timedelta(seconds=60), faults=Faults()
+    )
+    assert again.outcome == "idle" and again.details["in_rollout"] == ["-q ca --cb_type mtr"]
+    assert len(registry.list_versions(engine, LOOP)) == 1
