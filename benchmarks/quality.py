@@ -179,14 +179,17 @@ PROBLEMS: dict[str, type[Problem]] = {
 # ---------------------------------------------------------------------------------- strategies
 def strategy_config(name: str) -> LoopConfig:
     """The loop configuration of a named strategy setting: ``base`` (with the suite's settings
-    below), ``base+floor`` (floor 0.01), or ``base/key=value/...`` where a key is a top-level
-    loop setting (epsilon, softmax_lambda, vw_args with ~ for spaces), freshness_s (the
-    learner's period, instead of ``--freshness``) or an `ExploreSettings` field."""
+    below; ``default``: the loop defaults), ``base+floor`` (floor 0.01), or
+    ``base/key=value/...`` where a key is a top-level loop setting (epsilon, softmax_lambda,
+    vw_args with ~ for spaces), freshness_s (the learner's period, instead of
+    ``--freshness``) or an `ExploreSettings` field."""
     parts = name.split("/")
     base, _, suffix = parts[0].partition("+")
     options: dict[str, Any] = {}
     top: dict[str, Any] = {"exploration": base}
-    if base == "epsilon_greedy":
+    if base == "default":  # the loop defaults (LoopConfig())
+        top = {}
+    elif base == "epsilon_greedy":
         top["epsilon"] = 0.05
     elif base == "epsilon_decay":
         top.update(exploration="epsilon_greedy", epsilon=0.3)
@@ -218,6 +221,7 @@ def strategy_config(name: str) -> LoopConfig:
 
 
 STRATEGIES = (
+    "default",
     "epsilon_greedy",
     "epsilon_decay",
     "softmax",
