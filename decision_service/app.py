@@ -25,6 +25,8 @@ from decision_service.routes_learner import REQUEST_MODELS as LEARNER_REQUEST_MO
 from decision_service.routes_learner import router as learner_router
 from decision_service.routes_operate import router as operate_router
 from decision_service.routes_serving import router as serving_router
+from decision_service.routes_tune import REQUEST_MODELS as TUNE_REQUEST_MODELS
+from decision_service.routes_tune import router as tune_router
 from decision_service.schemas import REQUEST_MODELS
 from decision_service.schemas_catalog import REQUEST_MODELS as CATALOG_REQUEST_MODELS
 from decision_service.schemas_deploy import REQUEST_MODELS as DEPLOY_REQUEST_MODELS
@@ -154,6 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(TelemetryMiddleware)
     for compat in personalizer_routers():  # Azure Personalizer's API (not in the document)
         app.include_router(compat)
+    app.include_router(tune_router)
     models = (
         REQUEST_MODELS
         + EVALUATION_REQUEST_MODELS
@@ -161,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         + KEY_REQUEST_MODELS
         + LEARNER_REQUEST_MODELS
         + CATALOG_REQUEST_MODELS
+        + TUNE_REQUEST_MODELS
     )
     app.openapi = lambda: openapi_document(app, models)  # type: ignore[method-assign]
     return app

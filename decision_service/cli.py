@@ -193,11 +193,13 @@ def _register_subcommands() -> None:
     from decision_service.cli_evaluate import evaluate
     from decision_service.cli_keys import keys
     from decision_service.cli_learner import learner
+    from decision_service.cli_tune import tune
     from decision_service.cli_writers import writers
 
     app.command("evaluate")(evaluate)
     app.command("learner")(learner)
     app.command("writers")(writers)
+    app.command("tune")(tune)
     app.add_typer(keys, name="keys")
     from decision_service.cli_catalog import items, retriever
 

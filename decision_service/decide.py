@@ -103,7 +103,7 @@ def decide(
             "feature values overflow the model's 32-bit floats: keep numbers (and the products "
             "of interacted features) below 3.4e38 in magnitude"
         )
-    explorer = runtime.explorer
+    explorer = runtime.explorer_of(policy)
     rng = event_stream(runtime.config.sampling_key, event_id)
     rules = runtime.config.retrieval
     shaped = retrieved is not None and (rules.min_share > 0 or rules.creator_cap > 0)
@@ -254,7 +254,7 @@ def shadow_pmf(
         scores = shadow.scores(req.context, candidates)
         if not np.isfinite(scores).all():
             raise ValueError("non-finite scores")
-        pmf_c = runtime.explorer.pmf(scores)
+        pmf_c = runtime.explorer_of(shadow).pmf(scores)
     except Exception as err:  # the shadow must never fail a request
         runtime.counters.shadow_failed += 1
         if runtime.counters.shadow_failed == 1 or runtime.counters.shadow_failed % 1000 == 0:

@@ -39,6 +39,7 @@ from log.deploy_settings import LearnerSettings
 from log.loops import LoopConfig, StoredLoop, get_loop, list_loops, put_loop
 from log.store import loop_counts
 from policies import check_vw_args
+from policies.vw import check_model_args
 
 router = APIRouter()
 LOOP_PATTERN = f"^{LOOP_NAME.pattern}$"  # documented; the routes check it themselves
@@ -235,6 +236,7 @@ async def put_one_loop(request: Request, loop: LoopName) -> Response:
         config = LoopConfig(**fields)  # bounds first: they name the field and the bound
         config = LoopConfig(**{**fields, "vw_args": check_vw_args(fields["vw_args"])})
         config = replace(config, learner=checked_candidates(config.learner))
+        check_model_args(config.model_args)
     except ValueError as err:
         raise InvalidInput(str(err), "invalid_config") from None
     stored, created = await run_in_threadpool(put_loop, service.engine, loop, config)

@@ -96,6 +96,11 @@ class PolicyIn(_Body):
     explore: StrictBool | None = None
     train_since: str | None = None
     train_until: str | None = None
+    exploration: dict[str, Any] | None = Field(
+        default=None,
+        description="model / vw_args: overrides of the loop's exploration (exploration, "
+        "epsilon, softmax_lambda, exploration_options).",
+    )
 
 
 class EvaluationRequest(_Body):

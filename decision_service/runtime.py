@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from deploy.registry import ModelVersion, load_artifact
-from explore import Explorer, make_explorer
+from explore import Explorer
 from explore.arms import CANARY, LIVE, ArmSplit, split_unit
 from log.loops import LoopConfig, StoredLoop, get_loop, list_loops
 from log.schema import Engine
@@ -34,10 +34,12 @@ logger = logging.getLogger(__name__)
 __all__ = ["LoopRegistry", "LoopRuntime", "ServingCounters", "explorer_for"]
 
 
-def explorer_for(config: LoopConfig) -> Explorer:
-    if config.exploration == "softmax":
-        return make_explorer("softmax", lam=config.softmax_lambda)
-    return make_explorer("epsilon_greedy", epsilon=config.epsilon)
+def explorer_for(config: LoopConfig, policy: VWPolicy | None = None) -> Explorer:
+    """The loop's explorer for `policy` (its learned-example count and whether it predicts a
+    distribution itself; see `log.explore_settings`)."""
+    if policy is None:
+        return config.explorer()
+    return config.explorer(examples_seen=policy.examples_seen, vw_pmf=policy.outputs_pmf)
 
 
 @dataclass
@@ -72,6 +74,12 @@ class LoopRuntime:
     split: ArmSplit | None = None
     shadow: VWPolicy | None = None
     counters: ServingCounters = field(default_factory=ServingCounters, compare=False)
+
+    def explorer_of(self, policy: VWPolicy) -> Explorer:
+        """The explorer serving `policy` (the live one's is built once, at install)."""
+        if policy is self.policy:
+            return self.explorer
+        return explorer_for(self.config, policy)
 
     def arm(self, user_id: str | None, event_id: str) -> tuple[str, VWPolicy, float]:
         """(arm name, its policy, the probability of that arm) for a request."""
@@ -125,10 +133,10 @@ class LoopRegistry:
         if (
             current is not None
             and current.policy.version == "untrained"
-            and current.config.vw_args == stored.config.vw_args
+            and current.config.model_args == stored.config.model_args
         ):
             return current.policy
-        return VWPolicy(stored.config.vw_args)
+        return VWPolicy(stored.config.model_args)
 
     def _optional(
         self, loop: str, role: str, record: ModelVersion | None, current: LoopRuntime | None
@@ -187,7 +195,7 @@ class LoopRegistry:
             name,
             stored.config,
             stored.updated_at,
-            explorer_for(stored.config),
+            explorer_for(stored.config, policy),
             policy,
             canary,
             split,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from decision_service.schemas_operate import AlarmsIn
 from log.deploy_settings import AUTO_LEVELS, DEPLOY_BOUNDS
+from log.explore_settings import EXPLORE_BOUNDS
 from log.loops import AGGREGATIONS, BOUNDS, MAX_VW_ARGS_CHARS, STRATEGIES
 from log.personalizer_settings import LEARNING_MODES
 
@@ -234,16 +235,53 @@ class PersonalizerIn(_Body):
     edited_at: str | None = Field(None, description="Last change through the Personalizer API.")
 
 
+def _explore(default: Any, name: str, description: str) -> Any:
+    """An exploration option (log.explore_settings), its bound documented and enforced."""
+    lo, hi = EXPLORE_BOUNDS[name]
+    return Field(
+        default,
+        description=f"{description} In [{lo:.10g}, {hi:.10g}].",
+        json_schema_extra={"minimum": lo, "maximum": hi},
+    )
+
+
+class ExploreOptionsIn(_Body):
+    """The exploration strategies' parameters (every field optional; see the README)."""
+
+    floor: Number = _explore(
+        0.0, "floor", "Minimum probability of every action (any strategy; capped at 1/K)."
+    )
+    epsilon_decay: Number = _explore(
+        0.0, "epsilon_decay", "epsilon_greedy: epsilon_t = epsilon (1 + t)^-decay (0: constant)."
+    )
+    epsilon_min: Number = _explore(0.0, "epsilon_min", "epsilon_greedy: lower limit of epsilon_t.")
+    squarecb_gamma0: Number = _explore(
+        10.0, "squarecb_gamma0", "squarecb: gamma_t = gamma0 t^power (inverse-gap weighting)."
+    )
+    squarecb_power: Number = _explore(0.5, "squarecb_power", "squarecb: the exponent of t.")
+    regcb_mellowness: Number = _explore(
+        0.1, "regcb_mellowness", "regcbopt: VW's --mellowness (width of the confidence bounds)."
+    )
+    cover_size: StrictInt = _explore(4, "cover_size", "cover: number of cover policies.")
+    cover_psi: Number = _explore(1.0, "cover_psi", "cover: VW's --psi (disagreement weight).")
+    bag_size: StrictInt = _explore(4, "bag_size", "bag: number of bootstrapped policies.")
+
+
 class LoopConfigIn(_Body):
     """Every field optional; PUT replaces the configuration (missing fields take defaults).
     The loop's sampling key is the server's secret: it cannot be set and is never shown."""
 
     exploration: str = Field(
         "epsilon_greedy",
-        description="Exploration strategy.",
+        description="Exploration strategy: epsilon_greedy, softmax, squarecb (computed by the "
+        "service over the model's scores), regcbopt, cover, bag (VW's own cb_explore_adf "
+        "reductions; the model predicts the distribution). exploration_options holds their "
+        "parameters.",
         json_schema_extra={"enum": list(STRATEGIES)},
     )
-    epsilon: Number = _bounded(0.2, "epsilon", "epsilon_greedy: probability of exploring.")
+    epsilon: Number = _bounded(
+        0.2, "epsilon", "epsilon_greedy: probability of exploring; cover and bag: VW's --epsilon."
+    )
     softmax_lambda: Number = _bounded(1.0, "softmax_lambda", "softmax: inverse temperature.")
     reward_wait_s: Number = _bounded(
         600.0, "reward_wait_s", "Seconds a decision's reward window stays open (30 days max)."
@@ -277,6 +315,11 @@ class LoopConfigIn(_Body):
     alarms: AlarmsIn = Field(default_factory=AlarmsIn, description="The alarm rules.")
     personalizer: PersonalizerIn = Field(
         default_factory=PersonalizerIn, description="Azure Personalizer compatibility settings."
+    )
+    exploration_options: ExploreOptionsIn = Field(
+        default_factory=ExploreOptionsIn,
+        description="Parameters of the exploration strategies (floor, decay, SquareCB's "
+        "schedule, RegCB, cover, bagging).",
     )
 
 
@@ -357,6 +400,7 @@ class LoopConfigOut(BaseModel):
     learner: LearnerIn
     alarms: AlarmsIn
     personalizer: PersonalizerOut
+    exploration_options: ExploreOptionsIn
 
 
 class LoopCounts(BaseModel):

@@ -1,5 +1,14 @@
 """The decision path without I/O: scores -> pmf -> keyed sample of an action or a slate."""
 
+from explore.modern import (
+    DecayingEpsilonGreedy,
+    Floored,
+    SquareCB,
+    VWPmf,
+    floor_pmf,
+    squarecb,
+    vw_pmf,
+)
 from explore.ranking import rank_order
 from explore.sampling import (
     SAMPLING_KEY_BYTES,
@@ -30,20 +39,25 @@ __all__ = [
     "SAMPLING_KEY_BYTES",
     "Action",
     "Context",
+    "DecayingEpsilonGreedy",
     "Decision",
     "EpsilonGreedy",
     "EventStream",
     "Explorer",
+    "Floored",
     "Greedy",
     "SlotChoice",
     "Softmax",
+    "SquareCB",
     "UniformSource",
+    "VWPmf",
     "check_pmf",
     "check_probability",
     "check_sampling_key",
     "check_scores",
     "epsilon_greedy",
     "event_stream",
+    "floor_pmf",
     "make_explorer",
     "mask_pmf",
     "new_sampling_key",
@@ -53,4 +67,6 @@ __all__ = [
     "sample_slate",
     "slate_probability",
     "softmax",
+    "squarecb",
+    "vw_pmf",
 ]

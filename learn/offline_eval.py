@@ -37,7 +37,13 @@ from typing import Any, Protocol
 from learn.events import EventWindow, count_training_events, iter_training_events, last_join_seq
 from learn.examples import BadEvent, TrainingEvent
 from learn.offline_eval_estimate import Accumulator, policy_result
-from learn.offline_eval_spec import EvaluationSpec, PolicySpec, SpecError, check_eval_vw_args
+from learn.offline_eval_spec import (
+    EvaluationSpec,
+    PolicySpec,
+    SpecError,
+    check_eval_vw_args,
+    explored_config,
+)
 from learn.offline_eval_targets import EvalEvent, RewardModel, Target, eval_event, explorer_for
 from learn.train import train
 from log.evaluations import joined_decided_at
@@ -251,7 +257,7 @@ def _target(
     """The target of a policy spec and what to report about its training and time split."""
     if p.kind in ("live", "uniform", "first_action"):
         return Target(p.kind), {"time_split": "none"}
-    explorer = explorer_for(config, p.explore)
+    config = explored_config(config, p.exploration)
     if p.kind == "model":
         assert p.version is not None
         info = registry.get_version(engine, p.version)
@@ -259,6 +265,7 @@ def _target(
             raise SpecError("unknown_version", f"model version {p.version!r} does not exist")
         model = registry.load_artifact(engine, p.version)
         policy = VWPolicy(info.vw_args, model=model, version=info.version)
+        explorer = explorer_for(config, p.explore, policy)
         note: dict[str, Any] = {
             "training": {
                 "trained_from": _iso(info.trained_from),
@@ -270,7 +277,7 @@ def _target(
         }
         return Target(p.kind, policy=policy, explorer=explorer, cutoff=info.trained_until), note
     assert p.args is not None and training is not None and training.until is not None
-    policy = VWPolicy(p.args, version=p.name)
+    policy = VWPolicy(config.with_explore_args(p.args), version=p.name)
     t0 = time.perf_counter()
     try:
         events = iter_training_events(
@@ -293,6 +300,7 @@ def _target(
         "time_split": "after_train_until",
         "eval_from": _iso(training.until),
     }
+    explorer = explorer_for(config, p.explore, policy)
     target = Target(p.kind, policy=policy, explorer=explorer, cutoff=training.until, inclusive=True)
     return target, note
 

@@ -19,6 +19,12 @@ Target policies (``kind``):
   decided in ``[train_since, train_until)`` and evaluated on events decided at or after
   ``train_until``. Without ``train_until``: the evaluation's ``since``, or when that is open too,
   the median decided_at of the window's joined events (earlier half trains, later half evaluates).
+
+``exploration`` (``model`` and ``vw_args``): overrides of the loop's exploration for this target
+(``exploration``, ``epsilon``, ``softmax_lambda``, ``exploration_options``; bounded like a
+loop's), e.g. ``{"exploration": "squarecb", "exploration_options": {"squarecb_gamma0": 50}}``.
+A ``vw_args`` target of a strategy that explores inside the model (regcbopt, cover, bag) is
+trained with that strategy's VW reduction. ``decision-service tune`` builds grids of these.
 """
 
 from __future__ import annotations
@@ -27,12 +33,13 @@ import math
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from evaluation import ESTIMATORS, INTERVALS
 from log.deploy_settings import GUARDRAIL_NAME, MAX_GUARDRAILS
+from log.loops import LoopConfig
 from policies import check_vw_args
 
 __all__ = [
@@ -45,6 +52,8 @@ __all__ = [
     "PolicySpec",
     "SpecError",
     "check_eval_vw_args",
+    "check_exploration",
+    "explored_config",
     "parse_time",
 ]
 
@@ -161,8 +170,15 @@ class PolicySpec:
     explore: bool = True
     train_since: datetime | None = None
     train_until: datetime | None = None
+    exploration: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.exploration is not None:
+            if self.kind not in ("model", "vw_args"):
+                raise SpecError(
+                    "invalid_request", "exploration applies to 'model' and 'vw_args' only"
+                )
+            object.__setattr__(self, "exploration", check_exploration(self.exploration))
         if self.kind not in POLICY_KINDS:
             raise SpecError(
                 "invalid_request", f"kind must be one of {list(POLICY_KINDS)}, got {self.kind!r}"
@@ -227,6 +243,8 @@ class PolicySpec:
             out["train_until"] = _iso(self.train_until)
         if self.scored:
             out["explore"] = self.explore
+        if self.exploration is not None:
+            out["exploration"] = dict(self.exploration)
         return out
 
     @classmethod
@@ -247,6 +265,36 @@ class PolicySpec:
         if "kind" not in fields:
             raise SpecError("invalid_request", "a policy needs a kind")
         return cls(**fields)
+
+
+EXPLORATION_FIELDS = ("exploration", "epsilon", "softmax_lambda", "exploration_options")
+
+
+def check_exploration(value: Any) -> dict[str, Any]:
+    """Exploration overrides of a target, checked against the loop settings' bounds."""
+    if not isinstance(value, Mapping):
+        raise SpecError("invalid_request", f"exploration must be an object, got {value!r}")
+    unknown = sorted(set(value) - set(EXPLORATION_FIELDS))
+    if unknown:
+        raise SpecError(
+            "invalid_request",
+            f"exploration may set {list(EXPLORATION_FIELDS)}, got unknown {unknown}",
+        )
+    try:
+        config = LoopConfig(**dict(value))
+    except (TypeError, ValueError) as err:
+        raise SpecError("invalid_request", f"exploration: {err}") from None
+    out = dict(value)
+    if "exploration_options" in out:
+        out["exploration_options"] = asdict(config.exploration_options)
+    return out
+
+
+def explored_config(config: LoopConfig, exploration: Mapping[str, Any] | None) -> LoopConfig:
+    """`config` with a target's exploration overrides (see `check_exploration`)."""
+    if not exploration:
+        return config
+    return replace(config, **dict(exploration))
 
 
 def _check_guardrails(value: Any) -> tuple[str, ...]:

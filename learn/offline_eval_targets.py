@@ -114,13 +114,18 @@ def eval_event(event: TrainingEvent, slates: str = "skip") -> EvalEvent | None:
     )
 
 
-def explorer_for(config: LoopConfig, explore: bool = True) -> Explorer:
-    """The loop's exploration as served (`explore`), or greedy (ties split evenly)."""
+def explorer_for(
+    config: LoopConfig, explore: bool = True, policy: VWPolicy | None = None
+) -> Explorer:
+    """The loop's exploration as served (`explore`) for `policy` (its learned-example count,
+    whether it predicts a distribution itself), or greedy (ties split evenly)."""
     if not explore:
+        if policy is not None and policy.outputs_pmf:
+            return config.explorer(vw_pmf=True)  # its own pmf, without the floor
         return make_explorer("greedy")
-    if config.exploration == "softmax":
-        return make_explorer("softmax", lam=config.softmax_lambda)
-    return make_explorer("epsilon_greedy", epsilon=config.epsilon)
+    if policy is None:
+        return config.explorer()
+    return config.explorer(examples_seen=policy.examples_seen, vw_pmf=policy.outputs_pmf)
 
 
 class Target:

@@ -290,7 +290,10 @@ def train_version(
     if parent is not None:
         policy = VWPolicy(parent.vw_args, model=registry.load_artifact(engine, parent.version))
     else:
-        policy = VWPolicy(stored.config.vw_args if vw_args is None else vw_args)
+        # a loop whose strategy explores inside the model trains with its VW reduction
+        config = stored.config
+        args = config.model_args if vw_args is None else config.with_explore_args(vw_args)
+        policy = VWPolicy(args)
     try:
         order: Order = "seq" if mode == "online" else "decided"
         prepared: Generator[Prepared, None, None]

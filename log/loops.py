@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from explore import Explorer
 from explore.rules import RetrievalRules
 from explore.sampling import check_sampling_key, new_sampling_key
 from log.alarm_settings import AlarmSettings
@@ -31,6 +32,13 @@ from log.deploy_settings import (
     RolloutSettings,
     section_json,
     settings_from_json,
+)
+from log.explore_settings import (
+    SCORE_STRATEGIES,
+    VW_STRATEGIES,
+    ExploreSettings,
+    explore_args,
+    loop_explorer,
 )
 from log.models import Loop
 from log.personalizer_settings import PersonalizerSettings
@@ -52,7 +60,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 AGGREGATIONS = ("earliest", "sum", "mean", "max", "min")
-STRATEGIES = ("epsilon_greedy", "softmax")
+STRATEGIES = SCORE_STRATEGIES + VW_STRATEGIES  # see log.explore_settings
 DEFAULT_LOOP = "default"
 MAX_REWARD_WAIT_S = 30 * 24 * 3600.0  # 30 days
 MAX_SOFTMAX_LAMBDA = 1000.0
@@ -114,6 +122,8 @@ class LoopConfig:
     alarms: AlarmSettings = field(default_factory=AlarmSettings)
     # Azure Personalizer compatibility (learning mode, ...): log.personalizer_settings.
     personalizer: PersonalizerSettings = field(default_factory=PersonalizerSettings)
+    # The exploration strategies' parameters (log.explore_settings).
+    exploration_options: ExploreSettings = field(default_factory=ExploreSettings)
     # The secret key of the loop's sampling (32 bytes): never shown by any route, never set over
     # HTTP. repr=False keeps it out of logs and tracebacks.
     sampling_key: bytes = field(default_factory=new_sampling_key, repr=False)
@@ -160,6 +170,33 @@ class LoopConfig:
         """Everything, for the `loops` table: the public fields, the key (hex) and `extra`."""
         return {**self.to_json(), "sampling_key": self.sampling_key.hex(), "extra": self.extra}
 
+    @property
+    def model_args(self) -> str:
+        """The VW arguments the loop's models are trained with: `vw_args`, plus the exploration
+        reduction of a VW strategy (regcbopt, cover, bag; see `log.explore_settings`)."""
+        return self.with_explore_args(self.vw_args)
+
+    def with_explore_args(self, vw_args: str) -> str:
+        """`vw_args` with this loop's exploration reduction appended (if it has one)."""
+        extra = explore_args(
+            self.exploration,
+            self.exploration_options,
+            epsilon=self.epsilon,
+            reward_range=(self.min_reward, self.max_reward),
+        )
+        return f"{vw_args} {extra}".strip() if extra else vw_args
+
+    def explorer(self, *, examples_seen: float = 0.0, vw_pmf: bool = False) -> Explorer:
+        """The explorer serving a model of this loop (see `log.explore_settings.loop_explorer`)."""
+        return loop_explorer(
+            self.exploration,
+            self.exploration_options,
+            epsilon=self.epsilon,
+            softmax_lambda=self.softmax_lambda,
+            examples_seen=examples_seen,
+            vw_pmf=vw_pmf,
+        )
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LoopConfig:
         """From `storage_json()` (unknown keys, such as the retired `seed`, are ignored). A stored
@@ -179,6 +216,7 @@ _SECTIONS: dict[str, Any] = {
     "learner": LearnerSettings,
     "alarms": AlarmSettings,
     "personalizer": PersonalizerSettings,
+    "exploration_options": ExploreSettings,
 }
 PUBLIC_FIELDS = tuple(f.name for f in fields(LoopConfig) if f.name not in ("sampling_key", "extra"))
 

@@ -1,9 +1,13 @@
 """The Vowpal Wabbit policy: a contextual-bandit scorer over action-dependent features.
 
 The workspace runs ``--cb_adf`` (the learner underneath ``cb_explore_adf``): it predicts a cost
-per action and the score is its negation. Exploration (epsilon-greedy, softmax) happens in
-`explore/` over these scores, after hard filters, so the service owns the exact pmf it samples
-from. Learning uses the logged probability as the label probability, cost = -reward.
+per action and the score is its negation. Exploration (epsilon-greedy, softmax, SquareCB) happens
+in `explore/` over these scores, after hard filters, so the service owns the exact pmf it samples
+from. A loop whose strategy explores inside the model (RegCB-optimistic, cover, bagging; see
+`log.explore_settings`) trains with ``--cb_explore_adf`` and the reduction appended to its
+arguments: its `scores` are then VW's distribution (`outputs_pmf`), which the service normalises,
+floors and samples from. Learning uses the logged probability as the label probability,
+cost = -reward.
 """
 
 from __future__ import annotations
@@ -185,6 +189,19 @@ def check_vw_args(args: str) -> str:
     return normalised
 
 
+def check_model_args(args: str) -> str:
+    """`args` (a loop's checked `vw_args` with its exploration reduction appended) if Vowpal
+    Wabbit accepts them together; ValueError otherwise."""
+    try:
+        ws = vowpalwabbit.Workspace(f"{BASE_ARGS} {args}")
+    except Exception as err:
+        raise ValueError(
+            f"vw_args and the exploration strategy rejected together by Vowpal Wabbit: {err}"
+        ) from None
+    ws.finish()
+    return args
+
+
 class VWPolicy:
     """One VW workspace; not thread-safe (serving calls it from the event loop thread only)."""
 
@@ -192,6 +209,7 @@ class VWPolicy:
         self.vw_args = vw_args
         self.version = version
         self.interactions = interaction_terms(vw_args)
+        self.outputs_pmf = "--cb_explore_adf" in shlex.split(vw_args)
         extra = " --save_resume --preserve_performance_counters"
         if model is None:
             self._ws = vowpalwabbit.Workspace(f"{BASE_ARGS} {vw_args}{extra}")
@@ -203,6 +221,9 @@ class VWPolicy:
                 self._ws = vowpalwabbit.Workspace(f"--quiet -i {path}{extra}")
             finally:
                 os.unlink(path)
+        # The examples the model has learned (t of the exploration schedules), read before this
+        # workspace predicts anything (VW counts predictions too).
+        self.examples_seen = float(self._ws.get_weighted_examples())
 
     def scores(
         self,
@@ -221,6 +242,8 @@ class VWPolicy:
             costs = examples[0].get_action_scores()
         finally:
             _finish_multi(ws, examples)
+        if self.outputs_pmf:  # cb_explore_adf: VW's distribution, in action order
+            return np.asarray(costs, dtype=np.float64)
         return -np.asarray(costs, dtype=np.float64)
 
     def learn(
@@ -244,6 +267,7 @@ class VWPolicy:
             _learn_multi(ws, examples)
         finally:
             _finish_multi(ws, examples)
+        self.examples_seen += 1.0
 
     def save(self) -> bytes:
         with tempfile.TemporaryDirectory() as tmp:

@@ -95,7 +95,9 @@ def run_candidates(
             refused[raw] = str(err)
             logger.error("loop %s: candidate VW arguments %r refused: %s", loop, raw, err)
             continue
-        if args in busy:
+        # a loop whose strategy explores inside the model trains (and stores) its candidates
+        # with the strategy's VW reduction appended
+        if args in busy or stored.config.with_explore_args(args) in busy:
             waiting.append(args)
             continue
         trained = train_version(

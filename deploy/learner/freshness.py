@@ -104,7 +104,7 @@ def check_continuation(
         live.close()
     return check_safety(
         sample,
-        explorer_for(stored.config),
+        explorer_for(stored.config, policy=live),
         collapse_ratio=stored.config.learner.collapse_ratio,
         confidence=stored.config.gate.confidence,
         reward_range=(stored.config.min_reward, stored.config.max_reward),

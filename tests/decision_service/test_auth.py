@@ -41,6 +41,7 @@ PERMISSION: dict[tuple[str, str], tuple[str, bool]] = {
     ("POST", "/v1/loops/{loop}/events/{event_id:path}/reward"): ("decide", True),
     ("POST", "/v1/loops/{loop}/events/{event_id:path}/activate"): ("decide", True),
     ("POST", "/v1/loops/{loop}/evaluations"): ("evaluate", True),
+    ("POST", "/v1/loops/{loop}/tune"): ("evaluate", True),
     ("GET", "/v1/loops/{loop}/evaluations"): ("read", True),
     ("GET", "/v1/loops/{loop}/evaluations/{evaluation_id}"): ("read", True),
     ("GET", "/v1/loops/{loop}/evaluations/{evaluation_id}/report"): ("read", True),
