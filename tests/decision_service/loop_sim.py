@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -26,7 +28,9 @@ def simulated_share(
     config: LoopConfig, *, rounds: int, seed: int, every: int = 50, last: float = 0.2
 ) -> float:
     """The served expected reward over the last `last` share of `rounds` decisions divided by
-    the oracle's (the simulator's exact click probabilities)."""
+    the oracle's (the simulator's exact click probabilities). The sampling key is derived from
+    `seed` (a `LoopConfig` draws a random one), so a run is a function of its arguments."""
+    config = replace(config, sampling_key=hashlib.sha256(f"loop-sim-{seed}".encode()).digest())
     sim = Simulator(
         SimulatorConfig(
             seed=seed, n_items=40, n_actions_per_request=6, n_users=300, affinity_scale=4.0
