@@ -11,26 +11,21 @@ the best as a candidate is the CLI's ``decision-service tune --submit`` (or a PU
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-import deploy.registry as registry
 from decision_service import routes_evaluations
 from decision_service.auth import authorize
 from decision_service.errors import describe_validation
 from decision_service.routes import LoopName, _json, _service, read_json
 from decision_service.routes_evaluations import EvaluationOut, _existing_loop, _links, _record_json
 from decision_service.schemas import body_ref, error_responses
-from explore.errors import InvalidInput, NotFound
-from learn.offline_eval import resolve_spec
+from explore.errors import InvalidInput
 from learn.offline_eval_spec import SpecError, parse_time
 from learn.tune import MAX_COMBINATIONS, tune_spec
-from log.evaluations import create_evaluation, get_evaluation
 
 __all__ = ["REQUEST_MODELS", "TuneRequest", "router"]
 
@@ -101,24 +96,9 @@ async def tune(request: Request, loop: LoopName) -> Response:
             seed=parsed.seed,
             **extra,
         )
-        spec = await run_in_threadpool(lambda: resolve_spec(engine, loop, spec, registry=registry))
     except SpecError as err:
         raise InvalidInput(err.message, err.code) from None
-    except LookupError as err:
-        raise NotFound(str(err), "loop_not_found") from None
     settings = service.settings
-    since = datetime.now(UTC) - timedelta(seconds=settings.evaluation_timeout_s)
-    record = await run_in_threadpool(
-        lambda: create_evaluation(
-            engine,
-            loop,
-            spec.to_json(),
-            max_active=settings.max_evaluations_per_loop,
-            active_since=since,
-        )
-    )
-    # looked up on the module at call time (the contract tests keep accepted runs queued)
-    if not await run_in_threadpool(routes_evaluations.spawn_job, engine, settings, record.id):
-        failed = await run_in_threadpool(get_evaluation, engine, record.id)
-        record = failed if failed is not None else record
+    queued = await routes_evaluations.queue_run(engine, settings, loop, spec)
+    record = await routes_evaluations.start_run(engine, settings, queued)
     return _json(_record_json(record, with_result=False), 202, {"Location": _links(record)["self"]})

@@ -25,7 +25,7 @@ import hashlib
 import io
 import zipfile
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -33,7 +33,6 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-import deploy.registry as registry_module
 from decision_service import routes_evaluations
 from decision_service.auth import authorize
 from decision_service.personalizer import config as pconfig
@@ -44,9 +43,8 @@ from decision_service.routes import read_body, read_json
 from decision_service.service import Service
 from deploy.registry import live_version, load_artifact, register
 from explore.errors import Conflict, Forbidden, InvalidInput, NotFound
-from learn.offline_eval import resolve_spec
 from learn.offline_eval_spec import EvaluationSpec, SpecError
-from log.evaluations import EvaluationRecord, create_evaluation, get_evaluation
+from log.evaluations import EvaluationRecord, get_evaluation
 from log.loops import DEFAULT_LOOP, LoopConfig, get_loop, put_loop
 from log.personalizer_evaluations import (
     PersonalizerEvaluation,
@@ -450,27 +448,14 @@ async def _create_evaluation(
         raise Conflict(f"an evaluation {evaluation_id!r} exists already", "evaluation_exists")
     try:
         spec = EvaluationSpec.from_json(native)
-        spec = await run_in_threadpool(
-            lambda: resolve_spec(engine, loop, spec, registry=registry_module)
-        )
     except SpecError as err:
         raise InvalidInput(err.message, err.code) from None
-    settings = service.settings
-    since = datetime.now(UTC) - timedelta(seconds=settings.evaluation_timeout_s)
-    record = await run_in_threadpool(
-        lambda: create_evaluation(
-            engine,
-            loop,
-            spec.to_json(),
-            max_active=settings.max_evaluations_per_loop,
-            active_since=since,
-        )
-    )
+    record = await routes_evaluations.queue_run(engine, service.settings, loop, spec)
     item = PersonalizerEvaluation(
         loop, evaluation_id or record.id, record.id, stored, record.created_at
     )
     await run_in_threadpool(add_personalizer_evaluation, engine, item)
-    await run_in_threadpool(routes_evaluations.spawn_job, engine, settings, record.id)
+    await routes_evaluations.start_run(engine, service.settings, record)
     return item
 
 
