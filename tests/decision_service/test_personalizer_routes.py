@@ -177,6 +177,19 @@ def test_limits_and_content_types(tmp_path: Path) -> None:
             r = c.post(path, json=body)
             assert r.status_code == 400, (path, r.text)
             assert r.json()["error"]["code"] == (code or "InvalidMultiSlotRankRequest")
+        # at the limits: 50 actions, 50 slots, ids of 256 characters are accepted
+        long_id = "i" * 256
+        at_limit = [{"id": long_id, "features": [{"i": 0}]}, *actions[1:50]]
+        r = c.post(f"{p3}/rank", json={"actions": at_limit, "eventId": "e" * 256})
+        assert r.status_code == 201, r.text
+        probabilities = {x["id"]: x["probability"] for x in r.json()["ranking"]}
+        assert len(probabilities) == 50 and long_id in probabilities
+        slots50 = [
+            {"id": f"s{i:02d}".ljust(256, "x"), "baselineAction": f"a{i}"} for i in range(50)
+        ]
+        r = c.post(f"{p3}/multislot/rank", json={"actions": actions[:50], "slots": slots50})
+        assert r.status_code == 201, r.text
+        assert [s["id"] for s in r.json()["slots"]] == [s["id"] for s in slots50]
         ok = {"actions": ACTIONS[:2], "contextFeatures": [{"x": 1}], "eventId": "ct"}
         for content_type in ("application/json", "application/json; charset=utf-8"):
             r = c.post(

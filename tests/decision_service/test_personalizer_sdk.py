@@ -247,8 +247,9 @@ def test_errors_and_wrong_key(running: Running, client: PersonalizerClient) -> N
     with pytest.raises(HttpResponseError) as err:
         client.reward("never-ranked", {"value": 1.0})
     assert err.value.status_code == 404 and err.value.error.code == "ResourceNotFound"
+    client.rank({"actions": [{"id": "a", "features": [{"f": 1}]}], "eventId": "evt-range"})
     with pytest.raises(HttpResponseError) as err:
-        client.reward("evt-456", {"value": 5.0})  # outside the loop's reward range
+        client.reward("evt-range", {"value": 5.0})  # outside the loop's reward range
     assert err.value.status_code == 400 and err.value.error.code == "InvalidRewardRequest"
     wrong = PersonalizerClient(running.url, AzureKeyCredential("not-a-key"), retry_total=0)
     with wrong, pytest.raises(ClientAuthenticationError) as denied:
@@ -331,6 +332,9 @@ def test_logs_and_model(running: Running, admin: PersonalizerAdministrationClien
     with pytest.raises(HttpResponseError) as err:
         b"".join(admin.export_model(signed=True))
     assert err.value.status_code == 404
+    with pytest.raises(HttpResponseError) as err:
+        admin.reset_model()  # the live version changes through the gate and rollback only
+    assert err.value.status_code == 409 and err.value.error.code == "OperationNotAllowed"
     with pytest.raises(HttpResponseError) as err:
         admin.import_model(io.BytesIO(b"not a zip"))
     assert err.value.status_code == 400
@@ -483,6 +487,9 @@ def test_evaluations_2022(running: Running, logged: dict[str, Any]) -> None:
         low, high = results["Online"]["summary"]["confidenceInterval"]
         assert low <= logged["online"] <= high
         assert got["content"]["intervalInMinutes"] == 60 and got["content"]["window"] == "Rolling"
+        # the run estimates the whole window: one point per policy, at the evaluation's start
+        for p in results.values():
+            assert p["timeseries"]["data"] == [{"timeStamp": got["startTime"], **p["summary"]}]
         assert got["optimalPolicy"] in results
         listed = list(pz_admin.list_evaluations())
         assert [e["id"] for e in listed] == ["e1"]
