@@ -27,6 +27,7 @@ from decision_service import create_app
 from deploy.registry import register
 from policies import VWPolicy
 from tests.conftest import ADMIN_HEADERS, make_settings
+from tests.decision_service.test_durability import database_down
 
 with warnings.catch_warnings():  # the legacy SDK's dependencies warn on import
     warnings.simplefilter("ignore")
@@ -196,6 +197,16 @@ def test_deferred_activation(running: Running, client: PersonalizerClient) -> No
     client.activate("evt-456")
     client.reward("evt-456", {"value": 0.5})
     client.activate("evt-456")  # again: still 204
+    # an id with '/', a space, '?' and '%' travels percent-encoded and is the same id
+    odd = "deferred/x y?z%20"
+    client.rank({"actions": [{"id": "a", "features": [{"f": 1}]}], "eventId": odd})
+    client.reward(odd, {"value": 1.0})
+    client.activate(odd)
+    r = running.native.post(
+        f"/v1/loops/{LOOP}/events/deferred%2Fx%20y%3Fz%2520/reward",
+        json={"value": 0.0, "reward_id": "odd"},
+    )
+    assert r.status_code == 202, r.text  # the decision exists under exactly that id
     # the native view of the same decision: deferred, now activated
     r = running.native.post(f"/v1/loops/{LOOP}/events/evt-456/activate")
     assert r.status_code == 200 and r.json()["status"] == "already_activated"
@@ -588,3 +599,29 @@ def test_evaluations_2022_are_paged(running: Running, logged: dict[str, Any]) ->
         headers={"Ocp-Apim-Subscription-Key": logged["key"]},
     ).json()
     assert page["value"][0]["id"] == paged[0] and "skip=1" in page["nextLink"]
+
+
+def test_store_unreachable_is_the_sdks_503(tmp_path: Path) -> None:
+    """The store down: both SDKs raise their own exception with 503 `ServiceUnavailable` (a
+    server of its own: the module's server keeps its store)."""
+    settings = make_settings(f"sqlite:///{tmp_path / 'store.db'}", tmp_path, join_grace_s=0.0)
+    with Running(create_app(settings)) as server:
+        key = server.key("admin", None)  # unscoped: the default loop
+        service = server.app.state.service
+        with (
+            PersonalizerClient(server.url, AzureKeyCredential(key), retry_total=0) as pz,
+            LegacyClient(server.url, CognitiveServicesCredentials(key)) as legacy,
+        ):
+            assert pz.rank({"actions": [{"id": "a", "features": [{"f": 1}]}]})  # key verified
+            with database_down(service, tmp_path):
+                with pytest.raises(HttpResponseError) as err:
+                    pz.rank({"actions": [{"id": "a", "features": [{"f": 1}]}], "eventId": "d1"})
+                assert err.value.status_code == 503
+                assert err.value.error.code == "ServiceUnavailable"
+                assert int(err.value.response.headers["Retry-After"]) >= 0
+                with pytest.raises(ErrorResponseException) as legacy_err:
+                    legacy.rank(
+                        RankRequest(actions=FOOD, context_features=[{"t": 1}], event_id="d2")
+                    )
+                assert legacy_err.value.response.status_code == 503
+                assert legacy_err.value.error.error.code == "ServiceUnavailable"
