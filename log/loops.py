@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +41,7 @@ from log.explore_settings import (
     explore_args,
     loop_explorer,
 )
+from log.loop_lock import take_write_lock
 from log.models import Loop
 from log.personalizer_settings import PersonalizerSettings
 
@@ -56,6 +58,7 @@ __all__ = [
     "get_loop",
     "list_loops",
     "put_loop",
+    "update_loop",
 ]
 
 logger = logging.getLogger(__name__)
@@ -325,6 +328,31 @@ def put_loop(
         except IntegrityError:  # another writer created the loop first: replace it instead
             continue
     raise RuntimeError(f"could not store loop {name!r}: concurrent writers kept conflicting")
+
+
+def update_loop(
+    engine: Engine, name: str, change: Callable[[LoopConfig], LoopConfig]
+) -> StoredLoop | None:
+    """Read-modify-write of a loop's configuration in one transaction: `change` gets the stored
+    configuration and returns the new one, and no other writer of the loop's row (`put_loop`,
+    another `update_loop`) can come between the read and the write (PostgreSQL: the row is
+    locked FOR UPDATE; SQLite: the transaction is the writer before it reads). Returns None when
+    the loop does not exist. What `change` raises rolls the transaction back (nothing written).
+    The loop keeps its sampling key whatever `change` returns."""
+    with engine.begin() as conn:
+        take_write_lock(conn)
+        row = conn.execute(select(*_COLUMNS).where(Loop.loop == name).with_for_update()).first()
+        if row is None:
+            return None
+        current = _config(row.config, name)
+        config = replace(change(current), sampling_key=current.sampling_key)
+        now = datetime.now(UTC)
+        conn.execute(
+            update(Loop)
+            .where(Loop.loop == name)
+            .values(config=config.storage_json(), updated_at=now)
+        )
+        return StoredLoop(name, config, row.created_at, now)
 
 
 def ensure_default_loop(engine: Engine) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -45,7 +46,7 @@ from deploy.registry import live_version, load_artifact, register
 from explore.errors import Conflict, Forbidden, InvalidInput, NotFound
 from learn.offline_eval_spec import EvaluationSpec, SpecError
 from log.evaluations import EvaluationRecord, get_evaluation
-from log.loops import DEFAULT_LOOP, LoopConfig, get_loop, put_loop
+from log.loops import DEFAULT_LOOP, LoopConfig, get_loop, update_loop
 from log.personalizer_evaluations import (
     PersonalizerEvaluation,
     add_personalizer_evaluation,
@@ -108,9 +109,17 @@ async def _stored_config(service: Service, loop: str) -> LoopConfig:
     return stored.config
 
 
-async def _save(service: Service, loop: str, config: LoopConfig) -> None:
-    stored, _ = await run_in_threadpool(put_loop, service.engine, loop, config)
+async def _update(
+    service: Service, loop: str, change: Callable[[LoopConfig], LoopConfig]
+) -> LoopConfig:
+    """Apply `change` to the loop's stored configuration: one read-modify-write transaction in
+    `log.loops.update_loop` (concurrent PUTs never lose each other's update); what `change`
+    raises (InvalidInput) writes nothing."""
+    stored = await run_in_threadpool(update_loop, service.engine, loop, change)
+    if stored is None:
+        raise NotFound(f"loop {loop!r} does not exist", "loop_not_found")
     await run_in_threadpool(service.loops.install, stored)
+    return stored.config
 
 
 def _slot_ids(context: dict[str, Any], event_id: str) -> list[str]:
@@ -198,9 +207,10 @@ def _router(version: str) -> APIRouter:
         loop = await resource(request, "configure", version)
         service = _service(request)
         body = await read_json(request)
-        config = await _stored_config(service, loop)
-        updated = pconfig.apply_service_configuration(config, body, datetime.now(UTC))
-        await _save(service, loop, updated)
+        now = datetime.now(UTC)
+        await _update(
+            service, loop, lambda config: pconfig.apply_service_configuration(config, body, now)
+        )
         return _json(await _service_configuration(service, loop))
 
     @router.get("/configurations/policy")
@@ -213,16 +223,16 @@ def _router(version: str) -> APIRouter:
         loop = await resource(request, "configure", version)
         service = _service(request)
         body = await read_json(request)
-        config = pconfig.apply_policy(await _stored_config(service, loop), body, datetime.now(UTC))
-        await _save(service, loop, config)
+        now = datetime.now(UTC)
+        config = await _update(service, loop, lambda c: pconfig.apply_policy(c, body, now))
         return _json(pconfig.policy_json(config))
 
     @router.delete("/configurations/policy")
     async def reset_policy(request: Request) -> Response:
         loop = await resource(request, "configure", version)
         service = _service(request)
-        config = pconfig.reset_policy(await _stored_config(service, loop), datetime.now(UTC))
-        await _save(service, loop, config)
+        now = datetime.now(UTC)
+        config = await _update(service, loop, lambda c: pconfig.reset_policy(c, now))
         return _json(pconfig.policy_json(config))
 
     # ------------------------------------------------------------------------------- logs
@@ -504,15 +514,19 @@ async def _apply(service: Service, loop: str, item: PersonalizerEvaluation, poli
             f"{source} is a reference policy, not learning settings: it cannot be applied",
             "OperationNotAllowed",
         )
-    config = await _stored_config(service, loop)
     args = pconfig.native_arguments(arguments)
-    candidates = config.learner.candidates
-    if args not in candidates:
+
+    def add_candidate(config: LoopConfig) -> LoopConfig:
+        candidates = config.learner.candidates
+        if args in candidates:
+            return config
         try:
             learner = replace(config.learner, candidates=(*candidates, args))
         except ValueError as err:
             raise InvalidInput(f"cannot add the candidate: {err}", "invalid_config") from None
-        await _save(service, loop, replace(config, learner=learner))
+        return replace(config, learner=learner)
+
+    await _update(service, loop, add_candidate)
 
 
 async def _activate(service: Service, loop: str, event_id: str) -> None:

@@ -3,6 +3,7 @@ probabilities (chi-square), Apprentice and LoggingOnly as logged and as learned,
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from log.schema import make_engine
 from log.training_reads import EventWindow, iter_joined
 from policies import VWPolicy
 from tests.conftest import admin_client, make_settings
+from tests.decision_service.test_durability import database_down
 
 V1 = "/personalizer/v1.0"
 ACTIONS = [{"id": x, "features": [{"k": x}]} for x in ("a", "b", "c", "d")]
@@ -175,6 +177,19 @@ def test_limits_and_content_types(tmp_path: Path) -> None:
             r = c.post(path, json=body)
             assert r.status_code == 400, (path, r.text)
             assert r.json()["error"]["code"] == (code or "InvalidMultiSlotRankRequest")
+        # at the limits: 50 actions, 50 slots, ids of 256 characters are accepted
+        long_id = "i" * 256
+        at_limit = [{"id": long_id, "features": [{"i": 0}]}, *actions[1:50]]
+        r = c.post(f"{p3}/rank", json={"actions": at_limit, "eventId": "e" * 256})
+        assert r.status_code == 201, r.text
+        probabilities = {x["id"]: x["probability"] for x in r.json()["ranking"]}
+        assert len(probabilities) == 50 and long_id in probabilities
+        slots50 = [
+            {"id": f"s{i:02d}".ljust(256, "x"), "baselineAction": f"a{i}"} for i in range(50)
+        ]
+        r = c.post(f"{p3}/multislot/rank", json={"actions": actions[:50], "slots": slots50})
+        assert r.status_code == 201, r.text
+        assert [s["id"] for s in r.json()["slots"]] == [s["id"] for s in slots50]
         ok = {"actions": ACTIONS[:2], "contextFeatures": [{"x": 1}], "eventId": "ct"}
         for content_type in ("application/json", "application/json; charset=utf-8"):
             r = c.post(
@@ -183,3 +198,77 @@ def test_limits_and_content_types(tmp_path: Path) -> None:
             assert r.status_code == 201 and r.headers["content-type"] == "application/json"
         r = c.post(f"{V1}/rank", content=b"{nope", headers={"Content-Type": "application/json"})
         assert r.status_code == 400 and r.json()["error"]["code"] == "BadRequest"
+
+
+def test_concurrent_configuration_puts_lose_no_update(db_url: str, tmp_path: Path) -> None:
+    """Three writers PUT different parts of the configuration at once (each PUT is a
+    read-modify-write of the whole loop config): every writer's last value is what stays."""
+    settings = make_settings(db_url, tmp_path)
+    base, rounds = "/personalizer/v1.1-preview.3/configurations", 12
+    bodies = {
+        "wait": lambda i: ("service", {"rewardWaitTime": f"PT{60 + i}S"}),
+        "epsilon": lambda i: ("service", {"explorationPercentage": round(0.01 * (i + 1), 2)}),
+        "policy": lambda i: ("policy", {"name": f"p{i}", "arguments": "--cb_explore_adf"}),
+    }
+    failures: list[str] = []
+    with admin_client(create_app(settings)) as c:
+        start = threading.Barrier(len(bodies))
+
+        def writer(name: str) -> None:
+            start.wait()
+            for i in range(rounds):
+                path, body = bodies[name](i)
+                r = c.put(f"{base}/{path}", json=body)
+                if r.status_code != 200:
+                    failures.append(r.text)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in bodies]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not failures, failures
+        service = c.get(f"{base}/service").json()
+        assert service["rewardWaitTime"] == f"PT1M{rounds - 1}S"
+        assert service["explorationPercentage"] == pytest.approx(0.01 * rounds)
+        assert c.get(f"{base}/policy").json()["name"] == f"p{rounds - 1}"
+
+
+def test_store_unreachable_answers_503(db_url: str, tmp_path: Path) -> None:
+    """The store down: Personalizer's 503 `ServiceUnavailable` with `Retry-After` (the SDKs
+    retry it), nothing written; the same calls succeed once the store answers again."""
+    settings = make_settings(db_url, tmp_path)
+    p22 = "/personalizer"
+    version = {"api-version": "2022-09-01-preview"}
+    rank = {"actions": ACTIONS, "contextFeatures": [{"x": 1}], "eventId": "down-1"}
+    with admin_client(create_app(settings)) as c:
+        assert c.get(f"{V1}/configurations/service").status_code == 200  # the key is verified
+        service = c.app.state.service  # type: ignore[attr-defined]
+        with database_down(service, tmp_path):
+            answers = [
+                c.post(f"{V1}/rank", json=rank),
+                c.post(f"{p22}/rank", json=rank, params=version),
+                c.get(f"{V1}/configurations/service"),
+                c.put(f"{V1}/configurations/service", json={"explorationPercentage": 0.5}),
+                c.put(
+                    f"{p22}/configurations/policy",
+                    json={"name": "x", "arguments": ""},
+                    params=version,
+                ),
+                c.get(f"{p22}/evaluations", params=version),
+                c.get(f"{V1}/model/properties"),
+            ]
+            for r in answers:
+                assert r.status_code == 503, (r.request.url, r.text)
+                error = r.json()["error"]
+                assert error["code"] == "ServiceUnavailable", r.text
+                assert error["innerError"]["code"] == "store_unavailable"
+                assert int(r.headers["Retry-After"]) >= 0
+        assert c.get(f"{V1}/configurations/service").json()["explorationPercentage"] != 0.5
+        assert c.get(f"{V1}/configurations/policy").json()["name"] == "default"
+        deadline = time.monotonic() + 20  # the writer reconnects after its back-off
+        while (r := c.post(f"{V1}/rank", json=rank)).status_code == 503:
+            assert time.monotonic() < deadline, "the store never came back"
+            time.sleep(0.1)
+        assert r.status_code == 201, r.text
+        assert c.get("/v1/loops/default").json()["counts"]["decisions"] == 1

@@ -3,7 +3,8 @@
 `azure-cognitiveservices-personalizer` (REST v1.0, msrest) and `azure-ai-personalizer`
 (2022-09-01-preview, azure-core) are used unchanged: only the endpoint and the key differ from an
 app written for Azure. One server per module (SQLite); what is checked on the store goes through
-the native API.
+the native API. The tests share the module's server, so the module runs in one xdist group
+(`scripts/test` uses `--dist loadgroup`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from decision_service import create_app
 from deploy.registry import register
 from policies import VWPolicy
 from tests.conftest import ADMIN_HEADERS, make_settings
+from tests.decision_service.test_durability import database_down
+
+pytestmark = pytest.mark.xdist_group("personalizer_sdk")
 
 with warnings.catch_warnings():  # the legacy SDK's dependencies warn on import
     warnings.simplefilter("ignore")
@@ -196,6 +200,16 @@ def test_deferred_activation(running: Running, client: PersonalizerClient) -> No
     client.activate("evt-456")
     client.reward("evt-456", {"value": 0.5})
     client.activate("evt-456")  # again: still 204
+    # an id with '/', a space, '?' and '%' travels percent-encoded and is the same id
+    odd = "deferred/x y?z%20"
+    client.rank({"actions": [{"id": "a", "features": [{"f": 1}]}], "eventId": odd})
+    client.reward(odd, {"value": 1.0})
+    client.activate(odd)
+    r = running.native.post(
+        f"/v1/loops/{LOOP}/events/deferred%2Fx%20y%3Fz%2520/reward",
+        json={"value": 0.0, "reward_id": "odd"},
+    )
+    assert r.status_code == 202, r.text  # the decision exists under exactly that id
     # the native view of the same decision: deferred, now activated
     r = running.native.post(f"/v1/loops/{LOOP}/events/evt-456/activate")
     assert r.status_code == 200 and r.json()["status"] == "already_activated"
@@ -247,8 +261,9 @@ def test_errors_and_wrong_key(running: Running, client: PersonalizerClient) -> N
     with pytest.raises(HttpResponseError) as err:
         client.reward("never-ranked", {"value": 1.0})
     assert err.value.status_code == 404 and err.value.error.code == "ResourceNotFound"
+    client.rank({"actions": [{"id": "a", "features": [{"f": 1}]}], "eventId": "evt-range"})
     with pytest.raises(HttpResponseError) as err:
-        client.reward("evt-456", {"value": 5.0})  # outside the loop's reward range
+        client.reward("evt-range", {"value": 5.0})  # outside the loop's reward range
     assert err.value.status_code == 400 and err.value.error.code == "InvalidRewardRequest"
     wrong = PersonalizerClient(running.url, AzureKeyCredential("not-a-key"), retry_total=0)
     with wrong, pytest.raises(ClientAuthenticationError) as denied:
@@ -331,6 +346,9 @@ def test_logs_and_model(running: Running, admin: PersonalizerAdministrationClien
     with pytest.raises(HttpResponseError) as err:
         b"".join(admin.export_model(signed=True))
     assert err.value.status_code == 404
+    with pytest.raises(HttpResponseError) as err:
+        admin.reset_model()  # the live version changes through the gate and rollback only
+    assert err.value.status_code == 409 and err.value.error.code == "OperationNotAllowed"
     with pytest.raises(HttpResponseError) as err:
         admin.import_model(io.BytesIO(b"not a zip"))
     assert err.value.status_code == 400
@@ -483,6 +501,9 @@ def test_evaluations_2022(running: Running, logged: dict[str, Any]) -> None:
         low, high = results["Online"]["summary"]["confidenceInterval"]
         assert low <= logged["online"] <= high
         assert got["content"]["intervalInMinutes"] == 60 and got["content"]["window"] == "Rolling"
+        # the run estimates the whole window: one point per policy, at the evaluation's start
+        for p in results.values():
+            assert p["timeseries"]["data"] == [{"timeStamp": got["startTime"], **p["summary"]}]
         assert got["optimalPolicy"] in results
         listed = list(pz_admin.list_evaluations())
         assert [e["id"] for e in listed] == ["e1"]
@@ -567,17 +588,55 @@ def test_model_export_import(running: Running, logged: dict[str, Any]) -> None:
         assert err.value.error.code == "InvalidModelImportSignature"
 
 
-def test_evaluations_2022_are_paged(running: Running, logged: dict[str, Any]) -> None:
-    credential = AzureKeyCredential(logged["key"])
-    native = running.native.get(f"/v1/loops/{EVAL_LOOP}/evaluations").json()["evaluations"]
-    with PersonalizerAdministrationClient(running.url, credential, retry_total=0) as pz_admin:
+def test_evaluations_2022_are_paged(running: Running) -> None:
+    """A loop of its own with two evaluations: listed one per page, following nextLink."""
+    loop = "pages"
+    assert running.native.put(f"/v1/loops/{loop}", json={}).status_code == 201
+    key = running.key("admin", [loop])
+    now = datetime.now(UTC)
+    window = {
+        "startTime": (now - timedelta(hours=1)).isoformat(),
+        "endTime": (now + timedelta(hours=1)).isoformat(),
+    }
+    with PersonalizerAdministrationClient(
+        running.url, AzureKeyCredential(key), retry_total=0
+    ) as pz_admin:
+        for name in ("p1", "p2"):
+            pz_admin.create_evaluation(name, {"name": name, **window})
         paged = [e["id"] for e in pz_admin.list_evaluations(top=1)]  # follows nextLink
-    # e1 was deleted (its run stays a native record); the v1.1 evaluation remains
-    assert len(paged) == 1 and len(native) == 2
-    assert paged[0] in {run["id"] for run in native}
+    assert sorted(paged) == ["p1", "p2"]
+    native = running.native.get(f"/v1/loops/{loop}/evaluations").json()["evaluations"]
+    assert len(native) == 2
     page = httpx.get(
         f"{running.url}/personalizer/evaluations",
         params={"api-version": "2022-09-01-preview", "top": 1},
-        headers={"Ocp-Apim-Subscription-Key": logged["key"]},
+        headers={"Ocp-Apim-Subscription-Key": key},
     ).json()
-    assert page["value"][0]["id"] == paged[0] and "skip=1" in page["nextLink"]
+    assert len(page["value"]) == 1 and page["value"][0]["id"] == paged[0]
+    assert "skip=1" in page["nextLink"]
+
+
+def test_store_unreachable_is_the_sdks_503(tmp_path: Path) -> None:
+    """The store down: both SDKs raise their own exception with 503 `ServiceUnavailable` (a
+    server of its own: the module's server keeps its store)."""
+    settings = make_settings(f"sqlite:///{tmp_path / 'store.db'}", tmp_path, join_grace_s=0.0)
+    with Running(create_app(settings)) as server:
+        key = server.key("admin", None)  # unscoped: the default loop
+        service = server.app.state.service
+        with (
+            PersonalizerClient(server.url, AzureKeyCredential(key), retry_total=0) as pz,
+            LegacyClient(server.url, CognitiveServicesCredentials(key)) as legacy,
+        ):
+            assert pz.rank({"actions": [{"id": "a", "features": [{"f": 1}]}]})  # key verified
+            with database_down(service, tmp_path):
+                with pytest.raises(HttpResponseError) as err:
+                    pz.rank({"actions": [{"id": "a", "features": [{"f": 1}]}], "eventId": "d1"})
+                assert err.value.status_code == 503
+                assert err.value.error.code == "ServiceUnavailable"
+                assert int(err.value.response.headers["Retry-After"]) >= 0
+                with pytest.raises(ErrorResponseException) as legacy_err:
+                    legacy.rank(
+                        RankRequest(actions=FOOD, context_features=[{"t": 1}], event_id="d2")
+                    )
+                assert legacy_err.value.response.status_code == 503
+                assert legacy_err.value.error.error.code == "ServiceUnavailable"
