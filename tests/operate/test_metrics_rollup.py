@@ -144,6 +144,37 @@ def test_rollup_matches_the_tables_after_a_gap_and_is_idempotent(
         assert sum(v["decisions"] for v in coarse.values()) == 701
 
 
+def test_a_spool_shipped_after_the_settle_period_is_counted_once_joined(
+    engine: Engine, writer: GroupCommitWriter
+) -> None:
+    """Decisions (with their rewards) that reach the store hours after their buckets were
+    computed: the run after the joiner closed their windows recomputes their buckets (found by
+    `joined_at`), without `operate --since`; the hourly and daily sums follow."""
+    configure(engine)
+    policy = MetricsPolicy(settle_s=900)
+    first = log(engine, writer, 200, T0, "d")
+    rollup_loop(engine, LOOP, now=first, policy=policy)
+    later = first + timedelta(hours=3)
+    rollup_loop(engine, LOOP, now=later, policy=policy)  # the watermark moves on
+    before = stored(engine)
+    # a spool shipped now: 40 decisions (and their rewards) of the first minutes
+    write(writer, sim_events(SIM, 40, seed=5, start=T0 + timedelta(seconds=1), prefix="spool"))
+    rollup_loop(engine, LOOP, now=later + timedelta(seconds=10), policy=policy)
+    assert stored(engine) == before  # not joined yet: not found (operate --since would)
+    join_loop(engine, LOOP, default_reward=0.0, aggregation="earliest", now=later)
+    rollup_loop(engine, LOOP, now=later + timedelta(seconds=20), policy=policy)
+    assert_matches(engine, floor_time(later) + timedelta(minutes=5))
+    assert stored(engine) != before
+    for table in (Metrics1hRow, Metrics1dRow):
+        assert sum(v["decisions"] for v in stored(engine, table).values()) == 240
+        assert sum(v["rewards"] for v in stored(engine, table).values()) == sum(
+            v["rewards"] for v in direct(engine).values()
+        )
+    again = stored(engine)
+    rollup_loop(engine, LOOP, now=later + timedelta(seconds=30), policy=policy)
+    assert stored(engine) == again  # idempotent
+
+
 def test_per_arm_rows_and_derived_figures(engine: Engine, writer: GroupCommitWriter) -> None:
     configure(engine)
     at = log(engine, writer, 200, T0, "c")
