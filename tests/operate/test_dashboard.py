@@ -5,6 +5,7 @@ logout and revocation end the session."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -210,9 +211,15 @@ def test_login_regenerates_the_session_and_logout_ends_it_server_side(
 
 
 def test_login_errors_do_not_say_which_part_was_wrong(
-    app_and_run: tuple[TestClient, Run, dict[str, str]],
+    app_and_run: tuple[TestClient, Run, dict[str, str]], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     admin, _, keys = app_and_run
+    # over https the cookie is also Secure
+    tls = TestClient(admin.app, base_url="https://testserver", headers=HTML)
+    r = tls.post("/dashboard/login", data={"key": keys["gatekeeper"]}, follow_redirects=False)
+    assert r.status_code == 303 and "; Secure" in r.headers["set-cookie"]
+    assert "HttpOnly" in r.headers["set-cookie"]
     anonymous = TestClient(admin.app, headers=HTML)
     _, key_id, secret = keys["gatekeeper"].split("_", 2)
     wrong_secret = f"dsk_{key_id}_{secret[::-1]}"
@@ -226,6 +233,8 @@ def test_login_errors_do_not_say_which_part_was_wrong(
     for r, k in zip(answers, (wrong_secret, unknown_id, revoked), strict=True):
         assert k not in r.text and k.split("_", 2)[2] not in r.text
         assert "ds_session" not in r.headers.get("set-cookie", "")
+    secrets_ = [k.split("_", 2)[2] for k in (*keys.values(), wrong_secret, unknown_id)]
+    assert not [s for s in secrets_ if s in caplog.text]  # no key secret is logged
 
 
 def test_values_from_the_store_are_escaped_on_every_page(

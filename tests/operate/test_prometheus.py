@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from decision_service import Settings, create_app
 from log.learner_state import stop_freshness
 from log.metrics import rollup_loop
 
@@ -86,3 +87,16 @@ def test_rank_latency_and_errors_reach_the_loop_figures(client: TestClient) -> N
     assert 0 < total["latency_p50_ms"] <= total["latency_p99_ms"]
     assert r.json()["arms"][0]["figures"]["decisions"] == 7
     assert client.get("/v1/loops/nope/metrics").status_code == 404
+
+
+def test_readiness_waits_for_the_startup(settings: Settings) -> None:
+    """Before the lifespan ran (keys loaded, writer started) the worker is alive but not ready:
+    a load balancer keeps it out of rotation."""
+    app = create_app(settings)
+    cold = TestClient(app)  # no lifespan: not started
+    assert cold.get("/livez").status_code == 200
+    r = cold.get("/readyz")
+    assert r.status_code == 503 and r.json() == {"status": "starting"}
+    assert r.headers["retry-after"] == "1"
+    with TestClient(app) as started:
+        assert started.get("/readyz").status_code == 200
