@@ -64,6 +64,11 @@ def test_gatekeeper_session_sees_charts_and_approves_with_csrf(
     decisions = re.search(r'data-title="decisions" data-points="(\d+)"', page.text)
     assert decisions and int(decisions.group(1)) >= 1
     assert f'id="total-decisions">{run.decisions}<' in page.text
+    for window in ("6h", "24h", "7d", "30d"):  # the selectable windows (hourly, daily points)
+        other = browser.get(f"/dashboard/loops/{LOOP}?window={window}").text
+        assert f"<strong>{window}</strong>" in other
+        assert f'id="total-decisions">{run.decisions}<' in other
+        assert re.search(r'data-title="entropy \(nats\)" data-points="[1-9]', other)
     url = f"/dashboard/loops/{LOOP}/models/{run.candidate}/approve"
     assert f'action="{url}"' in page.text  # the page's own form posts there
     form = {"reason": "looks good", "to": "live", "override": "on"}

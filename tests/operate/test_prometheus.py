@@ -86,6 +86,14 @@ def test_rank_latency_and_errors_reach_the_loop_figures(client: TestClient) -> N
     assert total["errors"] == {"event_not_found": 1, "invalid_request": 1}
     assert 0 < total["latency_p50_ms"] <= total["latency_p99_ms"]
     assert r.json()["arms"][0]["figures"]["decisions"] == 7
+    # every window reads its grain (5-minute, hourly, daily) and sees the same traffic
+    grains = {"1h": "5m", "6h": "5m", "24h": "5m", "7d": "1h", "30d": "1d"}
+    for window, grain in grains.items():
+        got = client.get("/v1/loops/default/metrics", params={"window": window}).json()
+        assert got["grain"] == grain and got["total"]["decisions"] == 7, window
+        assert sum(p["decisions"] for p in got["points"]) == 7
+        assert got["total"]["errors"] == {"event_not_found": 1, "invalid_request": 1}
+    assert client.get("/v1/loops/default/metrics", params={"window": "2h"}).status_code == 422
     assert client.get("/v1/loops/nope/metrics").status_code == 404
 
 
