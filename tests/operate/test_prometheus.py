@@ -4,14 +4,22 @@ request_stats and the rollup into the loop's figures."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func, select
 
 from decision_service import Settings, create_app
 from log.learner_state import stop_freshness
 from log.metrics import rollup_loop
+from log.models import DecisionRow
+from log.records import DecisionRecord
+from log.spool import Spool
+from tests.conftest import ADMIN_HEADERS
+from tests.deploy.learner_helpers import SIM
+from tests.learn.helpers import sim_events
 
 
 def families(client: TestClient) -> dict[str, object]:
@@ -108,3 +116,33 @@ def test_readiness_waits_for_the_startup(settings: Settings) -> None:
     assert r.headers["retry-after"] == "1"
     with TestClient(app) as started:
         assert started.get("/readyz").status_code == 200
+
+
+def test_a_shipped_spool_shows_in_the_write_path_metrics(settings: Settings) -> None:
+    """A segment left in the spool directory by a dead worker is shipped by this one: the
+    spool backlog gauge drops to 0 and the shipped-rows counter counts its rows."""
+    spool = Spool(settings.spool_dir, writer_id="dead-worker")
+    ops = [op for op in sim_events(SIM, 12, seed=2, prefix="spooled")
+           if isinstance(op, DecisionRecord)]  # fmt: skip
+    spool.append(ops)
+    spool.seal()
+    assert len(spool.segments()) == 1
+    with TestClient(create_app(settings), headers=ADMIN_HEADERS) as client:
+        deadline = time.monotonic() + 20
+        while True:
+            found = families(client)
+            shipped = [s.value for s in found["ds_spool_shipped_rows"].samples  # type: ignore[attr-defined]
+                       if s.name == "ds_spool_shipped_rows_total"]  # fmt: skip
+            backlog = found["ds_spool_segments"].samples[0].value  # type: ignore[attr-defined]
+            if shipped and shipped[0] >= 12 and backlog == 0:
+                break
+            assert time.monotonic() < deadline, (shipped, backlog)
+            time.sleep(0.1)
+        quarantined = found["ds_spool_quarantined_segments"].samples  # type: ignore[attr-defined]
+        assert [s.value for s in quarantined if s.name.endswith("_total")] == [0.0]
+        engine = client.app.state.service.engine  # type: ignore[attr-defined]
+        with engine.connect() as conn:
+            stored = conn.execute(
+                select(func.count()).where(DecisionRow.event_id.like("spooled%"))
+            ).scalar()
+        assert stored == 12
