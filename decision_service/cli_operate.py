@@ -114,8 +114,9 @@ def operate(
     since: datetime = typer.Option(
         None,
         formats=["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"],
-        help="Recompute the metrics from this UTC time instead of the watermark (e.g. after a "
-        "spool shipped decisions older than DS_METRICS_SETTLE_S).",
+        help="Recompute the metrics from this UTC time instead of the watermark (late decisions "
+        "are found once joined; this also counts rewards shipped older than "
+        "DS_METRICS_SETTLE_S after their decision was joined).",
     ),
 ) -> None:
     """One round of the operate job: the metrics rollup (catching up from its watermark), the

@@ -11,9 +11,10 @@ JavaScript, no build step). Not in the OpenAPI document.
 | ``POST /dashboard/loops/{loop}/models/{version}/reject`` | reject | gatekeep |
 | ``POST /dashboard/loops/{loop}/rollback`` | roll live back | gatekeep |
 
-Sessions: logging in with a key (the same keys and roles as the API) stores a server-side
-session (`dashboard_sessions`: the sha256 of a random token, the key id, a CSRF token, the
-expiry, `DS_DASHBOARD_SESSION_S`); the cookie `ds_session` carries only the random token
+Sessions: logging in with a key (the same keys and roles as the API) ends the session the
+browser presented, if any (no fixation), and stores a new server-side session
+(`dashboard_sessions`: the sha256 of a random token, the key id, a CSRF token, the expiry,
+`DS_DASHBOARD_SESSION_S`); the cookie `ds_session` carries only the random token
 (HttpOnly, SameSite=Strict, Path=/dashboard, Secure over https). Every request re-checks the
 key through the worker's key cache, so a revoked key ends its sessions within
 `DS_KEY_CACHE_S`. Every action form carries the session's CSRF token, compared in constant
@@ -185,6 +186,9 @@ async def login(request: Request) -> Response:
         return _login_page(401, "the key is not valid")
     now = datetime.now(UTC)
     ttl = service.settings.dashboard_session_s
+    previous = request.cookies.get(COOKIE)
+    if previous:  # never carry a session over a login (fixation): the old one ends
+        await run_in_threadpool(end_session, service.engine, previous)
     token, _ = await run_in_threadpool(
         lambda: create_session(service.engine, key_id, now=now, ttl_s=ttl)
     )

@@ -18,8 +18,14 @@ settle_s` up to the current bucket (delete + insert in one transaction per chunk
 per-loop advisory lock), so rows that landed late (a join batch committing after the bucket was
 computed, a spool shipped within `settle_s`) are counted, running twice changes nothing, and a
 rollup that did not run for a day computes the whole day (in chunks) on its next run, bounded
-by the 5-minute retention. Hourly and daily buckets are sums of the 5-minute / hourly ones that
-the run touched. Rows older than the retention of each grain are deleted.
+by the 5-minute retention. Decisions shipped later than that (a spool shipped hours after its
+decisions) are found by their arrival: the joiner closes a decision's window at its first pass
+after the deadline, so every decision joined in the recomputed span whose `decided_at` (or whose
+rewards' `received_at`) lies before it has its own buckets recomputed too. Not covered: rewards
+shipped after their decision was joined, and deferred decisions never activated (never
+joined): `operate --since T` recomputes those. Hourly and daily buckets are sums of the
+5-minute / hourly ones that the run touched. Rows older than the retention of each grain are
+deleted.
 """
 
 from __future__ import annotations
@@ -266,7 +272,7 @@ def rollup_loop(
     else:
         start = floor_time(now)
     start = max(start, oldest)
-    done = 0
+    done = _recompute_late(engine, loop, start, end, oldest)
     chunk = timedelta(seconds=policy.chunk_s)
     while start < end:
         stop = min(start + chunk, end)
@@ -280,6 +286,53 @@ def rollup_loop(
         start = stop
     _retain(engine, loop, now, policy)
     return done
+
+
+def _late_buckets(
+    conn: Connection, loop: str, start: datetime, end: datetime, oldest: datetime
+) -> list[datetime]:
+    """The 5-minute buckets before `start` (and within the retention) of the decisions joined in
+    [start, end), and of those decisions' rewards: rows that arrived after their buckets were
+    last computed (a spool shipped later than `settle_s`). The joiner closes a decision's window
+    at its first pass after the deadline, so `joined_at` is when the decision reached the store
+    at the latest, the same watermark (with the same settle period) outcomes are counted by."""
+    d, r = DecisionRow, RewardRow
+    recent = and_(d.loop == loop, d.joined_at >= start, d.joined_at < end)
+    found: set[datetime] = set()
+    for (at,) in conn.execute(
+        select(d.decided_at).where(recent, d.decided_at < start, d.decided_at >= oldest)
+    ):
+        found.add(floor_time(at))
+    for (at,) in conn.execute(
+        select(r.received_at)
+        .join(d, and_(d.loop == r.loop, d.event_id == r.event_id))
+        .where(recent, r.loop == loop, r.received_at < start, r.received_at >= oldest)
+    ):
+        found.add(floor_time(at))
+    return sorted(found)
+
+
+def _recompute_late(
+    engine: Engine, loop: str, start: datetime, end: datetime, oldest: datetime
+) -> int:
+    """Recompute the buckets `_late_buckets` names (one transaction), then the hours and days
+    they fall in. Returns how many 5-minute buckets were recomputed."""
+    with engine.connect() as conn:
+        if not _late_buckets(conn, loop, start, end, oldest):
+            return 0
+    step = timedelta(seconds=GRAIN_S["5m"])
+    with engine.begin() as conn:
+        _lock(conn, loop)
+        buckets = _late_buckets(conn, loop, start, end, oldest)
+        for bucket in buckets:
+            stop = bucket + step
+            _write(conn, Metrics5mRow, loop, bucket, stop, _compute(conn, loop, bucket, stop))
+        hours = sorted({floor_time(b, GRAIN_S["1h"]) for b in buckets})
+        for hour in hours:
+            _coarsen(conn, loop, "5m", "1h", hour, hour + timedelta(hours=1))
+        for day in sorted({floor_time(h, GRAIN_S["1d"]) for h in hours}):
+            _coarsen(conn, loop, "1h", "1d", day, day + timedelta(days=1))
+    return len(buckets)
 
 
 def _set_through(conn: Connection, loop: str, through: datetime, now: datetime) -> None:

@@ -15,15 +15,18 @@ import pytest
 from sqlalchemy import Engine
 
 from deploy.alarm_rules import RULE_KINDS, Observation, evaluate_rules
-from deploy.operate import OperateOptions, run_operate
+from deploy.operate import OperateOptions, observe, run_operate
 from deploy.webhook import WebhookSettings, deliver_pending
 from log.alarm_settings import AlarmSettings
 from log.alarms import list_alarms
-from log.metrics_math import MetricsPoint, Sums, derive
+from log.joiner import join_loop
+from log.loops import get_loop
+from log.metrics import rollup_loop
+from log.metrics_math import MetricsPoint, Sums, derive, floor_time
 from log.records import DecisionRecord, RewardRecord
 from log.writer import GroupCommitWriter
 from tests.deploy.learner_helpers import SIM, configure
-from tests.learn.helpers import sim_events, write
+from tests.learn.helpers import T0, sim_events, write
 
 NOW = datetime(2026, 3, 2, 12, 7, tzinfo=UTC)
 RULES = AlarmSettings()
@@ -181,3 +184,51 @@ def test_no_rewards_alarm_is_stored_delivered_with_retries_and_cleared(
     before = receiver.attempts
     assert deliver_pending(engine, hook, sleep=sleeps.append) == (0, 1)
     assert receiver.attempts - before == 4 and sleeps == [0.5, 1.0, 2.0]
+
+
+def _hour_of_traffic(
+    engine: Engine, writer: GroupCommitWriter, start: datetime, n: int, rewarded: int, tag: str
+) -> None:
+    """`n` decisions in the 30 minutes from `start`, `rewarded` of them with a reward, joined
+    inside the same hour (outcomes count in the bucket they were joined in)."""
+    events = sim_events(SIM, n, seed=len(tag), start=start, prefix=tag, spacing_s=1800 / n)
+    ops = [op for op in events if isinstance(op, DecisionRecord)]
+    rewards = [
+        RewardRecord(f"{tag}-r{i}", "default", op.event_id, 0, 1.0,
+                     op.decided_at + timedelta(seconds=1), False, "")
+        for i, op in enumerate(ops[:rewarded])
+    ]  # fmt: skip
+    write(writer, ops + rewards)
+    join_loop(engine, "default", default_reward=0.0, aggregation="earliest",
+              now=start + timedelta(minutes=40))  # fmt: skip
+
+
+def test_reward_drop_compares_the_same_hour_of_the_trailing_week_from_the_tables(
+    engine: Engine, writer: GroupCommitWriter
+) -> None:
+    """The observation is read from the rollup's tables: the last complete hour against the
+    same hour of the 7 days before (not the whole week: other hours, rewarded far less, would
+    hide the drop); it fires, and clears once the last hour is a healthy one."""
+    configure(engine)
+    hour = floor_time(T0 + timedelta(days=7), 3600)
+    for k in range(1, 8):
+        day = hour - timedelta(days=k)
+        _hour_of_traffic(engine, writer, day, 60, 30, f"same{k}-")  # rate 0.5 at this hour
+        _hour_of_traffic(engine, writer, day - timedelta(hours=3), 60, 0, f"other{k}-")
+    _hour_of_traffic(engine, writer, hour, 60, 6, "now-")  # rate 0.1: an 80% drop
+    now = hour + timedelta(hours=1, minutes=10)
+    rollup_loop(engine, "default", now=now, since=hour - timedelta(days=7, hours=3))
+    stored = get_loop(engine, "default")
+    assert stored is not None
+    obs = observe(engine, stored, now)
+    assert obs.hour is not None and obs.hour.joined == 60 and obs.hour.reward_rate == 0.1
+    assert obs.week_same_hour is not None and obs.week_same_hour.joined == 7 * 60
+    assert obs.week_same_hour.reward_rate == pytest.approx(0.5)
+    found = evaluate_rules(stored.config.alarms, obs)["reward_drop"]
+    assert found is not None and found.details["drop_pct"] == pytest.approx(80.0)
+    # the next hour is rewarded like the week's: the rule clears
+    _hour_of_traffic(engine, writer, hour + timedelta(hours=1), 60, 30, "next-")
+    later = hour + timedelta(hours=2, minutes=10)
+    rollup_loop(engine, "default", now=later)
+    cleared = evaluate_rules(stored.config.alarms, observe(engine, stored, later))
+    assert cleared["reward_drop"] is None

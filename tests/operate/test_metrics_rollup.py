@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,6 +35,7 @@ from log.models import (
     RequestStatsRow,
     RewardRow,
 )
+from log.records import DecisionRecord, RewardRecord
 from log.writer import GroupCommitWriter
 from tests.deploy.learner_helpers import SIM, configure
 from tests.learn.helpers import T0, WAIT_S, sim_events, write
@@ -142,6 +144,156 @@ def test_rollup_matches_the_tables_after_a_gap_and_is_idempotent(
             for name, value in figures.items():
                 assert value == pytest.approx(sum(v[name] for v in inside)), (table, name)
         assert sum(v["decisions"] for v in coarse.values()) == 701
+
+
+def test_a_spool_shipped_after_the_settle_period_is_counted_once_joined(
+    engine: Engine, writer: GroupCommitWriter
+) -> None:
+    """Decisions (with their rewards) that reach the store hours after their buckets were
+    computed: the run after the joiner closed their windows recomputes their buckets (found by
+    `joined_at`), without `operate --since`; the hourly and daily sums follow."""
+    configure(engine)
+    policy = MetricsPolicy(settle_s=900)
+    first = log(engine, writer, 200, T0, "d")
+    rollup_loop(engine, LOOP, now=first, policy=policy)
+    later = first + timedelta(hours=3)
+    rollup_loop(engine, LOOP, now=later, policy=policy)  # the watermark moves on
+    before = stored(engine)
+    # a spool shipped now: 40 decisions (and their rewards) of the first minutes
+    write(writer, sim_events(SIM, 40, seed=5, start=T0 + timedelta(seconds=1), prefix="spool"))
+    rollup_loop(engine, LOOP, now=later + timedelta(seconds=10), policy=policy)
+    assert stored(engine) == before  # not joined yet: not found (operate --since would)
+    join_loop(engine, LOOP, default_reward=0.0, aggregation="earliest", now=later)
+    rollup_loop(engine, LOOP, now=later + timedelta(seconds=20), policy=policy)
+    assert_matches(engine, floor_time(later) + timedelta(minutes=5))
+    assert stored(engine) != before
+    for table in (Metrics1hRow, Metrics1dRow):
+        assert sum(v["decisions"] for v in stored(engine, table).values()) == 240
+        assert sum(v["rewards"] for v in stored(engine, table).values()) == sum(
+            v["rewards"] for v in direct(engine).values()
+        )
+    again = stored(engine)
+    rollup_loop(engine, LOOP, now=later + timedelta(seconds=30), policy=policy)
+    assert stored(engine) == again  # idempotent
+
+
+def _canary(ops: list[Any]) -> list[Any]:
+    """Half the decisions served by a canary ("cand"), with skewed distributions: the chosen
+    action most probable (0.7) for some, explored (the least probable) for others."""
+    out = []
+    for i, op in enumerate(ops):
+        if not isinstance(op, DecisionRecord):
+            out.append(op)
+            continue
+        ids = [a["id"] for a in op.actions]
+        k, chosen = len(ids), ids.index(op.chosen)
+        top = 0 if chosen else 1  # explored: another action is the most probable
+        if i % 2:
+            top = chosen
+        pmf = [0.7 if j == top else 0.3 / (k - 1) for j in range(k)]
+        slot = {"slot": 0, "action_id": op.chosen, "probability": pmf[chosen]}
+        arm = {"policy_arm": "canary", "model_version": "cand"} if i % 3 == 0 else {}
+        out.append(replace(op, pmf=pmf, slots=[slot], **arm))
+    return out
+
+
+def direct_all(engine: Engine) -> dict[tuple[datetime, str, str], dict[str, Any]]:
+    """Every additive figure per (bucket, arm, version) and for the loop ("*", "*"), straight
+    from the tables."""
+    out: dict[tuple[datetime, str, str], dict[str, Any]] = defaultdict(
+        lambda: defaultdict(float, guardrails={}, prob_min=None, join_lag_max_s=None)
+    )
+    d, o = DecisionRow, OutcomeRow
+    with engine.connect() as conn:
+        for at, arm, version, pmf, slots in conn.execute(
+            select(d.decided_at, d.policy_arm, d.model_version, d.pmf, d.slots).where(
+                d.loop == LOOP
+            )
+        ):
+            pmf, p = _j(pmf), _j(slots)[0]["probability"]
+            for key in ((floor_time(at), arm, version), (floor_time(at), ALL, ALL)):
+                b = out[key]
+                b["decisions"] += 1
+                b["explored"] += p < max(pmf)
+                b["prob_sum"] += p
+                b["prob_min"] = p if b["prob_min"] is None else min(b["prob_min"], p)
+                b["entropy_sum"] += -sum(q * math.log(q) for q in pmf if q > 0)
+                b["top_sum"] += max(pmf)
+        for at, reward, default, n, guard, arm, version, deadline in conn.execute(
+            select(o.joined_at, o.reward, o.default_applied, o.n_rewards, o.guardrails,
+                   d.policy_arm, d.model_version, d.reward_deadline)
+            .join(d, (d.loop == o.loop) & (d.event_id == o.event_id))
+            .where(o.loop == LOOP, o.slot == 0)
+        ):  # fmt: skip
+            lag = max((at - deadline).total_seconds(), 0.0)
+            for key in ((floor_time(at), arm, version), (floor_time(at), ALL, ALL)):
+                b = out[key]
+                b["joined"] += 1
+                b["rewarded"] += n > 0
+                b["default_rewards"] += bool(default)
+                b["reward_sum"] += reward
+                b["reward_sq_sum"] += reward * reward
+                b["join_lag_sum_s"] += lag
+                b["join_lag_max_s"] = max(b["join_lag_max_s"] or 0.0, lag)
+                for metric, count in (_j(guard) or {}).items():
+                    if count:
+                        b["guardrails"][metric] = b["guardrails"].get(metric, 0) + 1
+        for at, late in conn.execute(
+            select(RewardRow.received_at, RewardRow.late).where(
+                RewardRow.loop == LOOP, RewardRow.metric == ""
+            )
+        ):
+            out[(floor_time(at), ALL, ALL)]["rewards"] += 1
+            out[(floor_time(at), ALL, ALL)]["late_rewards"] += bool(late)
+    return out
+
+
+def test_every_figure_per_arm_during_a_canary_matches_the_tables(
+    engine: Engine, writer: GroupCommitWriter
+) -> None:
+    """Decisions, exploration, logged probability (mean, min), entropy, top-action share, joins,
+    reward rate and mean reward, default rewards, join lag, guardrail signals, rewards and late
+    rewards: per 5-minute bucket, per arm and model version (a canary beside live) and for the
+    loop, as the rollup stored them and as computed from the tables."""
+    configure(engine)
+    ops = _canary(sim_events(SIM, 240, seed=21, start=T0, prefix="k", spacing_s=3.0))
+    decisions = [op for op in ops if isinstance(op, DecisionRecord)]
+    guard = [RewardRecord(f"g{i}", LOOP, op.event_id, 0, 1.0, op.decided_at, False, "report")
+             for i, op in enumerate(decisions[::7])]  # fmt: skip
+    late = [RewardRecord(f"l{i}", LOOP, op.event_id, 0, 1.0,
+                         op.decided_at + timedelta(seconds=WAIT_S + 5), True, "")
+            for i, op in enumerate(decisions[::11])]  # fmt: skip
+    write(writer, ops + guard + late)
+    at = T0 + timedelta(seconds=240 * 3.0 + WAIT_S + 10)
+    join_loop(engine, LOOP, default_reward=0.0, aggregation="earliest", now=at)
+    rollup_loop(engine, LOOP, now=at)
+    want = direct_all(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(select(Metrics5mRow).where(Metrics5mRow.loop == LOOP)).mappings()
+        got = {(r["bucket"], r["arm"], r["model_version"]): dict(r) for r in rows}
+    assert {k for k, v in want.items() if v.get("decisions") or v.get("joined")} <= set(got)
+    assert {k[1:] for k in got} == {("live", "untrained"), ("canary", "cand"), (ALL, ALL)}
+    for key, figures in want.items():
+        for name, value in figures.items():
+            stored_value = got[key][name]
+            if name == "guardrails":
+                assert _j(stored_value) == value, key
+            elif value is None:
+                assert stored_value is None, (key, name)
+            else:
+                assert stored_value == pytest.approx(value), (key, name)
+    totals = {k[1:]: v for k, v in want.items()}
+    assert any(v["explored"] for v in totals.values())  # the series exercise every figure
+    assert any(v["guardrails"] for v in totals.values())
+    assert any(v.get("late_rewards") for v in totals.values())
+    assert any(v.get("default_rewards") for v in totals.values())
+    # derived per arm: the canary's reward rate and mean reward are its own
+    canary = read_series(engine, LOOP, since=T0, until=at + timedelta(hours=1), arm="canary",
+                         model_version="cand")  # fmt: skip
+    n = sum(v["joined"] for k, v in want.items() if k[1] == "canary")
+    r = sum(v["reward_sum"] for k, v in want.items() if k[1] == "canary")
+    assert sum(p.joined for p in canary) == n > 0
+    assert sum((p.mean_reward or 0) * p.joined for p in canary) == pytest.approx(r)
 
 
 def test_per_arm_rows_and_derived_figures(engine: Engine, writer: GroupCommitWriter) -> None:
