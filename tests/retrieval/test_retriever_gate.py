@@ -21,6 +21,8 @@ import torch
 from decision_service.app import create_app
 from decision_service.retrieval import RetrievalRegistry
 from deploy.interval import Interval
+from deploy.learner.faults import Faults
+from deploy.learner.progress import run_rollout
 from deploy.retriever_gate import RetrieverNumbers, check_retriever, decide, recall_hits
 from evaluation.simulator_catalog import CatalogSimulator
 from explore.errors import Conflict, InvalidInput
@@ -171,6 +173,17 @@ def test_better_passes_worse_fails_pending_below_min_events(
     # without trained_until there are no held-out events: pending
     blind = _register(engine, random_artifact, {})
     assert check_retriever(engine, "default", blind).decision == "pending"
+    # the learner's rollout step: checks the pending one again, rejects the failed one
+    stored = get_loop(engine, "default")
+    assert stored is not None
+    run = run_rollout(engine, stored, now=datetime.now(UTC), faults=Faults())
+    assert {"version": blind, "kind": "retriever", "gate": "pending", "look": 2} in run.details[
+        "steps"
+    ]
+    assert get_retriever(engine, worse).status == "rejected"  # type: ignore[union-attr]
+    assert get_retriever(engine, blind).status == "candidate"  # type: ignore[union-attr]
+    (entry,) = [e for e in read_audit(engine, loop="default") if e.target == worse]
+    assert entry.action == "retriever.rejected" and entry.actor == "learner"
 
 
 def test_promotion_through_the_verdict_over_http(
