@@ -20,7 +20,8 @@ into a verdict, in this order:
 2. ``fail`` when the difference's UPPER bound is below ``gate.margin`` (it cannot be better by
    the margin).
 3. ``pass`` when ``n >= gate.min_events`` and the LOWER bound is above ``gate.margin``.
-4. ``fail`` once ``n >= gate.max_events``, else ``pending`` with what is missing.
+4. ``fail`` once ``gate.max_events`` held-out events were read (at most that many are), else
+   ``pending`` with what is missing.
 
 The AUCs are reported, not decided on (an AUC over shown items says how the retriever orders
 what the log showed, recall@k what it would retrieve). Every verdict is stored in
@@ -76,6 +77,7 @@ class RetrieverNumbers:
     n: int
     difference: Interval | None
     error: str | None = None
+    held_out: int = 0  # held-out events read (with a rewarded item or not)
 
 
 def _fmt(x: float) -> str:
@@ -109,8 +111,9 @@ def decide(numbers: RetrieverNumbers, settings: GateSettings) -> tuple[str, str]
             f"the difference's interval [{_fmt(diff.ci_low)}, {_fmt(diff.ci_high)}] does not "
             f"exclude the margin {_fmt(settings.margin)}"
         )
-    if numbers.n >= settings.max_events:
-        return "fail", f"undecided after {numbers.n} held-out events: " + "; ".join(missing)
+    if max(numbers.n, numbers.held_out) >= settings.max_events:
+        seen = max(numbers.n, numbers.held_out)
+        return "fail", f"undecided after {seen} held-out events: " + "; ".join(missing)
     return "pending", "; ".join(missing)
 
 
@@ -253,7 +256,8 @@ def _numbers(
     k: int,
 ) -> tuple[RetrieverNumbers, dict[str, Any]]:
     items = active_item_features(engine, loop)
-    events = held_out_events(engine, loop, until)
+    # at most max_events held-out events are read (the gate decides by then)
+    events = held_out_events(engine, loop, until, limit=settings.max_events)
     index = {item_id: i for i, (item_id, _) in enumerate(items)}
     rows: list[int] = []
     targets: list[int] = []
@@ -267,7 +271,7 @@ def _numbers(
             targets.append(index[hit])
     out: dict[str, Any] = {"items": len(items), "held_out": len(events)}
     if len(rows) < 2 or not items:
-        return RetrieverNumbers(len(rows), None), out
+        return RetrieverNumbers(len(rows), None, held_out=len(events)), out
     target = np.asarray(targets, dtype=np.int64)
     cand = _measure(events, target, rows, *_model_scorer(engine, version, items), k)
     if live is not None:
@@ -302,4 +306,4 @@ def _numbers(
             "alpha": gate_alpha(settings),
         }
     )
-    return RetrieverNumbers(len(rows), diff), out
+    return RetrieverNumbers(len(rows), diff, held_out=len(events)), out

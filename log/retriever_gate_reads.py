@@ -41,11 +41,18 @@ def active_item_features(engine: Engine, loop: str) -> list[tuple[str, dict[str,
     return [(r.item_id, dict(r.features or {})) for r in rows]
 
 
-def held_out_events(engine: Engine, loop: str, after: datetime) -> list[HeldOutEvent]:
-    """The loop's joined decisions decided strictly after `after`, oldest first."""
-    return [
-        e for e, decided in _with_time(engine, loop, EventWindow(since=after)) if decided > after
-    ]
+def held_out_events(
+    engine: Engine, loop: str, after: datetime, limit: int | None = None
+) -> list[HeldOutEvent]:
+    """The loop's joined decisions decided strictly after `after`, oldest first (at most
+    `limit`)."""
+    out: list[HeldOutEvent] = []
+    for event, decided in _with_time(engine, loop, EventWindow(since=after)):
+        if limit is not None and len(out) >= limit:
+            break
+        if decided > after:
+            out.append(event)
+    return out
 
 
 def _with_time(

@@ -118,6 +118,8 @@ def test_decide_rules() -> None:
     assert decide(RetrieverNumbers(50, down), settings)[0] == "fail"
     assert decide(RetrieverNumbers(500, wide), settings)[0] == "pending"
     assert decide(RetrieverNumbers(1000, wide), settings)[0] == "fail"
+    assert decide(RetrieverNumbers(300, wide, held_out=1000), settings)[0] == "fail"
+    assert decide(RetrieverNumbers(300, wide, held_out=999), settings)[0] == "pending"
     # the margin: better by 0.2 is not better by 0.15 with a lower bound of 0.1
     assert decide(RetrieverNumbers(150, up), replace(settings, margin=0.15))[0] == "pending"
 
