@@ -136,7 +136,7 @@ def _measure(
     rows: Sequence[int],
     user_vectors: Callable[[Sequence[dict[str, Any]]], np.ndarray],
     item_matrix: np.ndarray,
-    shown_score: Callable[[np.ndarray, HeldOutEvent], np.ndarray],
+    shown_scores: Callable[[np.ndarray, Sequence[HeldOutEvent]], np.ndarray],
     k: int,
 ) -> _Measured:
     """Recall@k hits over the catalog for the events `rows` (their rewarded item `targets`)
@@ -147,9 +147,8 @@ def _measure(
     labels: list[bool] = []
     for start in range(0, len(events), chunk):
         part = events[start : start + chunk]
-        users = user_vectors([e.context for e in part])
-        for user, event in zip(users, part, strict=True):
-            scores_shown.append(shown_score(user, event))
+        scores_shown.append(shown_scores(user_vectors([e.context for e in part]), part))
+        for event in part:
             labels.extend(event.rewarded)
     for start in range(0, len(rows), chunk):
         sel = [events[i] for i in rows[start : start + chunk]]
@@ -168,13 +167,12 @@ def _model_scorer(
 
     model = load_two_tower(read_retriever_artifact(engine, version))
     matrix = model.embed_items([f for _, f in items]).astype(np.float64)
-    index = {item_id: i for i, (item_id, _) in enumerate(items)}
 
-    def shown(user: np.ndarray, event: HeldOutEvent) -> np.ndarray:
-        missing = [f for i, f in zip(event.shown, event.features, strict=True) if i not in index]
-        extra = iter(model.embed_items(missing).astype(np.float64)) if missing else iter(())
-        vectors = np.stack([matrix[index[i]] if i in index else next(extra) for i in event.shown])
-        return vectors @ user.astype(np.float64)
+    def shown(users: np.ndarray, events: Sequence[HeldOutEvent]) -> np.ndarray:
+        """Scores of the shown items by their features as logged."""
+        vectors = model.embed_items([f for e in events for f in e.features]).astype(np.float64)
+        repeat = np.repeat(users.astype(np.float64), [len(e.shown) for e in events], axis=0)
+        return np.einsum("ij,ij->i", repeat, vectors)
 
     return model.embed_users, matrix, shown
 
@@ -283,8 +281,8 @@ def _numbers(
         def constant(contexts: Sequence[dict[str, Any]]) -> np.ndarray:
             return np.ones((len(contexts), 1))
 
-        def shown(_: np.ndarray, event: HeldOutEvent) -> np.ndarray:
-            return np.asarray([float(counts.get(i, 0)) for i in event.shown])
+        def shown(_: np.ndarray, part: Sequence[HeldOutEvent]) -> np.ndarray:
+            return np.asarray([float(counts.get(i, 0)) for e in part for i in e.shown])
 
         base = _measure(events, target, rows, constant, pop[:, None], shown, k)
     paired = paired_difference(
