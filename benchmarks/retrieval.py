@@ -200,7 +200,9 @@ def http(args: argparse.Namespace) -> dict[str, Any]:
                     for i in range(first, min(args.http_items, first + 1000))
                 ],
             )
-        registry.promote("default", record.version, "bench")
+        registry.promote(
+            "default", record.version, "bench", reason="benchmark retriever", override=True
+        )
         took = time.perf_counter() - start
         log(f"catalog of {args.http_items} loaded and embedded in {took:.1f}s")
         engine.dispose()

@@ -1,5 +1,5 @@
 """`decision-service items ...` (the catalog) and `decision-service retriever ...` (train,
-promote): commands over the database, no server needed."""
+check, promote, reject): commands over the database, no server needed."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import getpass
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 import typer
@@ -15,7 +15,10 @@ import typer
 from decision_service.settings import get_settings
 
 items = typer.Typer(help="The item catalog of a loop (retrieval).", no_args_is_help=True)
-retriever = typer.Typer(help="Two-tower retrievers: train, promote.", no_args_is_help=True)
+retriever = typer.Typer(
+    help="Two-tower retrievers: train, check (the retriever gate), promote, reject.",
+    no_args_is_help=True,
+)
 MAX_BATCH = 1000
 
 
@@ -113,11 +116,14 @@ def train(
     epochs: int = typer.Option(30, min=1, max=1000),
     batch_size: int = typer.Option(2048, min=1, max=1 << 20),
     dim: int = typer.Option(32, min=2, max=256, help="Embedding size."),
-    promote: bool = typer.Option(False, "--promote", help="Make it live (re-embeds items)."),
+    promote: bool = typer.Option(
+        False, "--promote", help="Check it with the retriever gate and make it live if it passes."
+    ),
 ) -> None:
     """Train a two-tower retriever on the loop's joined decisions and register it as a
     candidate (kind retriever) with its validation metrics."""
     from decision_service.retrieval import RetrievalRegistry
+    from deploy.retriever_gate import check_retriever
     from learn.retriever_train import (
         RetrieverTrainConfig,
         examples_from_joined,
@@ -144,26 +150,95 @@ def train(
         record = register_retriever(
             engine, loop, save_two_tower(result.model), metrics, datetime.now(UTC)
         )
+        verdict = None
         if promote:
-            RetrievalRegistry(engine).promote(loop, record.version, f"cli:{getpass.getuser()}")
+            verdict = check_retriever(engine, loop, record.version)
+            if verdict.passed:
+                RetrievalRegistry(engine).promote(loop, record.version, _actor())
     finally:
         engine.dispose()
-    typer.echo(orjson.dumps({"version": record.version, **metrics}).decode())
+    out = {"version": record.version, **metrics}
+    if verdict is not None:
+        out["verdict"] = {"decision": verdict.decision, "reason": verdict.reason}
+    typer.echo(orjson.dumps(out).decode())
+
+
+def _actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+def _fail(err: Exception) -> NoReturn:
+    code = getattr(err, "code", "invalid_request")
+    typer.echo(f"error ({code}): {getattr(err, 'message', str(err))}", err=True)
+    raise typer.Exit(1)
+
+
+@retriever.command("check")
+def check_cmd(
+    version: str = typer.Argument(...),
+    loop: str = typer.Option(..., "--loop"),
+    k: int = typer.Option(50, "--k", min=1, max=10_000, help="recall@k's k."),
+) -> None:
+    """Run the retriever gate on a candidate now (recall@k and AUC against the live retriever,
+    or popularity, on events after its training data); prints the stored verdict."""
+    from deploy.retriever_gate import check_retriever
+    from explore.errors import DomainError
+    from log.schema import make_engine
+
+    engine = make_engine(get_settings().database_url)
+    try:
+        verdict = check_retriever(engine, loop, version, k=k)
+    except DomainError as err:
+        _fail(err)
+    finally:
+        engine.dispose()
+    typer.echo(orjson.dumps(verdict.to_json()).decode())
+
+
+@retriever.command("reject")
+def reject_cmd(
+    version: str = typer.Argument(...),
+    loop: str = typer.Option(..., "--loop"),
+    reason: str = typer.Option(..., "--reason", help="Why (audited)."),
+) -> None:
+    """Reject a candidate retriever (audited)."""
+    from explore.errors import DomainError
+    from log.retrievers import reject_retriever
+    from log.schema import make_engine
+
+    engine = make_engine(get_settings().database_url)
+    try:
+        record = reject_retriever(engine, loop, version, datetime.now(UTC), _actor(), reason)
+    except DomainError as err:
+        _fail(err)
+    finally:
+        engine.dispose()
+    typer.echo(orjson.dumps(record.to_json()).decode())
 
 
 @retriever.command("promote")
 def promote_cmd(
     version: str = typer.Argument(...),
     loop: str = typer.Option(..., "--loop"),
+    override: bool = typer.Option(
+        False, "--override", help="Go live without a passed gate verdict (needs --reason)."
+    ),
+    reason: str | None = typer.Option(None, "--reason", help="Why (audited)."),
 ) -> None:
-    """Make a candidate retriever live: the catalog is re-embedded by its item tower in the
+    """Make a candidate retriever live once its latest retriever-gate verdict passed (or with
+    --override and --reason, audited): the catalog is re-embedded by its item tower in the
     same transaction; serving workers swap their index within DS_LOOP_REFRESH_S."""
     from decision_service.retrieval import RetrievalRegistry
+    from explore.errors import DomainError
     from log.schema import make_engine
 
     engine = make_engine(get_settings().database_url)
     try:
-        record = RetrievalRegistry(engine).promote(loop, version, f"cli:{getpass.getuser()}")
+        record = RetrievalRegistry(engine).promote(
+            loop, version, _actor(), reason=reason, override=override
+        )
+    except DomainError as err:
+        _fail(err)
     finally:
         engine.dispose()
     typer.echo(orjson.dumps(record.to_json()).decode())

@@ -43,6 +43,7 @@ from log.retrievers import (
     record_index_build,
 )
 from log.schema import Engine
+from log.verdicts import latest_verdict
 from policies.ann_index import AnnIndex, IndexParams, build_index
 
 logger = logging.getLogger(__name__)
@@ -252,14 +253,44 @@ class RetrievalRegistry:
         inserted = upsert_items(self.engine, loop, items, datetime.now(UTC), embed)
         return inserted, len(embed)
 
-    def promote(self, loop: str, version: str, actor: str) -> RetrieverVersion:
-        """Embed the catalog by `version`'s item tower and make it live in one transaction."""
+    def promote(
+        self,
+        loop: str,
+        version: str,
+        actor: str,
+        *,
+        reason: str | None = None,
+        override: bool = False,
+    ) -> RetrieverVersion:
+        """Embed the catalog by `version`'s item tower and make it live in one transaction
+        (its latest retriever-gate verdict must have passed, unless `override` with a
+        `reason`; see :func:`log.retrievers.promote_retriever`)."""
+        if override and not (reason and reason.strip()):
+            raise InvalidInput("an override needs a reason", "reason_required")
+        if not override:  # fail fast, before embedding the catalog (checked again inside)
+            verdict = latest_verdict(self.engine, version)
+            if verdict is None or not verdict.passed:
+                seen = "no gate verdict" if verdict is None else f"its latest is {verdict.decision}"
+                raise Conflict(
+                    f"retriever {version} has not passed the retriever gate ({seen}): run the "
+                    "check, or override with a reason",
+                    "gate_not_passed",
+                )
         model = self._model(version)
         vectors: list[tuple[str, np.ndarray]] = []
         for chunk in iter_items_to_embed(self.engine, loop, version):
             embedded = model.embed_items([features for _, features in chunk])
             vectors.extend(zip([i for i, _ in chunk], embedded, strict=True))
-        record = promote_retriever(self.engine, loop, version, datetime.now(UTC), actor, vectors)
+        record = promote_retriever(
+            self.engine,
+            loop,
+            version,
+            datetime.now(UTC),
+            actor,
+            vectors,
+            reason,
+            override=override,
+        )
         self.rebuild(loop)
         return record
 

@@ -13,24 +13,37 @@ an embedding get the live retriever's item tower's (cold start). Lists are paged
 | too many items, features or numbers | 422 | limit_exceeded |
 | an id twice in one PUT | 422 | duplicate_item |
 | an embedding of another size than the live retriever's | 422 | embedding_dimension |
-| promoting a version that is not a candidate | 409 | transition_conflict |
+| promoting or rejecting a version that is not a candidate | 409 | transition_conflict |
+| promoting without a passed retriever-gate verdict nor an override | 409 | gate_not_passed |
+| an override without a reason | 422 | reason_required |
+| checking a version that is not a candidate | 409 | not_a_candidate |
+
+Promote, reject and check (the retriever gate, `deploy.retriever_gate`) need `gatekeep`.
 """
 
 from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import orjson
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from decision_service.auth import authorize
 from decision_service.errors import describe_validation
 from decision_service.rank_input import _check_id, count_features
-from decision_service.routes import LoopName, _json, _service, check_loop_name, read_json
+from decision_service.routes import (
+    LoopName,
+    _json,
+    _service,
+    check_loop_name,
+    read_body,
+    read_json,
+)
 from decision_service.schemas import body_ref, error_responses
 from decision_service.schemas_catalog import (
     MAX_LIST,
@@ -40,15 +53,21 @@ from decision_service.schemas_catalog import (
     ItemsOut,
     ItemsPutIn,
     ItemsPutOut,
+    RetrieverCheckIn,
     RetrieverOut,
+    RetrieverPromoteIn,
+    RetrieverRejectIn,
     RetrieversOut,
+    RetrieverVerdictOut,
 )
 from decision_service.service import Service
 from decision_service.settings import Settings
-from explore.errors import InvalidInput, NotFound
+from deploy.retriever_gate import check_retriever
+from explore.errors import InvalidInput, InvalidJson, NotFound
 from log.catalog import ItemUpsert, delete_items, get_item, list_items, set_active
 from log.loops import get_loop
-from log.retrievers import index_builds, list_retrievers
+from log.retrievers import index_builds, list_retrievers, reject_retriever
+from log.verdicts import latest_verdicts
 
 __all__ = ["router"]
 
@@ -56,6 +75,7 @@ router = APIRouter()
 MAX_EMBEDDING_VALUE = 1e30  # stored as float32; products of two stay finite in float64
 ItemId = Annotated[str, Path(description="The item's id (percent-encode `/`, `%`, spaces).")]
 Version = Annotated[str, Path(description="The retriever version.")]
+T = TypeVar("T", bound=BaseModel)
 
 
 async def _loop(request: Request, loop: str) -> Service:
@@ -222,11 +242,20 @@ async def get_retrievers(request: Request, loop: LoopName) -> Response:
     await authorize(request, "read", loop)
     service = await _loop(request, loop)
     versions = await run_in_threadpool(list_retrievers, service.engine, loop)
+    verdicts = await run_in_threadpool(
+        latest_verdicts, service.engine, loop, [v.version for v in versions]
+    )
     builds = await run_in_threadpool(index_builds, service.engine, loop)
     serving = service.retrieval.indexes.get(loop)
     return _json(
         {
-            "retrievers": [v.to_json() for v in versions],
+            "retrievers": [
+                {
+                    **v.to_json(),
+                    "verdict": None if v.version not in verdicts else verdicts[v.version].to_json(),
+                }
+                for v in versions
+            ],
             "indexes": builds,
             "serving": None
             if serving is None
@@ -240,15 +269,96 @@ async def get_retrievers(request: Request, loop: LoopName) -> Response:
     )
 
 
+async def _optional_body(request: Request, model: type[T]) -> T:
+    """The JSON body validated as `model`; an empty body is the model's defaults."""
+    service = _service(request)
+    raw = await read_body(request, service.settings.max_body_bytes)
+    try:
+        data = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError as err:
+        raise InvalidJson(f"body is not valid JSON: {err}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise InvalidInput(describe_validation(err.errors())) from None
+
+
 @router.post(
     "/v1/loops/{loop}/retrievers/{version}/promote",
     response_model=RetrieverOut,
-    responses=error_responses(404, 409, 422),
+    responses=error_responses(400, 404, 409, 422),
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/RetrieverPromoteIn"}}
+            },
+        }
+    },
 )
 async def promote(request: Request, loop: LoopName, version: Version) -> Response:
-    """Make a candidate retriever live (the live one retires; audited). The catalog is
-    re-embedded by its item tower before it serves."""
+    """Make a candidate retriever live (the live one retires; audited). Its latest retriever-
+    gate verdict must have passed (409 `gate_not_passed`), unless `override` with a `reason`
+    (audited as `retriever.live_override`). The catalog is re-embedded by its item tower
+    before it serves."""
     principal = await authorize(request, "gatekeep", loop)
     service = await _loop(request, loop)
-    record = await run_in_threadpool(service.retrieval.promote, loop, version, principal.actor)
+    body = await _optional_body(request, RetrieverPromoteIn)
+    record = await run_in_threadpool(
+        lambda: service.retrieval.promote(
+            loop, version, principal.actor, reason=body.reason, override=body.override
+        )
+    )
     return _json(record.to_json())
+
+
+@router.post(
+    "/v1/loops/{loop}/retrievers/{version}/reject",
+    response_model=RetrieverOut,
+    responses=error_responses(400, 404, 409, 422),
+    openapi_extra=body_ref(RetrieverRejectIn),
+)
+async def reject(request: Request, loop: LoopName, version: Version) -> Response:
+    """Reject a candidate retriever (it can no longer go live; audited)."""
+    principal = await authorize(request, "gatekeep", loop)
+    service = await _loop(request, loop)
+    try:
+        body = RetrieverRejectIn.model_validate(await read_json(request))
+    except ValidationError as err:
+        raise InvalidInput(describe_validation(err.errors())) from None
+    record = await run_in_threadpool(
+        reject_retriever,
+        service.engine,
+        loop,
+        version,
+        datetime.now(UTC),
+        principal.actor,
+        body.reason,
+    )
+    return _json(record.to_json())
+
+
+@router.post(
+    "/v1/loops/{loop}/retrievers/{version}/check",
+    response_model=RetrieverVerdictOut,
+    responses=error_responses(400, 404, 409, 422),
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/RetrieverCheckIn"}}
+            },
+        }
+    },
+)
+async def check(request: Request, loop: LoopName, version: Version) -> Response:
+    """Run the retriever gate on a candidate now: recall@k and AUC against the live retriever
+    (or the popularity baseline) on the events decided after its training data; the verdict
+    (pass / fail / pending, with its numbers and reason) is stored and answered."""
+    await authorize(request, "gatekeep", loop)
+    service = await _loop(request, loop)
+    body = await _optional_body(request, RetrieverCheckIn)
+    verdict = await run_in_threadpool(
+        lambda: check_retriever(service.engine, loop, version, k=body.k)
+    )
+    return _json(verdict.to_json())

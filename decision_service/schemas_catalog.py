@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from decision_service.schemas import _Body
 
@@ -80,10 +80,65 @@ class RetrieverOut(BaseModel):
     updated_at: str
 
 
+class RetrieverVerdictOut(BaseModel):
+    """A verdict of the retriever gate (`numbers`: recall@k of candidate and baseline, their
+    paired difference with its interval, the AUCs, n, k, the baseline)."""
+
+    id: str
+    loop: str
+    version: str
+    incumbent: str | None
+    at: str
+    look: int
+    decision: str
+    passed: bool
+    reason: str
+    criteria: dict[str, Any]
+    numbers: dict[str, Any]
+
+
+class RetrieverWithVerdictOut(RetrieverOut):
+    verdict: RetrieverVerdictOut | None = Field(
+        None, description="The latest retriever-gate verdict (None: never checked)."
+    )
+
+
+class RetrieverPromoteIn(BaseModel):
+    """Optional body of ``POST .../retrievers/{version}/promote``."""
+
+    model_config = ConfigDict(extra="forbid")
+    override: StrictBool = Field(
+        False,
+        description="Go live although the latest retriever-gate verdict did not pass (audited "
+        "as retriever.live_override; needs a reason).",
+    )
+    reason: str | None = Field(None, min_length=1, max_length=1000)
+
+
+class RetrieverRejectIn(BaseModel):
+    """Body of ``POST .../retrievers/{version}/reject``."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+class RetrieverCheckIn(BaseModel):
+    """Optional body of ``POST .../retrievers/{version}/check``."""
+
+    model_config = ConfigDict(extra="forbid")
+    k: StrictInt = Field(50, ge=1, le=10_000, description="recall@k's k.")
+
+
 class RetrieversOut(BaseModel):
-    retrievers: list[RetrieverOut]
+    retrievers: list[RetrieverWithVerdictOut]
     indexes: list[dict[str, Any]] = Field(description="The latest index builds, newest first.")
     serving: dict[str, Any] | None = Field(description="This worker's index for the loop.")
 
 
-REQUEST_MODELS: tuple[type[BaseModel], ...] = (ItemsPutIn, ItemIdsIn)
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    ItemsPutIn,
+    ItemIdsIn,
+    RetrieverPromoteIn,
+    RetrieverRejectIn,
+    RetrieverCheckIn,
+)

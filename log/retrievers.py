@@ -18,11 +18,12 @@ import numpy as np
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from explore.errors import Conflict, NotFound
+from explore.errors import Conflict, InvalidInput, NotFound
 from log.audit import AuditEntry, append_audit
 from log.catalog import bump_clock, write_embeddings
 from log.loop_lock import lock_loop, take_write_lock
 from log.models import RetrievalIndexRow, RetrieverRow
+from log.verdicts import latest_verdict_in
 
 __all__ = [
     "RETRIEVER_STATUSES",
@@ -34,6 +35,7 @@ __all__ = [
     "read_retriever_artifact",
     "record_index_build",
     "register_retriever",
+    "reject_retriever",
 ]
 
 RETRIEVER_STATUSES = ("candidate", "live", "retired", "rejected")
@@ -143,10 +145,19 @@ def promote_retriever(
     actor: str,
     embeddings: Sequence[tuple[str, np.ndarray]] = (),
     reason: str | None = None,
+    *,
+    override: bool = False,
 ) -> RetrieverVersion:
     """Make `version` (a candidate of `loop`) live and retire the live one, storing the
     catalog's `embeddings` by its item tower: one transaction under the loop's lock, with its
-    audit row (so no index ever pairs one version's user tower with another's items)."""
+    audit row (so no index ever pairs one version's user tower with another's items).
+
+    The version's latest retriever-gate verdict must have passed (read in the same
+    transaction), else Conflict ``gate_not_passed``; unless `override` with a `reason`: the
+    audit row's action is then ``retriever.live_override`` (InvalidInput ``reason_required``
+    without a reason)."""
+    if override and not (reason and reason.strip()):
+        raise InvalidInput("an override needs a reason", "reason_required")
     with engine.begin() as conn:
         take_write_lock(conn)
         lock_loop(conn, loop)
@@ -160,6 +171,19 @@ def promote_retriever(
             raise Conflict(
                 f"retriever {version} is {current.status}; only a candidate can go live",
                 "transition_conflict",
+            )
+        verdict = latest_verdict_in(conn, version)
+        passed = verdict is not None and verdict.passed
+        if not passed and not override:
+            seen = (
+                "no gate verdict"
+                if verdict is None
+                else f"its latest verdict is {verdict.decision}"
+            )
+            raise Conflict(
+                f"retriever {version} has not passed the retriever gate ({seen}): run the "
+                "check, or override with a reason",
+                "gate_not_passed",
             )
         conn.execute(
             update(RetrieverRow)
@@ -180,14 +204,61 @@ def promote_retriever(
                 actor=actor,
                 role=None,
                 loop=loop,
-                action="retriever.live",
+                action="retriever.live" if passed else "retriever.live_override",
                 target=version,
                 reason=reason,
-                details={"metrics": current.metrics},
+                details={
+                    "metrics": current.metrics,
+                    "verdict": None if verdict is None else verdict.id,
+                    "decision": None if verdict is None else verdict.decision,
+                    "override": not passed,
+                },
             ),
         )
     return RetrieverVersion(
         version, loop, "live", current.sha256, current.metrics, current.created_at, now
+    )
+
+
+def reject_retriever(
+    engine: Engine, loop: str, version: str, now: datetime, actor: str, reason: str
+) -> RetrieverVersion:
+    """Reject a candidate (it can no longer go live), with its audit row ``retriever.rejected``.
+    NotFound ``not_found``; Conflict ``transition_conflict`` (not a candidate)."""
+    with engine.begin() as conn:
+        take_write_lock(conn)
+        lock_loop(conn, loop)
+        row = conn.execute(
+            select(*_COLUMNS).where(RetrieverRow.version == version, RetrieverRow.loop == loop)
+        ).first()
+        if row is None:
+            raise NotFound(f"no retriever version {version!r} in loop {loop!r}", "not_found")
+        current = _version(row)
+        if current.status != "candidate":
+            raise Conflict(
+                f"retriever {version} is {current.status}; only a candidate can be rejected",
+                "transition_conflict",
+            )
+        conn.execute(
+            update(RetrieverRow)
+            .where(RetrieverRow.version == version)
+            .values(status="rejected", updated_at=now)
+        )
+        append_audit(
+            conn,
+            AuditEntry(
+                at=now,
+                actor=actor,
+                role=None,
+                loop=loop,
+                action="retriever.rejected",
+                target=version,
+                reason=reason,
+                details={},
+            ),
+        )
+    return RetrieverVersion(
+        version, loop, "rejected", current.sha256, current.metrics, current.created_at, now
     )
 
 

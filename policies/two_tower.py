@@ -157,6 +157,14 @@ class TwoTower(nn.Module):
         return self.items(encode(rows, self.config.buckets)).numpy().astype(np.float32)
 
     @torch.no_grad()
+    def embed_users(self, contexts: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """User embeddings (float32, one row per context), on the CPU."""
+        self.eval()
+        if not contexts:
+            return np.zeros((0, self.config.dim), dtype=np.float32)
+        return self.users(encode(contexts, self.config.buckets)).numpy().astype(np.float32)
+
+    @torch.no_grad()
     def embed_user(self, context: Mapping[str, Any]) -> np.ndarray:
         """One context's user embedding, float32 of shape (1, dim)."""
         self.eval()

@@ -21,6 +21,11 @@ from there:
    `rollout.auto` is "live". Otherwise a gatekeeper's approval (a transition to live through
    the API, which needs the passed gate verdict) is what makes it live.
 
+4. **Retrievers** (kind ``retriever``, :mod:`deploy.retriever_gate`): each candidate retriever
+   whose latest verdict is missing or "pending" is checked again; "fail": it is rejected
+   (audited, actor "learner"); "pass": it waits for a gatekeeper's promotion (promotion
+   re-embeds the catalog; there is no shadow or canary for retrievers).
+
 The alarm of an automatic rollback is raised before the transition that rejects the canary,
 and not raised twice for one version: a kill between the two leaves the alarm, and the next
 tick (which sees the same analysis) makes the transition.
@@ -38,14 +43,17 @@ from deploy.learner.candidates import IN_ROLLOUT
 from deploy.learner.faults import Faults
 from deploy.learner.versions import LEARNER
 from deploy.registry import ModelVersion
+from deploy.retriever_gate import check_retriever
 from deploy.rollout import transition
 from log.alarms import raise_alarm_once
 from log.deploy_settings import AUTO_LEVELS
 from log.learner_state import LearnerRun
 from log.loops import StoredLoop
 from log.registry_store import list_models
+from log.retrievers import list_retrievers, reject_retriever
 from log.rollout_counts import count_shadowed
 from log.schema import Engine
+from log.verdicts import latest_verdict
 
 __all__ = ["ROLLBACK_ALARM", "WORSE_ALARM", "run_rollout"]
 
@@ -114,6 +122,43 @@ class _Rollout:
             )
         return latest.decision
 
+    def retrievers(self) -> None:
+        """Check the loop's candidate retrievers that have no final verdict; reject a fail."""
+        loop = self.stored.name
+        for candidate in list_retrievers(self.engine, loop):
+            if candidate.status != "candidate":
+                continue
+            latest = latest_verdict(self.engine, candidate.version)
+            if latest is None or latest.decision == "pending":
+                with self.faults.writing(self.engine, "gate"):
+                    latest = check_retriever(self.engine, loop, candidate.version, now=self.now)
+                self.steps.append(
+                    {
+                        "version": candidate.version,
+                        "kind": "retriever",
+                        "gate": latest.decision,
+                        "look": latest.look,
+                    }
+                )
+            if latest.decision == "fail":
+                with self.faults.writing(self.engine, "transition"):
+                    reject_retriever(
+                        self.engine,
+                        loop,
+                        candidate.version,
+                        self.now,
+                        LEARNER,
+                        f"the retriever gate failed it: {latest.reason}",
+                    )
+                self.steps.append(
+                    {
+                        "version": candidate.version,
+                        "kind": "retriever",
+                        "from": "candidate",
+                        "to": "rejected",
+                    }
+                )
+
     def canary(self, canary: ModelVersion) -> None:
         loop = self.stored.name
         analysis = analyse_canary(self.engine, loop, settings=self.settings)
@@ -179,6 +224,7 @@ class _Rollout:
                 )
         if canary is not None:
             self.canary(canary)
+        self.retrievers()
         moved = [s for s in self.steps if "to" in s]
         outcome = "moved" if moved else ("checked" if self.steps else "idle")
         message = (

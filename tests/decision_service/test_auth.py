@@ -33,6 +33,8 @@ PERMISSION: dict[tuple[str, str], tuple[str, bool]] = {
     ("GET", "/v1/loops/{loop}/items/{item_id:path}"): ("read", True),
     ("GET", "/v1/loops/{loop}/retrievers"): ("read", True),
     ("POST", "/v1/loops/{loop}/retrievers/{version}/promote"): ("gatekeep", True),
+    ("POST", "/v1/loops/{loop}/retrievers/{version}/reject"): ("gatekeep", True),
+    ("POST", "/v1/loops/{loop}/retrievers/{version}/check"): ("gatekeep", True),
     ("GET", "/v1/status"): ("read", False),
     ("GET", "/v1/loops"): ("read", False),
     ("GET", "/v1/loops/{loop}"): ("read", True),

@@ -69,6 +69,7 @@ def test_every_reference_resolves(tmp_path: Path) -> None:
 
 _MOVE = {"200", "400", "404", "409", "413", "422"}  # the deploy routes that change a state
 AUTH = {"401", "403"}  # every operation needs a key
+_RETRIEVER_MOVE = {"200", "400", "404", "409", "422"} | AUTH
 EXPECTED = {
     ("put", "/v1/loops/{loop}/items"): {"200", "400", "404", "413", "422"} | AUTH,
     ("post", "/v1/loops/{loop}/items/deactivate"): {"200", "400", "404", "413", "422"} | AUTH,
@@ -76,7 +77,9 @@ EXPECTED = {
     ("get", "/v1/loops/{loop}/items"): {"200", "404", "422"} | AUTH,
     ("get", "/v1/loops/{loop}/items/{item_id}"): {"200", "404", "422"} | AUTH,
     ("get", "/v1/loops/{loop}/retrievers"): {"200", "404", "422"} | AUTH,
-    ("post", "/v1/loops/{loop}/retrievers/{version}/promote"): {"200", "404", "409", "422"} | AUTH,
+    ("post", "/v1/loops/{loop}/retrievers/{version}/promote"): _RETRIEVER_MOVE,
+    ("post", "/v1/loops/{loop}/retrievers/{version}/reject"): _RETRIEVER_MOVE,
+    ("post", "/v1/loops/{loop}/retrievers/{version}/check"): _RETRIEVER_MOVE,
     ("get", "/v1/status"): {"200"} | AUTH,
     ("get", "/v1/loops"): {"200"} | AUTH,
     ("get", "/v1/loops/{loop}"): {"200", "404", "422"} | AUTH,

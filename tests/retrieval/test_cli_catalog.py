@@ -1,5 +1,5 @@
 """`decision-service items load` (Parquet and JSONL, batched, validated) and `decision-service
-retriever train / promote` over a store with joined decisions."""
+retriever train / check / promote` over a store with joined decisions."""
 
 from __future__ import annotations
 
@@ -131,7 +131,15 @@ def test_retriever_train_and_promote(store: str, tmp_path: Path) -> None:
     assert 0.0 <= out["val_auc"] <= 1.0
     (candidate,) = list_retrievers(engine, "default")
     assert candidate.status == "candidate" and candidate.metrics["val_auc"] == out["val_auc"]
-    result = runner.invoke(app, ["retriever", "promote", candidate.version, "--loop", "default"])
+    promote = ["retriever", "promote", candidate.version, "--loop", "default"]
+    result = runner.invoke(app, promote)  # no gate verdict yet
+    assert result.exit_code == 1 and "gate_not_passed" in result.output
+    result = runner.invoke(app, ["retriever", "check", candidate.version, "--loop", "default"])
+    assert result.exit_code == 0, result.output
+    verdict = orjson.loads(result.stdout.strip().splitlines()[-1])
+    assert verdict["numbers"]["baseline"] == "popularity"
+    assert verdict["numbers"]["held_out"] == out["val_examples"]  # after trained_until
+    result = runner.invoke(app, [*promote, "--override", "--reason", "two epochs only"])
     assert result.exit_code == 0, result.output
     live = live_retriever(engine, "default")
     assert live is not None and live.version == candidate.version

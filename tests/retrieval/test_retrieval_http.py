@@ -46,7 +46,10 @@ def _retriever(client: TestClient) -> tuple[str, TwoTower]:
     record = register_retriever(
         engine, "default", save_two_tower(model), {"val_auc": 0.5}, datetime.now(UTC)
     )
-    r = client.post(f"/v1/loops/default/retrievers/{record.version}/promote")
+    r = client.post(
+        f"/v1/loops/default/retrievers/{record.version}/promote",
+        json={"override": True, "reason": "an untrained retriever for the test"},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "live"
     return record.version, model
