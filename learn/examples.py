@@ -244,8 +244,13 @@ class LineBuilder:
         if text.startswith("[{") and text.endswith("}]"):
             inner = text[2:-2]
             sep = "}, {" if "}, {" in inner else "},{"
+            pieces = inner.split(sep)
+            get = self._elements.get
+            hits = [get(p) for p in pieces]
+            if None not in hits:
+                return hits  # type: ignore[return-value]
             try:
-                return [self._element(p) for p in inner.split(sep)]
+                return [self._element(p) for p in pieces]
             except orjson.JSONDecodeError:
                 pass
         actions = orjson.loads(text)
@@ -272,6 +277,10 @@ class LineBuilder:
             raise BadEvent(f"event {row.event_id!r}: {err}") from None
         except orjson.JSONDecodeError as err:
             raise BadEvent(f"event {row.event_id!r}: bad actions: {err}") from None
+        if not row.is_slate and not row.excluded and row.shadow is None:
+            fast = self._single(row, elements)
+            if fast is not None:
+                return fast
         ids = [e[0] for e in elements]
         examples = _slot_examples(_Logged(row.event_id, ids, row, row.rewards), _mode(row.shadow))
         if not examples:
@@ -283,6 +292,29 @@ class LineBuilder:
                 raise BadEvent(f"event {row.event_id!r}: bad action: {error}")
             lines[i] = line
         return _blocks(examples, self._shared(row.context_json), lines)
+
+    def _single(
+        self, row: TrainingRow, elements: list[tuple[str, str | None, str]]
+    ) -> list[list[str]] | None:
+        """The example of a single decision without exclusions or shadow (the common case),
+        exactly as :func:`slot_examples` builds it: every action a candidate in stored order,
+        the chosen one labelled. None when anything is irregular: the general path then gives
+        the example or the reason it has none."""
+        lines = [e[1] for e in elements]
+        if None in lines or len(row.pmf) != len(lines):
+            return None
+        ids = [e[0] for e in elements]
+        try:
+            chosen = ids.index(row.chosen)
+            cost = -float(row.rewards[0])
+            probability = float(row.pmf[chosen])
+        except (ValueError, KeyError, TypeError):
+            return None
+        if not (math.isfinite(cost) and math.isfinite(probability) and 0.0 < probability <= 1.0):
+            return None
+        block = [self._shared(row.context_json), *lines]
+        block[chosen + 1] = f"0:{cost:.9g}:{probability:.9g} {lines[chosen]}"
+        return [block]  # type: ignore[list-item]
 
 
 # An event ready to learn: (event_id, decided_at, join_seq, joined_at, its VW examples or the
