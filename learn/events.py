@@ -14,10 +14,13 @@ from log.training_reads import (
     JoinedDecision,
     JoinedKey,
     Order,
+    TrainingRow,
     count_joined,
     fetch_joined,
+    fetch_training_rows,
     iter_joined,
     iter_joined_keys,
+    iter_training_rows,
     last_join_seq,
 )
 
@@ -27,10 +30,13 @@ __all__ = [
     "JoinedDecision",
     "JoinedKey",
     "Order",
+    "TrainingRow",
     "count_training_events",
     "fetch_joined",
+    "fetch_training_rows",
     "iter_joined_keys",
     "iter_training_events",
+    "iter_training_rows",
     "last_join_seq",
 ]
 

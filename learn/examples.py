@@ -23,7 +23,8 @@ from typing import Any
 import orjson
 
 from explore.types import Action
-from log.training_reads import JoinedDecision
+from log.records import DecisionRecord
+from log.training_reads import JoinedDecision, TrainingRow
 from policies.vw_text import action_line, shared_line
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "SlotExample",
     "TrainingEvent",
     "prepare",
+    "prepare_rows",
     "slot_examples",
 ]
 
@@ -73,12 +75,15 @@ def _reward(event_id: str, rewards: Mapping[int, float], slot: int) -> float:
         raise BadEvent(f"event {event_id!r} has no joined reward for slot {slot}") from None
 
 
+def _mode(shadow: object) -> str:
+    mode = shadow.get("mode") if isinstance(shadow, dict) else None
+    return mode if isinstance(mode, str) else "Online"
+
+
 def learning_mode(event: TrainingEvent) -> str:
     """`Online`, or the Personalizer learning mode the decision was served in (its baseline
     was served with probability 1; `decision_service.decide.baseline_shadow`)."""
-    shadow = event.record.shadow
-    mode = shadow.get("mode") if isinstance(shadow, dict) else None
-    return mode if isinstance(mode, str) else "Online"
+    return _mode(event.record.shadow)
 
 
 def slot_examples(event: TrainingEvent) -> list[SlotExample]:
@@ -88,19 +93,35 @@ def slot_examples(event: TrainingEvent) -> list[SlotExample]:
     on the baseline, whatever its true reward (which joins, reports and OPE keep): the model
     imitates the baseline, as Personalizer's apprentice mode does. One served in LoggingOnly
     mode has no examples: nothing is learned from it."""
-    mode = learning_mode(event)
+    r = event.record
+    ids = [str(a["id"]) for a in r.actions]
+    return _slot_examples(_Logged(r.event_id, ids, r, event.rewards), _mode(r.shadow))
+
+
+@dataclass(frozen=True, slots=True)
+class _Logged:
+    """What the examples are built from: the event id, its action ids in stored order, the
+    record's labelling fields (`excluded`, `is_slate`, `chosen`, `pmf`, `slots`) and rewards."""
+
+    event_id: str
+    ids: list[str]
+    fields: DecisionRecord | TrainingRow
+    rewards: Mapping[int, float]
+
+
+def _slot_examples(logged: _Logged, mode: str) -> list[SlotExample]:
     if mode == "LoggingOnly":
         return []
-    out = _examples(event)
+    out = _examples(logged)
     if mode == "Apprentice":
         return [SlotExample(ex.candidates, ex.label, -1.0, ex.probability) for ex in out]
     return out
 
 
-def _examples(event: TrainingEvent) -> list[SlotExample]:
-    record = event.record
-    event_id = record.event_id
-    ids = [str(a["id"]) for a in record.actions]
+def _examples(logged: _Logged) -> list[SlotExample]:
+    record = logged.fields
+    event_id = logged.event_id
+    ids = logged.ids
     excluded = set(record.excluded)
     available = [i for i, action_id in enumerate(ids) if action_id not in excluded]
     if not record.is_slate:
@@ -111,7 +132,7 @@ def _examples(event: TrainingEvent) -> list[SlotExample]:
             raise BadEvent(
                 f"event {event_id!r}: chosen action {record.chosen!r} is not a candidate"
             ) from None
-        cost = -_reward(event_id, event.rewards, 0)
+        cost = -_reward(event_id, logged.rewards, 0)
         if len(record.pmf) != len(ids):
             raise BadEvent(f"event {event_id!r}: pmf and actions differ in length")
         probability = float(record.pmf[chosen])
@@ -128,11 +149,22 @@ def _examples(event: TrainingEvent) -> list[SlotExample]:
                 f"event {event_id!r} slot {k}: action {slot['action_id']!r} "
                 "is not an available candidate"
             )
-        cost = -_reward(event_id, event.rewards, k)
+        cost = -_reward(event_id, logged.rewards, k)
         probability = float(slot["probability"])
         _check_label(event_id, k, cost, probability)
         out.append(SlotExample(tuple(available), available.index(chosen), cost, probability))
         available = [i for i in available if i != chosen]
+    return out
+
+
+def _blocks(examples: list[SlotExample], shared: str, lines: Mapping[int, str]) -> list[list[str]]:
+    out = []
+    for ex in examples:
+        block = [shared]
+        block.extend([lines[i] for i in ex.candidates])
+        at = ex.label + 1
+        block[at] = f"0:{ex.cost:.9g}:{ex.probability:.9g} {block[at]}"
+        out.append(block)
     return out
 
 
@@ -147,6 +179,9 @@ class LineBuilder:
     def __init__(self, max_cached: int = 50_000) -> None:
         self.max_cached = max_cached
         self._cache: dict[tuple[str, bytes], str] = {}
+        # by stored JSON text: an action's (id, line, or the reason it has none), a context's line
+        self._elements: dict[str, tuple[str, str | None, str]] = {}
+        self._contexts: dict[str, str] = {}
 
     def action(self, action: Mapping[str, Any]) -> str:
         """The (unlabelled) line of one logged action."""
@@ -173,21 +208,137 @@ class LineBuilder:
             lines = dict(zip(first, map(self.action, [actions[i] for i in first]), strict=True))
         except (KeyError, TypeError, ValueError) as err:
             raise BadEvent(f"event {record.event_id!r}: bad action: {err}") from None
-        shared = shared_line(record.context)
-        out = []
-        for ex in examples:
-            block = [shared]
-            block.extend([lines[i] for i in ex.candidates])
-            at = ex.label + 1
-            block[at] = f"0:{ex.cost:.9g}:{ex.probability:.9g} {block[at]}"
-            out.append(block)
-        return out
+        return _blocks(examples, shared_line(record.context), lines)
+
+    def _element(self, piece: str) -> tuple[str, str | None, str]:
+        """(id, line or None, why it has none) of an action from its stored JSON text without
+        its outer braces (memoised by that text)."""
+        hit = self._elements.get(piece)
+        if hit is None:
+            hit = self._parsed(orjson.loads("{" + piece + "}"))
+            if len(self._elements) >= self.max_cached:
+                self._elements.clear()
+            self._elements[piece] = hit
+        return hit
+
+    def _parsed(self, action: Any) -> tuple[str, str | None, str]:
+        try:
+            action_id = str(action["id"])
+        except (KeyError, TypeError) as err:
+            raise BadEvent(f"bad action: {err!r}") from None
+        try:
+            return action_id, self.action(action), ""
+        except (KeyError, TypeError, ValueError) as err:
+            return action_id, None, str(err)
+
+    def _actions(self, text: str) -> list[tuple[str, str | None, str]]:
+        """(id, line or None, why) of each action of a stored actions array, in order.
+
+        The text is cut at each ``}, {`` (``},{``) between elements and each piece looked up
+        by its text, parsed only when new. The cut is checked, not assumed: a piece that is not
+        a whole JSON object (the separator also occurred inside a string or a nested value)
+        fails to parse, and the array is then parsed whole. When every piece is a JSON object
+        the pieces are the array's elements (JSON's grammar leaves no other reading)."""
+        if text == "[]":
+            return []
+        if text.startswith("[{") and text.endswith("}]"):
+            inner = text[2:-2]
+            sep = "}, {" if "}, {" in inner else "},{"
+            pieces = inner.split(sep)
+            get = self._elements.get
+            hits = [get(p) for p in pieces]
+            if None not in hits:
+                return hits  # type: ignore[return-value]
+            try:
+                return [self._element(p) for p in pieces]
+            except orjson.JSONDecodeError:
+                pass
+        actions = orjson.loads(text)
+        if not isinstance(actions, list):
+            raise BadEvent("actions are not a list")
+        return [self._parsed(a) for a in actions]
+
+    def _shared(self, text: str) -> str:
+        line = self._contexts.get(text)
+        if line is None:
+            line = shared_line(orjson.loads(text))
+            if len(self._contexts) >= self.max_cached:
+                self._contexts.clear()
+            self._contexts[text] = line
+        return line
+
+    def row_lines(self, row: TrainingRow) -> list[list[str]]:
+        """The VW examples of a training row: the same lines as :meth:`event_lines` gives for
+        the same decision. Each action's and the context's text is memoised by its stored
+        JSON, so a repeated one is neither parsed nor encoded again."""
+        try:
+            elements = self._actions(row.actions_json)
+        except BadEvent as err:
+            raise BadEvent(f"event {row.event_id!r}: {err}") from None
+        except orjson.JSONDecodeError as err:
+            raise BadEvent(f"event {row.event_id!r}: bad actions: {err}") from None
+        if not row.is_slate and not row.excluded and row.shadow is None:
+            fast = self._single(row, elements)
+            if fast is not None:
+                return fast
+        ids = [e[0] for e in elements]
+        examples = _slot_examples(_Logged(row.event_id, ids, row, row.rewards), _mode(row.shadow))
+        if not examples:
+            return []
+        lines = {}
+        for i in examples[0].candidates:
+            _, line, error = elements[i]
+            if line is None:
+                raise BadEvent(f"event {row.event_id!r}: bad action: {error}")
+            lines[i] = line
+        return _blocks(examples, self._shared(row.context_json), lines)
+
+    def _single(
+        self, row: TrainingRow, elements: list[tuple[str, str | None, str]]
+    ) -> list[list[str]] | None:
+        """The example of a single decision without exclusions or shadow (the common case),
+        exactly as :func:`slot_examples` builds it: every action a candidate in stored order,
+        the chosen one labelled. None when anything is irregular: the general path then gives
+        the example or the reason it has none."""
+        lines = [e[1] for e in elements]
+        if None in lines or len(row.pmf) != len(lines):
+            return None
+        ids = [e[0] for e in elements]
+        try:
+            chosen = ids.index(row.chosen)
+            cost = -float(row.rewards[0])
+            probability = float(row.pmf[chosen])
+        except (ValueError, KeyError, TypeError):
+            return None
+        if not (math.isfinite(cost) and math.isfinite(probability) and 0.0 < probability <= 1.0):
+            return None
+        block = [self._shared(row.context_json), *lines]
+        block[chosen + 1] = f"0:{cost:.9g}:{probability:.9g} {lines[chosen]}"
+        return [block]  # type: ignore[list-item]
 
 
 # An event ready to learn: (event_id, decided_at, join_seq, joined_at, its VW examples or the
 # reason it cannot be learned). Built in-process by `prepare` or by worker processes
 # (learn.parallel).
 Prepared = tuple[str, datetime, int, datetime, list[list[str]] | str]
+
+
+def prepare_rows(
+    rows: Iterable[TrainingRow], builder: LineBuilder
+) -> Generator[Prepared, None, None]:
+    """The VW examples of each training row, or the reason it cannot be learned (the same as
+    :func:`prepare` gives for the same events)."""
+    try:
+        for row in rows:
+            try:
+                blocks: list[list[str]] | str = builder.row_lines(row)
+            except BadEvent as err:
+                blocks = str(err)
+            yield row.event_id, row.decided_at, row.join_seq, row.joined_at, blocks
+    finally:
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()
 
 
 def prepare(

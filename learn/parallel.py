@@ -26,7 +26,7 @@ from collections.abc import Generator
 from datetime import UTC, datetime
 from typing import Any
 
-from learn.events import EventWindow, JoinedKey, Order, fetch_joined, iter_joined_keys
+from learn.events import EventWindow, JoinedKey, Order, fetch_training_rows, iter_joined_keys
 from learn.examples import BadEvent, LineBuilder, Prepared
 from log.db import check_shareable, database_url
 from log.schema import Engine, make_engine
@@ -61,14 +61,13 @@ def _worker(url: str, loop: str, tasks: Any, results: Any, parent: int) -> None:
             if ids is _STOP:
                 break
             # join_seq/joined_at are the learner's business: the keys stay with it
-            events = fetch_joined(engine, loop, [(i, 0, _EPOCH) for i in ids])
+            rows = fetch_training_rows(engine, loop, [(i, 0, _EPOCH) for i in ids])
             out: dict[str, tuple[datetime, list[list[str]] | str]] = {}
-            for event in events:
-                record = event.record
+            for row in rows:
                 try:
-                    out[record.event_id] = (record.decided_at, builder.event_lines(event))
+                    out[row.event_id] = (row.decided_at, builder.row_lines(row))
                 except BadEvent as err:
-                    out[record.event_id] = (record.decided_at, str(err))
+                    out[row.event_id] = (row.decided_at, str(err))
             results.put(("ok", out))
         engine.dispose()
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the learner cleans up

@@ -26,8 +26,13 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from learn.events import EventWindow, Order, count_training_events, iter_training_events
-from learn.examples import LineBuilder, Prepared, TrainingEvent, prepare
+from learn.events import (
+    EventWindow,
+    Order,
+    count_training_events,
+    iter_training_rows,
+)
+from learn.examples import LineBuilder, Prepared, TrainingEvent, prepare, prepare_rows
 from learn.parallel import iter_prepared
 from learn.registry import ModelInfo, Registry
 from log.loops import get_loop
@@ -302,8 +307,8 @@ def train_version(
                 engine, loop, window, order=order, chunk_size=chunk_size, workers=workers
             )
         else:
-            events = iter_training_events(engine, loop, window, order=order, chunk_size=chunk_size)
-            prepared = prepare(events, LineBuilder())
+            rows = iter_training_rows(engine, loop, window, order=order, chunk_size=chunk_size)
+            prepared = prepare_rows(rows, LineBuilder())
         with contextlib.closing(prepared), frozen_gc():
             stats = learn_prepared(
                 policy,

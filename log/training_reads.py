@@ -32,7 +32,18 @@ from datetime import datetime
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, Engine, String, func, select, text, type_coerce
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    String,
+    bindparam,
+    column,
+    func,
+    select,
+    text,
+    type_coerce,
+)
 
 from log.decision_reads import RECORD_COLUMNS, record_columns_sql, record_from_row
 from log.models import DecisionRow, OutcomeRow
@@ -44,10 +55,13 @@ __all__ = [
     "JoinedDecision",
     "JoinedKey",
     "Order",
+    "TrainingRow",
     "count_joined",
     "fetch_joined",
+    "fetch_training_rows",
     "iter_joined",
     "iter_joined_keys",
+    "iter_training_rows",
     "last_join_seq",
 ]
 
@@ -301,5 +315,152 @@ def _stream(
         try:
             for keys in chunks:
                 yield from _joined(conn, loop, keys)
+        finally:
+            chunks.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The training read: only what the examples need, each action as its stored JSON text.
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingRow:
+    """A joined decision as training reads it: only the fields its examples need, the context
+    and the actions as their stored JSON text (the reader memoises their VW text by those
+    bytes: catalogs repeat the same actions across events), the small labelling fields
+    parsed."""
+
+    event_id: str
+    decided_at: datetime
+    join_seq: int
+    joined_at: datetime
+    context_json: str
+    actions_json: str
+    pmf: list[float]
+    excluded: list[str]
+    chosen: str
+    slots: list[dict[str, Any]]
+    is_slate: bool
+    shadow: dict[str, Any] | None
+    rewards: Mapping[int, float]
+
+
+_T = DecisionRow.__tablename__
+_ROW_TYPES = (
+    column("event_id", String()),
+    column("decided_at", DecisionRow.__table__.c.decided_at.type),
+    column("context", String()),
+    column("actions", String()),
+    column("pmf", String()),
+    column("excluded", String()),
+    column("chosen", String()),
+    column("slots", String()),
+    column("is_slate", DecisionRow.__table__.c.is_slate.type),
+    column("shadow", String()),
+)
+_LITE_TRAINING = text(
+    "SELECT d.event_id, d.decided_at, CAST(d.context AS TEXT), CAST(d.actions AS TEXT), "
+    "CAST(d.pmf AS TEXT), CAST(d.excluded AS TEXT), d.chosen, CAST(d.slots AS TEXT), "
+    "d.is_slate, CAST(d.shadow AS TEXT) "
+    f"FROM {_T} AS d WHERE d.loop = :loop AND d.event_id IN :ids"
+).bindparams(bindparam("ids", expanding=True))
+_PG_TRAINING = text(
+    "SELECT d.event_id, d.decided_at, CAST(d.context AS TEXT), CAST(d.actions AS TEXT), "
+    "CAST(d.pmf AS TEXT), CAST(d.excluded AS TEXT), d.chosen, CAST(d.slots AS TEXT), "
+    "d.is_slate, CAST(d.shadow AS TEXT) "
+    "FROM unnest(CAST(:ids AS text[])) AS k(event_id) CROSS JOIN LATERAL "
+    f"(SELECT * FROM {_T} WHERE loop = :loop AND event_id = k.event_id LIMIT 1) AS d"
+)
+_LITE_REWARDS = select(OutcomeRow.event_id, OutcomeRow.slot, OutcomeRow.reward)
+_PG_REWARDS = text(
+    "SELECT o.event_id, o.slot, o.reward "
+    "FROM unnest(CAST(:ids AS text[])) AS k(event_id) CROSS JOIN LATERAL "
+    f"(SELECT event_id, slot, reward FROM {OutcomeRow.__tablename__} "
+    "WHERE loop = :loop AND event_id = k.event_id OFFSET 0) AS o"
+)
+
+
+def _training_rows(conn: Connection, loop: str, keys: list[JoinedKey]) -> list[TrainingRow]:
+    ids = [k[0] for k in keys]
+    params = {"ids": ids, "loop": loop}
+    if conn.dialect.name == "postgresql":
+        rows = conn.execute(_PG_TRAINING.columns(*_ROW_TYPES), params)
+        outcomes = conn.execute(_PG_REWARDS, params)
+    else:
+        rows = conn.execute(_LITE_TRAINING.columns(*_ROW_TYPES), params)
+        outcomes = conn.execute(
+            _LITE_REWARDS.where(OutcomeRow.loop == loop, OutcomeRow.event_id.in_(ids))
+        )
+    rewards: dict[str, dict[int, float]] = defaultdict(dict)
+    for event_id, slot, reward in outcomes:
+        rewards[event_id][slot] = reward
+    loads = orjson.loads
+    found = {}
+    for r in rows:
+        (event_id, decided_at, context, actions, pmf, excluded, chosen, slots, slate, shadow) = r
+        found[event_id] = (
+            decided_at,
+            context,
+            actions,
+            loads(pmf),
+            loads(excluded),
+            chosen,
+            loads(slots),
+            slate,
+            None if shadow is None else loads(shadow),
+        )
+    out = []
+    empty: dict[int, float] = {}
+    for event_id, join_seq, joined_at in keys:
+        f = found.get(event_id)
+        if f is not None:
+            out.append(
+                TrainingRow(
+                    event_id,
+                    f[0],
+                    join_seq,
+                    joined_at,
+                    f[1],
+                    f[2],
+                    f[3],
+                    f[4],
+                    f[5],
+                    f[6],
+                    f[7],
+                    f[8],
+                    rewards.get(event_id, empty),
+                )
+            )
+    return out
+
+
+def fetch_training_rows(engine: Engine, loop: str, keys: list[JoinedKey]) -> list[TrainingRow]:
+    """The training rows of `keys` (one chunk), in the same order; rows gone are left out."""
+    with engine.connect() as conn:
+        return _training_rows(conn, loop, keys)
+
+
+def iter_training_rows(
+    engine: Engine,
+    loop: str,
+    window: EventWindow | None = None,
+    *,
+    order: Order = "seq",
+    chunk_size: int = 1000,
+) -> Generator[TrainingRow, None, None]:
+    """The window's joined decisions as :class:`TrainingRow`, in `order` (the same events, in
+    the same order, as :func:`iter_joined`)."""
+    _check(order, chunk_size)
+    return _stream_rows(engine, loop, window or EventWindow(), order, chunk_size)
+
+
+def _stream_rows(
+    engine: Engine, loop: str, window: EventWindow, order: Order, chunk_size: int
+) -> Generator[TrainingRow, None, None]:
+    with engine.connect() as conn:
+        chunks = _keys(conn, loop, window, order, chunk_size)
+        try:
+            for keys in chunks:
+                yield from _training_rows(conn, loop, keys)
         finally:
             chunks.close()
