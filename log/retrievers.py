@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from explore.errors import Conflict, InvalidInput, NotFound
@@ -161,17 +161,7 @@ def promote_retriever(
     with engine.begin() as conn:
         take_write_lock(conn)
         lock_loop(conn, loop)
-        row = conn.execute(
-            select(*_COLUMNS).where(RetrieverRow.version == version, RetrieverRow.loop == loop)
-        ).first()
-        if row is None:
-            raise NotFound(f"no retriever version {version!r} in loop {loop!r}", "not_found")
-        current = _version(row)
-        if current.status != "candidate":
-            raise Conflict(
-                f"retriever {version} is {current.status}; only a candidate can go live",
-                "transition_conflict",
-            )
+        current = _candidate(conn, loop, version, "go live")
         verdict = latest_verdict_in(conn, version)
         passed = verdict is not None and verdict.passed
         if not passed and not override:
@@ -220,6 +210,23 @@ def promote_retriever(
     )
 
 
+def _candidate(conn: Connection, loop: str, version: str, move: str) -> RetrieverVersion:
+    """The candidate `version` of `loop`, read in the caller's locked transaction. NotFound
+    ``not_found``; Conflict ``transition_conflict`` when it is not a candidate."""
+    row = conn.execute(
+        select(*_COLUMNS).where(RetrieverRow.version == version, RetrieverRow.loop == loop)
+    ).first()
+    if row is None:
+        raise NotFound(f"no retriever version {version!r} in loop {loop!r}", "not_found")
+    current = _version(row)
+    if current.status != "candidate":
+        raise Conflict(
+            f"retriever {version} is {current.status}; only a candidate can {move}",
+            "transition_conflict",
+        )
+    return current
+
+
 def reject_retriever(
     engine: Engine, loop: str, version: str, now: datetime, actor: str, reason: str
 ) -> RetrieverVersion:
@@ -228,17 +235,7 @@ def reject_retriever(
     with engine.begin() as conn:
         take_write_lock(conn)
         lock_loop(conn, loop)
-        row = conn.execute(
-            select(*_COLUMNS).where(RetrieverRow.version == version, RetrieverRow.loop == loop)
-        ).first()
-        if row is None:
-            raise NotFound(f"no retriever version {version!r} in loop {loop!r}", "not_found")
-        current = _version(row)
-        if current.status != "candidate":
-            raise Conflict(
-                f"retriever {version} is {current.status}; only a candidate can be rejected",
-                "transition_conflict",
-            )
+        current = _candidate(conn, loop, version, "be rejected")
         conn.execute(
             update(RetrieverRow)
             .where(RetrieverRow.version == version)

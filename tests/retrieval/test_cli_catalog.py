@@ -4,7 +4,7 @@ retriever train / check / promote` over a store with joined decisions."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import orjson
@@ -19,13 +19,13 @@ from evaluation.simulator_catalog import CatalogSimulator
 from log.catalog import get_item, list_items
 from log.joiner import join_loop
 from log.loops import ensure_default_loop
-from log.records import DecisionRecord, RewardRecord
+from log.records import RewardRecord
 from log.retrievers import list_retrievers, live_retriever
 from log.schema import make_engine, migrate
 from log.writer import GroupCommitWriter
+from tests.retrieval.catalog_log import T0, decision
 
 runner = CliRunner()
-T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -88,31 +88,9 @@ def test_retriever_train_and_promote(store: str, tmp_path: Path) -> None:
     writer.start()
     try:
         records = []
-        for i, j in enumerate(events.item_index.tolist()):
-            item_id, features = sim.item_id(j), sim.item_features(j)
+        for i in range(len(events.item_index)):
+            records.append(decision(sim, events, i, "default"))
             at = T0 + timedelta(seconds=i)
-            records.append(
-                DecisionRecord(
-                    loop="default",
-                    event_id=f"e{i}",
-                    decided_at=at,
-                    model_version="untrained",
-                    policy_arm="live",
-                    request_digest="0" * 64,
-                    context=events.contexts[i],
-                    actions=[{"id": item_id, "features": features}],
-                    pmf=[1.0],
-                    excluded=[],
-                    chosen=item_id,
-                    slots=[{"slot": 0, "action_id": item_id, "probability": 1.0}],
-                    n_slots=1,
-                    is_slate=False,
-                    deferred=False,
-                    activated_at=None,
-                    reward_deadline=at + timedelta(seconds=60),
-                    response={},
-                )
-            )
             if events.clicked[i]:
                 records.append(RewardRecord(f"r{i}", "default", f"e{i}", 0, 1.0, at, False))
         writer.write_sync(records)
