@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, Row, insert, select
 
 from log.models import AuditRow
 
-__all__ = ["AuditEntry", "append_audit", "read_audit"]
+__all__ = ["AuditEntry", "append_audit", "audit_entry", "read_audit"]
 
 MAX_READ = 1000
 
@@ -89,17 +89,19 @@ def read_audit(
         stmt = stmt.where(AuditRow.loop.in_(loops))
     with engine.connect() as conn:
         rows = conn.execute(stmt.order_by(AuditRow.seq).limit(limit)).all()
-    return [
-        AuditEntry(
-            at=r.at,
-            actor=r.actor,
-            action=r.action,
-            loop=r.loop,
-            target=r.target,
-            reason=r.reason,
-            role=r.role,
-            details=r.details or {},
-            seq=r.seq,
-        )
-        for r in rows
-    ]
+    return [audit_entry(r) for r in rows]
+
+
+def audit_entry(row: Row[Any]) -> AuditEntry:
+    """The entry of a row selected with every `audit_log` column."""
+    return AuditEntry(
+        at=row.at,
+        actor=row.actor,
+        action=row.action,
+        loop=row.loop,
+        target=row.target,
+        reason=row.reason,
+        role=row.role,
+        details=row.details or {},
+        seq=row.seq,
+    )

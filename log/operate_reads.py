@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, func, select, text
 
-from log.audit import AuditEntry
+from log.audit import AuditEntry, audit_entry
 from log.learner_state import _COLUMNS as _LEARNER_COLUMNS
 from log.learner_state import LearnerState, _state
 from log.models import AlarmRow, AuditRow
@@ -45,17 +45,4 @@ def latest_audit(engine: Engine, loop: str, *, limit: int = 50) -> list[AuditEnt
             .order_by(AuditRow.seq.desc())
             .limit(limit)
         ).all()
-    return [
-        AuditEntry(
-            at=r.at,
-            actor=r.actor,
-            action=r.action,
-            loop=r.loop,
-            target=r.target,
-            reason=r.reason,
-            role=r.role,
-            details=r.details or {},
-            seq=r.seq,
-        )
-        for r in rows
-    ]
+    return [audit_entry(r) for r in rows]
