@@ -10,12 +10,16 @@ live, one canary and one shadow version per loop).
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import orjson
+import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, update
 
@@ -138,3 +142,29 @@ def join_later(client: TestClient, hours: float) -> None:
     with service.engine.begin() as conn:
         conn.execute(update(WriterRow).values(watermark=later))
     service.join_due(later)
+
+
+class UvicornThread:
+    """The service under uvicorn in a thread, on a free loopback port (a context manager)."""
+
+    def __init__(self, app: Any) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        self.app = app
+        config = uvicorn.Config(app, port=port, log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        for _ in range(600):
+            if self.server.started:
+                return self
+            time.sleep(0.05)
+        raise AssertionError("the service did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)

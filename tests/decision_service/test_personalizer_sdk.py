@@ -10,8 +10,6 @@ the native API. The tests share the module's server, so the module runs in one x
 from __future__ import annotations
 
 import io
-import socket
-import threading
 import time
 import warnings
 import zipfile
@@ -22,13 +20,13 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from decision_service import create_app
 from deploy.registry import register
 from policies import VWPolicy
 from tests.conftest import ADMIN_HEADERS, make_settings
 from tests.decision_service.test_durability import database_down
+from tests.serving_helpers import UvicornThread
 
 pytestmark = pytest.mark.xdist_group("personalizer_sdk")
 
@@ -49,32 +47,16 @@ with warnings.catch_warnings():  # the legacy SDK's dependencies warn on import
 LOOP = "shop"
 
 
-class Running:
-    """The service under uvicorn in a thread, on a free loopback port."""
+class Running(UvicornThread):
+    """The service under uvicorn in a thread, with an admin client of the native API."""
 
     def __init__(self, app: Any) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        self.app = app
-        config = uvicorn.Config(app, port=port, log_level="warning", access_log=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{port}"
+        super().__init__(app)
         self.native = httpx.Client(base_url=self.url, headers=ADMIN_HEADERS, timeout=30)
-
-    def __enter__(self) -> Running:
-        self.thread.start()
-        for _ in range(600):
-            if self.server.started:
-                return self
-            time.sleep(0.05)
-        raise AssertionError("the service did not start")
 
     def __exit__(self, *exc: object) -> None:
         self.native.close()
-        self.server.should_exit = True
-        self.thread.join(60)
+        super().__exit__(*exc)
 
     def key(self, role: str, loops: list[str] | None) -> str:
         body: dict[str, Any] = {"name": f"pz-{role}", "role": role}

@@ -17,7 +17,6 @@ their requests concurrently, so the writer commits them in groups.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +28,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
 import deploy.registry as registry
 from decision_service import create_app
@@ -40,6 +38,7 @@ from log.audit import read_audit
 from log.joiner import join_loop
 from log.schema import Engine
 from tests.conftest import ADMIN_HEADERS, make_settings
+from tests.serving_helpers import UvicornThread
 
 LOOP = "e2e"
 POOR = "--cb_type dm -l 0.05 --power_t 0"
@@ -138,30 +137,8 @@ class Driver:
         return float(np.mean([s.true_reward for s in self.served[start:end]]))
 
 
-class ServiceThread:
-    """The service under uvicorn in a thread, on a free loopback port."""
-
-    def __init__(self, app: Any) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        self.app = app
-        config = uvicorn.Config(app, port=port, log_level="warning", access_log=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{port}"
-
-    def __enter__(self) -> ServiceThread:
-        self.thread.start()
-        for _ in range(600):
-            if self.server.started:
-                return self
-            time.sleep(0.05)
-        raise AssertionError("the service did not start")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(60)
+class ServiceThread(UvicornThread):
+    """The service under uvicorn in a thread, with a wait for its reward windows."""
 
     def settle(self) -> None:
         """Wait until the windows of the events sent closed and the writer published a
