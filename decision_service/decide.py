@@ -36,6 +36,14 @@ the served decision, draws nothing from the event's sampling stream (the draws a
 served arm alone, so a replay is identical), and never changes the response. A shadow that fails
 to score (non-finite scores, over the feature budget, any error) logs ``shadow = null`` and is
 counted (`/v1/status`); the request is served as if there were no shadow.
+
+**Retrieval arms.** With a canary retriever, the request's retriever arm is the same keyed hash
+of its unit, salted by the retriever's version (``explore.arms.retriever_salt``): the canary
+retriever's share of the units retrieve their candidates with it. `retrieval` logs ``arm`` and
+``arm_probability`` (1 without a retriever canary). The arm is a function of the request, so
+the logged pmf (over the candidates that arm retrieved) is still the exact propensity; a model
+canary splits by another salt, independently. A shadow retriever retrieves after the decision
+(in the service) and only adds ``retrieval.shadow``.
 """
 
 from __future__ import annotations
@@ -219,6 +227,8 @@ def decide(
             "retriever": retrieved.retriever,
             "index": retrieved.index_version,
             **req.retrieve.to_json(),
+            "arm": retrieved.arm,
+            "arm_probability": retrieved.arm_probability,
         },
     )
 

@@ -57,16 +57,22 @@ from decision_service.schemas_catalog import (
     RetrieverOut,
     RetrieverPromoteIn,
     RetrieverRejectIn,
+    RetrieverReportOut,
+    RetrieverRollbackIn,
+    RetrieverRolloutIn,
     RetrieversOut,
     RetrieverVerdictOut,
 )
 from decision_service.service import Service
 from decision_service.settings import Settings
 from deploy.retriever_gate import check_retriever
+from deploy.retriever_report import DEFAULT_MAX_EVENTS as DEFAULT_REPORT_EVENTS
+from deploy.retriever_report import retriever_report
 from explore.errors import InvalidInput, InvalidJson, NotFound
 from log.catalog import ItemUpsert, delete_items, get_item, list_items, set_active
 from log.loops import get_loop
-from log.retrievers import index_builds, list_retrievers, reject_retriever
+from log.retriever_reads import MAX_RETRIEVED_EVENTS
+from log.retrievers import index_builds, list_retrievers
 from log.verdicts import latest_verdicts
 
 __all__ = ["router"]
@@ -269,6 +275,13 @@ async def get_retrievers(request: Request, loop: LoopName) -> Response:
     )
 
 
+async def _strict_body(request: Request, model: type[T]) -> T:
+    try:
+        return model.model_validate(await read_json(request))
+    except ValidationError as err:
+        raise InvalidInput(describe_validation(err.errors())) from None
+
+
 async def _optional_body(request: Request, model: type[T]) -> T:
     """The JSON body validated as `model`; an empty body is the model's defaults."""
     service = _service(request)
@@ -306,7 +319,12 @@ async def promote(request: Request, loop: LoopName, version: Version) -> Respons
     body = await _optional_body(request, RetrieverPromoteIn)
     record = await run_in_threadpool(
         lambda: service.retrieval.promote(
-            loop, version, principal.actor, reason=body.reason, override=body.override
+            loop,
+            version,
+            principal.actor,
+            reason=body.reason,
+            override=body.override,
+            role=principal.role,
         )
     )
     return _json(record.to_json())
@@ -319,23 +337,97 @@ async def promote(request: Request, loop: LoopName, version: Version) -> Respons
     openapi_extra=body_ref(RetrieverRejectIn),
 )
 async def reject(request: Request, loop: LoopName, version: Version) -> Response:
-    """Reject a candidate retriever (it can no longer go live; audited)."""
+    """Reject a candidate, shadow or canary retriever (it stops retrieving and can no longer go
+    live; its own embeddings are dropped; audited)."""
     principal = await authorize(request, "gatekeep", loop)
     service = await _loop(request, loop)
-    try:
-        body = RetrieverRejectIn.model_validate(await read_json(request))
-    except ValidationError as err:
-        raise InvalidInput(describe_validation(err.errors())) from None
+    body = await _strict_body(request, RetrieverRejectIn)
     record = await run_in_threadpool(
-        reject_retriever,
-        service.engine,
-        loop,
-        version,
-        datetime.now(UTC),
-        principal.actor,
-        body.reason,
+        lambda: service.retrieval.move(
+            loop, version, "rejected", principal.actor, role=principal.role, reason=body.reason
+        )
     )
     return _json(record.to_json())
+
+
+@router.post(
+    "/v1/loops/{loop}/retrievers/{version}/rollout",
+    response_model=RetrieverOut,
+    responses=error_responses(400, 404, 409, 413, 422),
+    openapi_extra=body_ref(RetrieverRolloutIn),
+)
+async def rollout(request: Request, loop: LoopName, version: Version) -> Response:
+    """Move a retriever to shadow (after each retrieved decision it retrieves top-k for the same
+    request; nothing served changes) or canary (retrieves for `canary_percent` % of the units;
+    its latest retriever-gate verdict must have passed, 409 `gate_not_passed`, unless
+    `override` with a `reason`). Entering either, it embeds the catalog with its item tower."""
+    principal = await authorize(request, "gatekeep", loop)
+    service = await _loop(request, loop)
+    body = await _strict_body(request, RetrieverRolloutIn)
+    if body.to == "shadow" and body.canary_percent is not None:
+        raise InvalidInput("canary_percent applies to a canary only", "invalid_request")
+    record = await run_in_threadpool(
+        lambda: service.retrieval.move(
+            loop,
+            version,
+            body.to,
+            principal.actor,
+            role=principal.role,
+            reason=body.reason,
+            override=body.override,
+            canary_percent=None if body.canary_percent is None else float(body.canary_percent),
+        )
+    )
+    return _json(record.to_json())
+
+
+@router.post(
+    "/v1/loops/{loop}/retrievers/rollback",
+    response_model=RetrieverOut,
+    responses=error_responses(400, 404, 409, 413, 422),
+    openapi_extra=body_ref(RetrieverRollbackIn),
+)
+async def rollback(request: Request, loop: LoopName) -> Response:
+    """Roll the live retriever back: it retires, the one it replaced (or `to`) is live again
+    (the catalog re-embedded by it). Answers the restored version. To stop a canary retriever
+    and keep live, reject the canary."""
+    principal = await authorize(request, "gatekeep", loop)
+    service = await _loop(request, loop)
+    body = await _strict_body(request, RetrieverRollbackIn)
+    record = await run_in_threadpool(
+        lambda: service.retrieval.rollback(
+            loop,
+            principal.actor,
+            role=principal.role,
+            reason=body.reason,
+            to=body.to,
+            expected_live=body.expected_live,
+        )
+    )
+    return _json(record.to_json())
+
+
+@router.get(
+    "/v1/loops/{loop}/retrievers/report",
+    response_model=RetrieverReportOut,
+    responses=error_responses(404, 422),
+)
+async def report(
+    request: Request,
+    loop: LoopName,
+    max_events: Annotated[
+        int, Query(ge=1, le=MAX_RETRIEVED_EVENTS, description="Latest retrieved decisions read.")
+    ] = DEFAULT_REPORT_EVENTS,
+) -> Response:
+    """The shadow retriever's mean overlap@k with the served candidates and the hit rate of the
+    rewarded item in each set; the canary retriever's online A/B against live (Horvitz-Thompson
+    terms with the logged arm probability, anytime-valid interval, decision)."""
+    await authorize(request, "read", loop)
+    service = await _loop(request, loop)
+    found = await run_in_threadpool(
+        lambda: retriever_report(service.engine, loop, max_events=max_events)
+    )
+    return _json(found.to_json())
 
 
 @router.post(

@@ -46,17 +46,24 @@ def explorer_for(config: LoopConfig, policy: VWPolicy | None = None) -> Explorer
 class ServingCounters:
     """This worker's counts for one loop since it started (updated on the event loop thread,
     shown by /v1/status): decisions served by the canary, shadow pmfs logged, shadow scorings
-    that failed (logged as shadow = null)."""
+    that failed (logged as shadow = null); the same for retrievers (decisions retrieved by the
+    canary retriever, shadow retrievals logged, and failed: logged as retrieval.shadow = null)."""
 
     canary_served: int = 0
     shadow_scored: int = 0
     shadow_failed: int = 0
+    retriever_canary_served: int = 0
+    retriever_shadow_retrieved: int = 0
+    retriever_shadow_failed: int = 0
 
     def to_json(self) -> dict[str, int]:
         return {
             "canary_served": self.canary_served,
             "shadow_scored": self.shadow_scored,
             "shadow_failed": self.shadow_failed,
+            "retriever_canary_served": self.retriever_canary_served,
+            "retriever_shadow_retrieved": self.retriever_shadow_retrieved,
+            "retriever_shadow_failed": self.retriever_shadow_failed,
         }
 
 

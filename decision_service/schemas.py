@@ -430,6 +430,15 @@ class ServingOut(BaseModel):
     canary_served: int = Field(description="Decisions the canary served in this worker.")
     shadow_scored: int = Field(description="Decisions logged with a shadow pmf.")
     shadow_failed: int = Field(description="Shadow scorings that failed (logged shadow null).")
+    retriever_canary_served: int = Field(
+        0, description="Decisions whose candidates the canary retriever retrieved."
+    )
+    retriever_shadow_retrieved: int = Field(
+        0, description="Decisions logged with a shadow retriever's overlap."
+    )
+    retriever_shadow_failed: int = Field(
+        0, description="Shadow retrievals that failed (logged retrieval.shadow null)."
+    )
 
 
 class StatusOut(BaseModel):

@@ -3,9 +3,9 @@ the routes validate bodies themselves with the same rules and the settings' limi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 from decision_service.schemas import _Body
 
@@ -78,6 +78,8 @@ class RetrieverOut(BaseModel):
     metrics: dict[str, Any]
     created_at: str
     updated_at: str
+    canary_percent: float | None = Field(None, description="While canary: its share (%).")
+    replaced: str | None = Field(None, description="Once live: the version it replaced.")
 
 
 class RetrieverVerdictOut(BaseModel):
@@ -122,6 +124,57 @@ class RetrieverRejectIn(BaseModel):
     reason: str = Field(min_length=1, max_length=1000)
 
 
+class RetrieverRolloutIn(BaseModel):
+    """Body of ``POST .../retrievers/{version}/rollout``: to shadow (retrieves beside live after
+    each decision, never served) or canary (retrieves for `canary_percent` % of the units)."""
+
+    model_config = ConfigDict(extra="forbid")
+    to: Literal["shadow", "canary"]
+    canary_percent: StrictInt | StrictFloat | None = Field(
+        None,
+        gt=0,
+        lt=100,
+        description="Canary only: the share of units in percent (default: the loop's "
+        "rollout.canary_percent).",
+    )
+    override: StrictBool = Field(
+        False,
+        description="To canary although the latest retriever-gate verdict did not pass "
+        "(audited as retriever.canary_override; needs a reason).",
+    )
+    reason: str | None = Field(None, min_length=1, max_length=1000)
+
+
+class RetrieverRollbackIn(BaseModel):
+    """Body of ``POST .../retrievers/rollback``."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=1000)
+    to: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="The retired retriever to restore (default: the one live replaced).",
+    )
+    expected_live: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Refuse (409 transition_conflict) unless this is still the live retriever.",
+    )
+
+
+class RetrieverReportOut(BaseModel):
+    """The shadow's overlap@k and hit rates, the canary's online A/B (None: no such role)."""
+
+    loop: str
+    live: str | None
+    window: int = Field(description="Retrieved decisions read (the latest, at most max_events).")
+    truncated: bool
+    shadow: dict[str, Any] | None
+    canary: dict[str, Any] | None
+
+
 class RetrieverCheckIn(BaseModel):
     """Optional body of ``POST .../retrievers/{version}/check``."""
 
@@ -141,4 +194,6 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     RetrieverPromoteIn,
     RetrieverRejectIn,
     RetrieverCheckIn,
+    RetrieverRolloutIn,
+    RetrieverRollbackIn,
 )

@@ -191,7 +191,8 @@ def check_retriever(
 ) -> VerdictRecord:
     """Measure `version` against the live retriever (or the popularity baseline) on its
     held-out events, decide, store the verdict and return it. Raises NotFound (``loop_not_found``,
-    ``not_found``), Conflict ``not_a_candidate`` (the version is not a candidate), ValueError (k
+    ``not_found``), Conflict ``not_a_candidate`` (the version is not a candidate, shadow or canary),
+    ValueError (k
     out of [1, MAX_K])."""
     if not 1 <= k <= MAX_K:
         raise ValueError(f"k must be in [1, {MAX_K}], got {k}")
@@ -202,9 +203,11 @@ def check_retriever(
     info = get_retriever(engine, version)
     if info is None or info.loop != loop:
         raise NotFound(f"no retriever version {version!r} in loop {loop!r}", "not_found")
-    if info.status != "candidate":
+    if info.status not in ("candidate", "shadow", "canary"):
         raise Conflict(
-            f"retriever {version} is {info.status}: the gate checks candidates", "not_a_candidate"
+            f"retriever {version} is {info.status}: the gate checks candidates (also in shadow "
+            "or canary)",
+            "not_a_candidate",
         )
     live = live_retriever(engine, loop)
     baseline = "popularity" if live is None else f"retriever:{live.version}"

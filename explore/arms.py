@@ -19,6 +19,14 @@ Properties (each held by a test):
   the canary, so it cannot choose its arm (blake2b with a secret key is a pseudo-random
   function); seeing which ids landed where in one loop tells nothing about another loop's key.
 
+**Retriever canaries** split by the same function, salted by :func:`retriever_salt` (the
+retriever's version behind a ``retriever:`` tag, so a retriever's salt never equals a model
+version's). A model canary and a retriever canary running at once therefore assign each unit by
+two hashes of different salts: independent arms (a pseudo-random function of distinct inputs),
+so each retriever arm sees the same mix of model arms and vice versa, and each A/B compares its
+own two arms with the other split averaged out. Both arms are functions of the request, so the
+logged pmf stays the exact propensity.
+
 Why the logged pmf is then the right propensity: see :mod:`decision_service.decide`.
 """
 
@@ -30,7 +38,7 @@ from dataclasses import dataclass
 
 from explore.sampling import check_sampling_key
 
-__all__ = ["CANARY", "LIVE", "ArmSplit", "arm_uniform", "split_unit"]
+__all__ = ["CANARY", "LIVE", "ArmSplit", "arm_uniform", "retriever_salt", "split_unit"]
 
 LIVE = "live"
 CANARY = "canary"
@@ -44,6 +52,11 @@ def split_unit(user_id: str | None, event_id: str) -> bytes:
     if user_id is not None:
         return b"u\x00" + user_id.encode()
     return b"e\x00" + event_id.encode()
+
+
+def retriever_salt(version: str) -> str:
+    """The split salt of a retriever canary: its version tagged apart from model versions."""
+    return "retriever:" + version
 
 
 def arm_uniform(key: bytes, salt: str, unit: bytes) -> float:

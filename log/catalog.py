@@ -12,28 +12,47 @@ Upserting an item that exists replaces its features (and embedding when one is g
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
-from log.models import CatalogClock, CatalogItemRow
+from log.loop_lock import lock_loop, take_write_lock
+from log.models import CatalogClock, CatalogItemRow, ItemEmbeddingRow, RetrieverRow
 
 __all__ = [
     "CLIENT_EMBEDDING",
     "CatalogItem",
     "CatalogSnapshot",
+    "Embedder",
     "ItemUpsert",
+    "RolloutMoved",
     "catalog_seq",
+    "catch_up_catalog",
+    "catch_up_side",
+    "copy_side_to_catalog",
     "delete_items",
+    "drop_side",
     "get_item",
     "iter_items_to_embed",
     "list_items",
     "read_snapshot",
+    "rolled_out_in",
     "set_active",
     "upsert_items",
     "write_embeddings",
@@ -41,6 +60,14 @@ __all__ = [
 
 CLIENT_EMBEDDING = "client"
 """`embedding_model` of an embedding the client sent precomputed."""
+
+Embedder = Callable[[str, list[dict[str, Any]]], np.ndarray]
+"""(retriever version, items' features) -> their embeddings by that version's item tower."""
+
+
+class RolloutMoved(Exception):
+    """The loop's rolled-out retrievers changed between embedding an upsert's items and storing
+    them: the upsert is retried with the new set (nothing was written)."""
 
 
 @dataclass(frozen=True)
@@ -124,15 +151,26 @@ def upsert_items(
     items: Sequence[ItemUpsert],
     now: datetime,
     embed: dict[str, tuple[tuple[float, ...], str]] | None = None,
+    side: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    rolled_out: frozenset[str] | None = None,
 ) -> int:
     """Insert or replace `items` (ids distinct) in one transaction; returns how many were new.
     `embed`: embeddings computed by the server (item id -> (vector, model version)) for items
-    sent without one."""
+    sent without one. `side`: per retriever in shadow or canary, its embeddings of the items
+    (stored in `item_embeddings` as of `now`). `rolled_out`: the retriever versions (live,
+    shadow, canary) the embeddings were computed for; checked under the loop's lock (the lock of
+    the retrievers' transitions), RolloutMoved when the set changed meanwhile (nothing
+    written), so every rolled-out retriever has an embedding of every item it may retrieve."""
     embed = embed or {}
     if not items:
         return 0
     ids = [i.item_id for i in items]
     with engine.begin() as conn:
+        if rolled_out is not None:
+            take_write_lock(conn)
+            lock_loop(conn, loop)
+            if frozenset(rolled_out_in(conn, loop)) != rolled_out:
+                raise RolloutMoved(loop)
         existing = set(
             conn.execute(
                 select(CatalogItemRow.item_id).where(
@@ -175,8 +213,152 @@ def upsert_items(
             conn.execute(
                 stmt.on_conflict_do_update(index_elements=["loop", "item_id"], set_=changed), rows
             )
+        for version, vectors in (side or {}).items():
+            write_side(conn, loop, version, [(i, v, now) for i, v in vectors.items()])
         bump_clock(conn, loop)
     return len(set(ids) - existing)
+
+
+def rolled_out_in(conn: Connection, loop: str) -> dict[str, str]:
+    """Version -> status of `loop`'s retrievers that serve or watch traffic (live, shadow,
+    canary), read on the caller's connection."""
+    rows = conn.execute(
+        select(RetrieverRow.version, RetrieverRow.status).where(
+            RetrieverRow.loop == loop, RetrieverRow.status.in_(("live", "shadow", "canary"))
+        )
+    ).all()
+    return {r.version: r.status for r in rows}
+
+
+def write_side(
+    conn: Connection,
+    loop: str,
+    version: str,
+    vectors: Sequence[tuple[str, Sequence[float] | np.ndarray, datetime]],
+) -> None:
+    """Insert or replace `version`'s embeddings (item id, vector, the item's updated_at they
+    were computed from) in `item_embeddings`, inside the caller's transaction."""
+    if not vectors:
+        return
+    stmt = _insert(conn)(ItemEmbeddingRow)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["loop", "retriever", "item_id"],
+            set_={"embedding": stmt.excluded.embedding, "features_at": stmt.excluded.features_at},
+        ),
+        [
+            {
+                "loop": loop,
+                "retriever": version,
+                "item_id": item_id,
+                "embedding": pack(vector),
+                "features_at": at,
+            }
+            for item_id, vector, at in vectors
+        ],
+    )
+
+
+def drop_side(conn: Connection, loop: str, versions: Sequence[str]) -> None:
+    """Delete the `item_embeddings` of `versions` (rejected, promoted or retired)."""
+    if versions:
+        conn.execute(
+            delete(ItemEmbeddingRow).where(
+                ItemEmbeddingRow.loop == loop, ItemEmbeddingRow.retriever.in_(list(versions))
+            )
+        )
+
+
+def _not_client() -> Any:
+    return or_(
+        CatalogItemRow.embedding_model.is_(None),
+        CatalogItemRow.embedding_model != CLIENT_EMBEDDING,
+    )
+
+
+def catch_up_side(
+    conn: Connection, loop: str, version: str, embed: Embedder, *, chunk: int = 2_000
+) -> int:
+    """Embed by `version` every item of `loop` (not client-embedded) that has no embedding of
+    it or one computed from older features (`features_at` != the item's updated_at), inside
+    the caller's locked transaction. Returns how many were embedded."""
+    ie = ItemEmbeddingRow
+    stale = (
+        select(CatalogItemRow.item_id, CatalogItemRow.features, CatalogItemRow.updated_at)
+        .outerjoin(
+            ie,
+            and_(
+                ie.loop == CatalogItemRow.loop,
+                ie.retriever == version,
+                ie.item_id == CatalogItemRow.item_id,
+            ),
+        )
+        .where(
+            CatalogItemRow.loop == loop,
+            _not_client(),
+            or_(ie.item_id.is_(None), ie.features_at != CatalogItemRow.updated_at),
+        )
+        .order_by(CatalogItemRow.item_id)
+    )
+    rows = conn.execute(stale).all()
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        vectors = embed(version, [r.features for r in part])
+        write_side(
+            conn,
+            loop,
+            version,
+            [(r.item_id, v, r.updated_at) for r, v in zip(part, vectors, strict=True)],
+        )
+    return len(rows)
+
+
+def copy_side_to_catalog(conn: Connection, loop: str, version: str) -> int:
+    """Make `version`'s fresh side embeddings (computed from the item's current features) the
+    catalog's (`embedding_model` = `version`; client embeddings kept), inside the caller's
+    transaction: a shadow or canary promoted reuses what it computed."""
+    ie = ItemEmbeddingRow
+    match = and_(
+        ie.loop == CatalogItemRow.loop,
+        ie.retriever == version,
+        ie.item_id == CatalogItemRow.item_id,
+        ie.features_at == CatalogItemRow.updated_at,
+    )
+    n = conn.execute(
+        update(CatalogItemRow)
+        .where(CatalogItemRow.loop == loop, _not_client(), exists().where(match))
+        .values(
+            embedding=select(ie.embedding).where(match).scalar_subquery(),
+            embedding_model=version,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return int(n or 0)
+
+
+def catch_up_catalog(
+    conn: Connection, loop: str, version: str, embed: Embedder, *, chunk: int = 2_000
+) -> int:
+    """Embed by `version` every item of `loop` whose catalog embedding is neither `version`'s
+    nor the client's, inside the caller's locked transaction. Returns how many."""
+    rows = conn.execute(
+        select(CatalogItemRow.item_id, CatalogItemRow.features)
+        .where(
+            CatalogItemRow.loop == loop,
+            or_(
+                CatalogItemRow.embedding_model.is_(None),
+                CatalogItemRow.embedding_model.not_in([version, CLIENT_EMBEDDING]),
+            ),
+        )
+        .order_by(CatalogItemRow.item_id)
+    ).all()
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        vectors = embed(version, [r.features for r in part])
+        write_embeddings(
+            conn, loop, [(r.item_id, v) for r, v in zip(part, vectors, strict=True)], version
+        )
+    return len(rows)
 
 
 def set_active(engine: Engine, loop: str, ids: Sequence[str], active: bool, now: datetime) -> int:
@@ -199,6 +381,11 @@ def delete_items(engine: Engine, loop: str, ids: Sequence[str]) -> int:
                 CatalogItemRow.loop == loop, CatalogItemRow.item_id.in_(list(ids))
             )
         ).rowcount
+        conn.execute(
+            delete(ItemEmbeddingRow).where(
+                ItemEmbeddingRow.loop == loop, ItemEmbeddingRow.item_id.in_(list(ids))
+            )
+        )
         if n:
             bump_clock(conn, loop)
     return int(n)
@@ -254,11 +441,12 @@ def list_items(
 
 
 def read_snapshot(
-    engine: Engine, loop: str, model: str | None = None, *, chunk: int = 10_000
+    engine: Engine, loop: str, model: str | None = None, *, side: bool = False, chunk: int = 10_000
 ) -> CatalogSnapshot:
     """The active items with an embedding (by `model` or the client's, when `model` is given),
     in item-id order, and the clock they are as of (one transaction: a change committed
-    meanwhile is in neither)."""
+    meanwhile is in neither). `side`: `model` is a shadow or canary retriever, whose
+    embeddings are in `item_embeddings` (a client's embedding still wins)."""
     ids: list[str] = []
     vectors: list[bytes] = []
     features: list[dict[str, Any]] = []
@@ -268,15 +456,45 @@ def read_snapshot(
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         seq = conn.execute(select(CatalogClock.seq).where(CatalogClock.loop == loop)).scalar()
-        result = conn.execution_options(yield_per=chunk).execute(
-            select(
+        if side and model is not None:
+            ie = ItemEmbeddingRow
+            query = (
+                select(
+                    CatalogItemRow.item_id,
+                    CatalogItemRow.embedding,
+                    CatalogItemRow.features,
+                    CatalogItemRow.created_at,
+                    CatalogItemRow.embedding_model,
+                    ie.embedding.label("side_embedding"),
+                )
+                .outerjoin(
+                    ie,
+                    and_(
+                        ie.loop == CatalogItemRow.loop,
+                        ie.retriever == model,
+                        ie.item_id == CatalogItemRow.item_id,
+                    ),
+                )
+                .where(
+                    CatalogItemRow.loop == loop,
+                    CatalogItemRow.active.is_(True),
+                    or_(
+                        ie.item_id.is_not(None),
+                        and_(
+                            CatalogItemRow.embedding_model == CLIENT_EMBEDDING,
+                            CatalogItemRow.embedding.is_not(None),
+                        ),
+                    ),
+                )
+            )
+        else:
+            query = select(
                 CatalogItemRow.item_id,
                 CatalogItemRow.embedding,
                 CatalogItemRow.features,
                 CatalogItemRow.created_at,
                 CatalogItemRow.embedding_model,
-            )
-            .where(
+            ).where(
                 CatalogItemRow.loop == loop,
                 CatalogItemRow.active.is_(True),
                 CatalogItemRow.embedding.is_not(None),
@@ -286,11 +504,13 @@ def read_snapshot(
                     else (CatalogItemRow.embedding_model.in_([model, CLIENT_EMBEDDING]),)
                 ),
             )
-            .order_by(CatalogItemRow.item_id)
+        result = conn.execution_options(yield_per=chunk).execute(
+            query.order_by(CatalogItemRow.item_id)
         )
         for row in result:
+            client = row.embedding_model == CLIENT_EMBEDDING and row.embedding is not None
             ids.append(row.item_id)
-            vectors.append(row.embedding)
+            vectors.append(row.embedding if client or not side else row.side_embedding)
             features.append(row.features)
             created.append(row.created_at)
             models.append(row.embedding_model)
@@ -313,14 +533,14 @@ def read_snapshot(
 
 def iter_items_to_embed(
     engine: Engine, loop: str, model: str, *, chunk: int = 2_000
-) -> Iterator[list[tuple[str, dict[str, Any]]]]:
-    """Chunks of (item id, features) of items whose embedding is not `model`'s nor the
-    client's (to be embedded by `model`'s item tower)."""
+) -> Iterator[list[tuple[str, dict[str, Any], datetime]]]:
+    """Chunks of (item id, features, updated_at) of items whose catalog embedding is not
+    `model`'s nor the client's (to be embedded by `model`'s item tower)."""
     after = ""
     while True:
         with engine.connect() as conn:
             rows = conn.execute(
-                select(CatalogItemRow.item_id, CatalogItemRow.features)
+                select(CatalogItemRow.item_id, CatalogItemRow.features, CatalogItemRow.updated_at)
                 .where(
                     CatalogItemRow.loop == loop,
                     CatalogItemRow.item_id > after,
@@ -332,7 +552,7 @@ def iter_items_to_embed(
             ).all()
         if not rows:
             return
-        yield [(r.item_id, r.features) for r in rows]
+        yield [(r.item_id, r.features, r.updated_at) for r in rows]
         after = rows[-1].item_id
 
 

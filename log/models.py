@@ -390,7 +390,8 @@ class CatalogClock(Base):
 
 
 class RetrieverRow(Base):
-    """A two-tower retriever version of a loop: candidate | live | retired | rejected."""
+    """A two-tower retriever version of a loop: candidate | shadow | canary | live | retired |
+    rejected; `canary_percent` while canary, `replaced` (the rollback target) once live."""
 
     __tablename__ = "retrievers"
 
@@ -402,17 +403,35 @@ class RetrieverRow(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    canary_percent: Mapped[float | None] = mapped_column(Float)
+    replaced: Mapped[str | None] = mapped_column(String(ID_LEN))
 
     __table_args__ = (
         Index("ix_retrievers_loop_status", "loop", "status"),
-        Index(
-            "ux_retrievers_one_live",
-            "loop",
-            unique=True,
-            sqlite_where=text("status = 'live'"),
-            postgresql_where=text("status = 'live'"),
+        *(
+            Index(
+                f"ux_retrievers_one_{status}",
+                "loop",
+                unique=True,
+                sqlite_where=text(f"status = '{status}'"),
+                postgresql_where=text(f"status = '{status}'"),
+            )
+            for status in ("live", "shadow", "canary")
         ),
     )
+
+
+class ItemEmbeddingRow(Base):
+    """An item's embedding by a retriever in shadow or canary (the live retriever's are in
+    `catalog_items`), computed from the item's features as of `features_at` (its updated_at)."""
+
+    __tablename__ = "item_embeddings"
+
+    loop: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    retriever: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    features_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
 
 
 class RetrievalIndexRow(Base):

@@ -1,16 +1,18 @@
 """Retriever (two-tower) versions of each loop and the builds of their ANN indexes: the SQL.
 
-A version is registered as a candidate with its artifact (sha256) and its validation metrics;
-promotion makes it live and retires the previous live one in one transaction under the loop's
-lock (`ux_retrievers_one_live` is the backstop), with its audit row.
+A version is registered as a candidate with its artifact (sha256) and its validation metrics.
+Its rollout moves (candidate -> shadow -> canary -> live, rejected, rollback; the rules are
+`deploy.retriever_rollout`'s pure planner) are applied by :func:`apply_retriever_plan`: one
+transaction under the loop's lock, compare-and-set, with the item embeddings the move needs and
+its audit row (`ux_retrievers_one_live` / `_shadow` / `_canary` are the backstop).
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -18,27 +20,41 @@ import numpy as np
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from explore.errors import Conflict, InvalidInput, NotFound
+from explore.errors import Conflict, NotFound
 from log.audit import AuditEntry, append_audit
-from log.catalog import bump_clock, write_embeddings
+from log.catalog import (
+    Embedder,
+    bump_clock,
+    catch_up_catalog,
+    catch_up_side,
+    copy_side_to_catalog,
+    drop_side,
+    write_side,
+)
 from log.loop_lock import lock_loop, take_write_lock
 from log.models import RetrievalIndexRow, RetrieverRow
-from log.verdicts import latest_verdict_in
+from log.verdicts import VerdictRecord, latest_verdict_in
 
 __all__ = [
     "RETRIEVER_STATUSES",
+    "ROLLED_OUT",
+    "RetrieverChange",
+    "RetrieverPlan",
+    "RetrieverState",
     "RetrieverVersion",
+    "apply_retriever_plan",
     "get_retriever",
     "list_retrievers",
     "live_retriever",
-    "promote_retriever",
     "read_retriever_artifact",
     "record_index_build",
     "register_retriever",
     "reject_retriever",
+    "rolled_out",
 ]
 
-RETRIEVER_STATUSES = ("candidate", "live", "retired", "rejected")
+RETRIEVER_STATUSES = ("candidate", "shadow", "canary", "live", "retired", "rejected")
+ROLLED_OUT = ("live", "shadow", "canary")
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,8 @@ class RetrieverVersion:
     metrics: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    canary_percent: float | None = None
+    replaced: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,6 +79,8 @@ class RetrieverVersion:
             "metrics": self.metrics,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
+            "canary_percent": self.canary_percent,
+            "replaced": self.replaced,
         }
 
 
@@ -72,6 +92,8 @@ _COLUMNS = (
     RetrieverRow.metrics,
     RetrieverRow.created_at,
     RetrieverRow.updated_at,
+    RetrieverRow.canary_percent,
+    RetrieverRow.replaced,
 )
 
 
@@ -137,77 +159,123 @@ def read_retriever_artifact(engine: Engine, version: str) -> bytes:
     return bytes(row.artifact)
 
 
-def promote_retriever(
+@dataclass(frozen=True)
+class RetrieverState:
+    """A loop's retrievers as read under its lock: the subject of a move (None: unknown),
+    the holders of the live, shadow and canary slots, every version by id, and the subject's
+    latest retriever-gate verdict."""
+
+    loop: str
+    subject: RetrieverVersion | None
+    live: RetrieverVersion | None
+    shadow: RetrieverVersion | None
+    canary: RetrieverVersion | None
+    versions: Mapping[str, RetrieverVersion]
+    verdict: VerdictRecord | None
+
+
+@dataclass(frozen=True)
+class RetrieverChange:
+    """One status change, compare-and-set on `from_status`, with other columns to set."""
+
+    version: str
+    from_status: str
+    to_status: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RetrieverPlan:
+    """What a move does: its status changes, its audit row, whose record it answers, and the
+    item embeddings it moves: `side` gets embeddings of its own (entering shadow or canary),
+    `live` becomes the catalog's embeddings (promotion, rollback), `drop` loses its own."""
+
+    changes: tuple[RetrieverChange, ...]
+    audit: AuditEntry
+    result: str
+    side: str | None = None
+    live: str | None = None
+    drop: tuple[str, ...] = ()
+
+
+def apply_retriever_plan(
     engine: Engine,
     loop: str,
-    version: str,
-    now: datetime,
-    actor: str,
-    embeddings: Sequence[tuple[str, np.ndarray]] = (),
-    reason: str | None = None,
+    version: str | None,
+    planner: Callable[[RetrieverState], RetrieverPlan],
     *,
-    override: bool = False,
+    embed: Embedder | None = None,
+    vectors: Sequence[tuple[str, np.ndarray, datetime]] = (),
 ) -> RetrieverVersion:
-    """Make `version` (a candidate of `loop`) live and retire the live one, storing the
-    catalog's `embeddings` by its item tower: one transaction under the loop's lock, with its
-    audit row (so no index ever pairs one version's user tower with another's items).
-
-    The version's latest retriever-gate verdict must have passed (read in the same
-    transaction), else Conflict ``gate_not_passed``; unless `override` with a `reason`: the
-    audit row's action is then ``retriever.live_override`` (InvalidInput ``reason_required``
-    without a reason)."""
-    if override and not (reason and reason.strip()):
-        raise InvalidInput("an override needs a reason", "reason_required")
+    """Apply one move in one transaction under the loop's lock (the lock upserts take too):
+    read the state, `planner` decides (raising refuses: nothing is written), each change is a
+    compare-and-set on the status read (TransitionConflict otherwise), then the embeddings:
+    `vectors` (item id, embedding, the item's updated_at it was computed from; computed before
+    the transaction by the version the plan embeds) are stored, every item they miss or that
+    changed since is embedded now by `embed`; a promoted version's become the catalog's (the
+    loop's catalog clock moves, so every worker rebuilds its live index); and the audit row."""
     with engine.begin() as conn:
         take_write_lock(conn)
         lock_loop(conn, loop)
-        current = _candidate(conn, loop, version, "go live")
-        verdict = latest_verdict_in(conn, version)
-        passed = verdict is not None and verdict.passed
-        if not passed and not override:
-            seen = (
-                "no gate verdict"
-                if verdict is None
-                else f"its latest verdict is {verdict.decision}"
-            )
-            raise Conflict(
-                f"retriever {version} has not passed the retriever gate ({seen}): run the "
-                "check, or override with a reason",
-                "gate_not_passed",
-            )
-        conn.execute(
-            update(RetrieverRow)
-            .where(RetrieverRow.loop == loop, RetrieverRow.status == "live")
-            .values(status="retired", updated_at=now)
-        )
-        conn.execute(
-            update(RetrieverRow)
-            .where(RetrieverRow.version == version)
-            .values(status="live", updated_at=now)
-        )
-        write_embeddings(conn, loop, embeddings, version)
-        bump_clock(conn, loop)
-        append_audit(
-            conn,
-            AuditEntry(
-                at=now,
-                actor=actor,
-                role=None,
-                loop=loop,
-                action="retriever.live" if passed else "retriever.live_override",
-                target=version,
-                reason=reason,
-                details={
-                    "metrics": current.metrics,
-                    "verdict": None if verdict is None else verdict.id,
-                    "decision": None if verdict is None else verdict.decision,
-                    "override": not passed,
-                },
-            ),
-        )
-    return RetrieverVersion(
-        version, loop, "live", current.sha256, current.metrics, current.created_at, now
+        state = _state(conn, loop, version)
+        plan = planner(state)
+        for change in plan.changes:
+            n = conn.execute(
+                update(RetrieverRow)
+                .where(
+                    RetrieverRow.version == change.version,
+                    RetrieverRow.status == change.from_status,
+                )
+                .values(status=change.to_status, updated_at=plan.audit.at, **change.values)
+            ).rowcount
+            if n != 1:
+                raise Conflict(
+                    f"retriever {change.version} is no longer {change.from_status}",
+                    "transition_conflict",
+                )
+        embedded = plan.side or plan.live
+        if embedded is not None:
+            if embed is None:
+                raise ValueError("a move that embeds the catalog needs an embedder")
+            write_side(conn, loop, embedded, vectors)
+            catch_up_side(conn, loop, embedded, embed)
+        if plan.live is not None:
+            assert embed is not None
+            copy_side_to_catalog(conn, loop, plan.live)
+            catch_up_catalog(conn, loop, plan.live, embed)
+            bump_clock(conn, loop)
+        drop_side(conn, loop, plan.drop)
+        append_audit(conn, plan.audit)
+        row = conn.execute(select(*_COLUMNS).where(RetrieverRow.version == plan.result)).one()
+    return _version(row)
+
+
+def _state(conn: Connection, loop: str, version: str | None) -> RetrieverState:
+    rows = conn.execute(select(*_COLUMNS).where(RetrieverRow.loop == loop)).all()
+    versions = {r.version: _version(r) for r in rows}
+
+    def holder(status: str) -> RetrieverVersion | None:
+        return next((v for v in versions.values() if v.status == status), None)
+
+    subject = None if version is None else versions.get(version)
+    return RetrieverState(
+        loop,
+        subject,
+        holder("live"),
+        holder("shadow"),
+        holder("canary"),
+        versions,
+        None if subject is None else latest_verdict_in(conn, subject.version),
     )
+
+
+def rolled_out(engine: Engine, loop: str) -> dict[str, RetrieverVersion]:
+    """Status (live, shadow, canary) -> the loop's retriever in it (one query)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(*_COLUMNS).where(RetrieverRow.loop == loop, RetrieverRow.status.in_(ROLLED_OUT))
+        ).all()
+    return {r.status: _version(r) for r in rows}
 
 
 def _candidate(conn: Connection, loop: str, version: str, move: str) -> RetrieverVersion:
