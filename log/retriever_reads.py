@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select, tuple_
+from sqlalchemy import Engine, select
 
 from log.models import DecisionRow, OutcomeRow
 
@@ -71,10 +71,7 @@ def read_retrieved(
             for o in conn.execute(
                 select(
                     OutcomeRow.event_id, OutcomeRow.slot, OutcomeRow.reward, OutcomeRow.guardrails
-                ).where(
-                    OutcomeRow.loop == loop,
-                    tuple_(OutcomeRow.loop, OutcomeRow.event_id).in_([(loop, e) for e in part]),
-                )
+                ).where(OutcomeRow.loop == loop, OutcomeRow.event_id.in_(part))
             ):
                 outcomes.setdefault(o.event_id, []).append(o)
     events = []

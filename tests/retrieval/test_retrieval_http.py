@@ -129,6 +129,8 @@ def test_catalog_and_retrieval_end_to_end(client: TestClient) -> None:
             "index": index.version,
             "k": 12,
             "filters": [],
+            "arm": "live",
+            "arm_probability": 1.0,
         }
         ids = [a["id"] for a in record.actions]
         assert len(ids) == 12

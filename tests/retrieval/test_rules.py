@@ -68,6 +68,8 @@ def _draw(runtime: LoopRuntime, retrieved: Retrieved, slots: int | None, n: int)
             "index": "ix-test",
             "k": 4,
             "filters": [],
+            "arm": "live",
+            "arm_probability": 1.0,
         }
     return counts, logged
 
