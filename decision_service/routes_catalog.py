@@ -408,7 +408,7 @@ async def rollback(request: Request, loop: LoopName) -> Response:
 
 
 @router.get(
-    "/v1/loops/{loop}/retrievers/report",
+    "/v1/loops/{loop}/retrievers/rollout",
     response_model=RetrieverReportOut,
     responses=error_responses(404, 422),
 )
