@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,22 +15,16 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from decision_service.auth import KeyCache
-from decision_service.decide import decide, request_digest
+from decision_service.decide import request_digest
+from decision_service.decide_retrieved import decide_request
 from decision_service.errors import describe_validation
 from decision_service.key_bootstrap import ensure_admin_key
-from decision_service.rank_input import CONTROL, LOOP_NAME, RankInput, parse_rank
-from decision_service.retrieval import (
-    LoopIndexes,
-    RetrievalRegistry,
-    Retrieved,
-    ServingIndex,
-    shadow_retrieval,
-)
+from decision_service.rank_input import CONTROL, LOOP_NAME, parse_rank
+from decision_service.retrieval import LoopIndexes, RetrievalRegistry
 from decision_service.runtime import LoopRegistry, LoopRuntime
 from decision_service.schemas import RewardRequest
 from decision_service.settings import Settings
 from decision_service.telemetry import Telemetry
-from explore.arms import CANARY
 from explore.errors import Conflict, InvalidInput, NotFound, Unavailable
 from log.joiner import JoinStats, join_loop
 from log.loops import ensure_default_loop, list_loops
@@ -40,7 +33,6 @@ from log.ops import Op
 from log.records import (
     GUARDRAIL_MAX_VALUE,
     ActivationRecord,
-    DecisionRecord,
     RewardRecord,
     is_generated_id,
     new_event_id,
@@ -206,30 +198,12 @@ class Service:
             return await self._replay(loop, req.event_id, request_digest(body), missing=True)
         event_id = req.event_id or new_event_id()
         now = datetime.now(UTC)
-        retrieved: Retrieved | None = None
         indexes: LoopIndexes | None = None
         if req.retrieve is not None:
             indexes = self.retrieval.loops.get(loop)  # one reference: this request's indexes
             if indexes is None or indexes.live is None:
                 indexes = await run_in_threadpool(self.retrieval.serving, loop)
-            arm, index, arm_probability = indexes.arm(
-                runtime.config.sampling_key, req.user_id, event_id
-            )
-            assert index is not None
-            retrieved = index.retrieve(
-                req.context,
-                req.retrieve.k,
-                runtime.config.retrieval,
-                req.retrieve.filters,
-                frozenset(req.excluded),
-                now,
-            )
-            retrieved = replace(retrieved, arm=arm, arm_probability=arm_probability)
-            if arm == CANARY:
-                runtime.counters.retriever_canary_served += 1
-        record = decide(req, body, runtime, now, event_id, retrieved)
-        if retrieved is not None and indexes is not None and indexes.shadow is not None:
-            record = self._shadow_retrieval(runtime, req, record, retrieved, indexes.shadow, now)
+        record = decide_request(req, body, runtime, now, event_id, indexes)
         if (
             req.event_id is None  # a generated id is unique: no stored decision to answer with
             and self.settings.durability == "fast"
@@ -241,46 +215,6 @@ class Service:
         if result.inserted[0]:
             return record.response, False
         return await self._replay(loop, event_id, record.request_digest, missing=False)
-
-    def _shadow_retrieval(
-        self,
-        runtime: LoopRuntime,
-        req: RankInput,
-        record: DecisionRecord,
-        retrieved: Retrieved,
-        shadow: ServingIndex,
-        now: datetime,
-    ) -> DecisionRecord:
-        """`record` with the shadow retriever's summary in `retrieval.shadow` (null when it
-        failed: counted); the served decision is untouched."""
-        assert req.retrieve is not None and record.retrieval is not None
-        chosen = [slot["action_id"] for slot in record.slots]
-        counters = runtime.counters
-        try:
-            summary: dict[str, Any] | None = shadow_retrieval(
-                shadow,
-                retrieved,
-                chosen,
-                req.context,
-                req.retrieve.k,
-                runtime.config.retrieval,
-                req.retrieve.filters,
-                frozenset(req.excluded),
-                now,
-            )
-            counters.retriever_shadow_retrieved += 1
-        except Exception as err:  # the shadow must never fail a request
-            summary = None
-            counters.retriever_shadow_failed += 1
-            if counters.retriever_shadow_failed % 1000 == 1:
-                logger.warning(
-                    "loop %s: shadow retriever %s failed (%d so far): %s",
-                    runtime.name,
-                    shadow.retriever,
-                    counters.retriever_shadow_failed,
-                    err,
-                )
-        return replace(record, retrieval={**record.retrieval, "shadow": summary})
 
     async def _replay(
         self, loop: str, event_id: str, digest: str, *, missing: bool
