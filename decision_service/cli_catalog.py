@@ -16,7 +16,8 @@ from decision_service.settings import get_settings
 
 items = typer.Typer(help="The item catalog of a loop (retrieval).", no_args_is_help=True)
 retriever = typer.Typer(
-    help="Two-tower retrievers: train, check (the retriever gate), promote, reject.",
+    help="Two-tower retrievers: train, check (the retriever gate), rollout (shadow, canary), "
+    "promote, reject, rollback.",
     no_args_is_help=True,
 )
 MAX_BATCH = 1000
@@ -201,14 +202,82 @@ def reject_cmd(
     loop: str = typer.Option(..., "--loop"),
     reason: str = typer.Option(..., "--reason", help="Why (audited)."),
 ) -> None:
-    """Reject a candidate retriever (audited)."""
+    """Reject a candidate, shadow or canary retriever (audited; its own embeddings go)."""
+    from deploy.retriever_rollout import move_retriever
     from explore.errors import DomainError
-    from log.retrievers import reject_retriever
     from log.schema import make_engine
 
     engine = make_engine(get_settings().database_url)
     try:
-        record = reject_retriever(engine, loop, version, datetime.now(UTC), _actor(), reason)
+        record = move_retriever(engine, loop, version, "rejected", actor=_actor(), reason=reason)
+    except DomainError as err:
+        _fail(err)
+    finally:
+        engine.dispose()
+    typer.echo(orjson.dumps(record.to_json()).decode())
+
+
+@retriever.command("rollout")
+def rollout_cmd(
+    version: str = typer.Argument(...),
+    loop: str = typer.Option(..., "--loop"),
+    to: str = typer.Option(..., "--to", help="shadow or canary."),
+    percent: float | None = typer.Option(
+        None, "--percent", help="Canary only: its share of units (default: the loop's)."
+    ),
+    override: bool = typer.Option(
+        False, "--override", help="To canary without a passed gate verdict (needs --reason)."
+    ),
+    reason: str | None = typer.Option(None, "--reason", help="Why (audited)."),
+) -> None:
+    """Move a retriever to shadow (retrieves beside live, never served) or canary (retrieves for
+    --percent % of the units; needs a passed retriever-gate verdict or --override with
+    --reason): it embeds the catalog with its item tower first; serving workers pick it up
+    within DS_LOOP_REFRESH_S."""
+    from decision_service.retrieval import RetrievalRegistry
+    from explore.errors import DomainError
+    from log.schema import make_engine
+
+    if to not in ("shadow", "canary"):
+        raise typer.BadParameter("--to must be shadow or canary", param_hint="--to")
+    engine = make_engine(get_settings().database_url)
+    try:
+        record = RetrievalRegistry(engine).move(
+            loop,
+            version,
+            to,
+            _actor(),
+            reason=reason,
+            override=override,
+            canary_percent=percent,
+        )
+    except DomainError as err:
+        _fail(err)
+    finally:
+        engine.dispose()
+    typer.echo(orjson.dumps(record.to_json()).decode())
+
+
+@retriever.command("rollback")
+def rollback_cmd(
+    loop: str = typer.Option(..., "--loop"),
+    reason: str = typer.Option(..., "--reason", help="Why (audited)."),
+    to: str | None = typer.Option(None, "--to", help="The retired version to restore."),
+    expected_live: str | None = typer.Option(
+        None, "--expected-live", help="Refuse unless this is still the live retriever."
+    ),
+) -> None:
+    """Roll the live retriever back to the one it replaced (or --to), re-embedding the catalog
+    with it (audited)."""
+    from decision_service.retrieval import RetrievalRegistry
+    from explore.errors import DomainError
+    from log.schema import make_engine
+
+    engine = make_engine(get_settings().database_url)
+    try:
+        record = RetrievalRegistry(engine).rollback(
+            loop, _actor(), reason=reason, to=to, expected_live=expected_live
+        )
     except DomainError as err:
         _fail(err)
     finally:
@@ -225,9 +294,10 @@ def promote_cmd(
     ),
     reason: str | None = typer.Option(None, "--reason", help="Why (audited)."),
 ) -> None:
-    """Make a candidate retriever live once its latest retriever-gate verdict passed (or with
-    --override and --reason, audited): the catalog is re-embedded by its item tower in the
-    same transaction; serving workers swap their index within DS_LOOP_REFRESH_S."""
+    """Make a candidate, shadow or canary retriever live once its latest retriever-gate verdict
+    passed (or with --override and --reason, audited): the catalog gets its embeddings (a
+    shadow's or canary's own, computed when it entered; a candidate's computed now) in the same
+    transaction; serving workers swap their index within DS_LOOP_REFRESH_S."""
     from decision_service.retrieval import RetrievalRegistry
     from explore.errors import DomainError
     from log.schema import make_engine

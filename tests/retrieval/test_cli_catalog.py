@@ -131,3 +131,50 @@ def _jsonl(tmp_path: Path, sim: CatalogSimulator) -> Path:
     path = tmp_path / "catalog.jsonl"
     path.write_bytes(b"\n".join(orjson.dumps({"id": i, "features": f}) for i, f in sim.items()))
     return path
+
+
+def test_retriever_rollout_commands(store: str, tmp_path: Path) -> None:
+    """`retriever rollout` (shadow, canary: gated), `reject`, `promote` and `rollback`."""
+    from datetime import UTC, datetime
+
+    import torch
+
+    from log.retrievers import get_retriever, register_retriever
+    from policies.two_tower import TwoTower, TwoTowerConfig, save_two_tower
+
+    engine = make_engine(store)
+    sim = CatalogSimulator(n_items=40, n_segments=2, n_categories=3, n_creators=4, seed=0)
+    runner.invoke(app, ["items", "load", str(_jsonl(tmp_path, sim)), "--loop", "default"])
+
+    def register(seed: int) -> str:
+        torch.manual_seed(seed)
+        model = TwoTower(TwoTowerConfig(buckets=256, hidden=8, dim=8))
+        artifact = save_two_tower(model)
+        return register_retriever(engine, "default", artifact, {}, datetime.now(UTC)).version
+
+    def run(*args: str) -> dict[str, object]:
+        result = runner.invoke(app, ["retriever", *args, "--loop", "default"])
+        assert result.exit_code == 0, result.output
+        out: dict[str, object] = orjson.loads(result.stdout.strip().splitlines()[-1])
+        return out
+
+    first, second = register(0), register(1)
+    run("promote", first, "--override", "--reason", "first")
+    assert run("rollout", second, "--to", "shadow")["status"] == "shadow"
+    canary = ["retriever", "rollout", second, "--loop", "default", "--to", "canary"]
+    result = runner.invoke(app, canary)
+    assert result.exit_code == 1 and "gate_not_passed" in result.output
+    result = runner.invoke(app, [*canary, "--override", "--reason", "try", "--percent", "20"])
+    assert result.exit_code == 0, result.output
+    assert orjson.loads(result.stdout.strip().splitlines()[-1])["canary_percent"] == 20.0
+    assert run("promote", second, "--override", "--reason", "go")["replaced"] == first
+    assert run("rollback", "--reason", "undo")["version"] == first
+    third = register(2)
+    run("rollout", third, "--to", "shadow")
+    assert run("reject", third, "--reason", "no")["status"] == "rejected"
+    assert [get_retriever(engine, v).status for v in (first, second, third)] == [  # type: ignore[union-attr]
+        "live",
+        "retired",
+        "rejected",
+    ]
+    engine.dispose()
