@@ -105,6 +105,9 @@ def test_canary_and_shadow_swap_on_refresh(client: TestClient, artifacts: list[b
         "canary_served": 0,
         "shadow_scored": 0,
         "shadow_failed": 0,
+        "retriever_canary_served": 0,
+        "retriever_shadow_retrieved": 0,
+        "retriever_shadow_failed": 0,
     }
 
     set_status(engine, v[1], "canary", 20.0)
