@@ -1,10 +1,15 @@
 """The item catalog of a loop (`/v1/loops/{loop}/items`) and its retrievers.
 
-Writes need `configure` (promoting a retriever: `gatekeep`), reads `read`. A PUT upserts at
-most 1,000 items (each within DS_MAX_FEATURES features and DS_MAX_ID_LENGTH characters of id;
+Writes need `configure` (retriever moves: `gatekeep`), reads `read`. A PUT upserts at most
+1,000 items (each within DS_MAX_FEATURES features and DS_MAX_ID_LENGTH characters of id;
 embeddings of at most 256 finite numbers) in one transaction: all or nothing. Items sent without
-an embedding get the live retriever's item tower's (cold start). Lists are paged by item id
-(`after`: the last id of the previous page), which is stable under concurrent changes.
+an embedding get the live retriever's item tower's (cold start), and every shadow or canary
+retriever embeds them into its own embeddings. Lists are paged by item id (`after`: the last id
+of the previous page), which is stable under concurrent changes.
+
+Retrievers roll out like models (`deploy.retriever_rollout`): `.../rollout` (shadow, canary),
+`.../promote` (live), `.../reject`, `.../retrievers/rollback`; `GET .../retrievers/rollout` is
+the shadow's and canary's report (`deploy.retriever_report`).
 
 | what | status | code |
 | --- | --- | --- |
@@ -12,13 +17,17 @@ an embedding get the live retriever's item tower's (cold start). Lists are paged
 | unknown item / retriever | 404 | item_not_found / not_found |
 | too many items, features or numbers | 422 | limit_exceeded |
 | an id twice in one PUT | 422 | duplicate_item |
-| an embedding of another size than the live retriever's | 422 | embedding_dimension |
-| promoting or rejecting a version that is not a candidate | 409 | transition_conflict |
-| promoting without a passed retriever-gate verdict nor an override | 409 | gate_not_passed |
+| an embedding of another size than a rolled-out retriever's | 422 | embedding_dimension |
+| a move to the state the retriever is in | 409 | transition_conflict |
+| a move the states do not allow | 409 | invalid_transition |
+| shadow or canary while another retriever holds the slot | 409 | rollout_slot_taken |
+| canary or live without a passed retriever-gate verdict nor an override | 409 | gate_not_passed |
 | an override without a reason | 422 | reason_required |
-| checking a version that is not a candidate | 409 | not_a_candidate |
+| rollback without a live retriever / a target | 409 | no_live_version / no_rollback_target |
+| checking a version that is not a candidate, shadow or canary | 409 | not_a_candidate |
 
-Promote, reject and check (the retriever gate, `deploy.retriever_gate`) need `gatekeep`.
+Rollout, promote, reject, rollback and check (the retriever gate, `deploy.retriever_gate`) need
+`gatekeep`.
 """
 
 from __future__ import annotations

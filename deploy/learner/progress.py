@@ -23,8 +23,8 @@ from there:
 
 4. **Retrievers** (kind ``retriever``, :mod:`deploy.retriever_gate`): each candidate retriever
    whose latest verdict is missing or "pending" is checked again; "fail": it is rejected
-   (audited, actor "learner"); "pass": it waits for a gatekeeper's promotion (promotion
-   re-embeds the catalog; there is no shadow or canary for retrievers).
+   (audited, actor "learner"); "pass": it waits for a gatekeeper, who moves it to shadow,
+   canary or live (:mod:`deploy.retriever_rollout`; each of those embeds the whole catalog).
 
 The alarm of an automatic rollback is raised before the transition that rejects the canary,
 and not raised twice for one version: a kill between the two leaves the alarm, and the next
