@@ -253,7 +253,7 @@ async def get_one_item(request: Request, loop: LoopName, item_id: ItemId) -> Res
 )
 async def get_retrievers(request: Request, loop: LoopName) -> Response:
     """The loop's retriever versions, its latest index builds (kind, items, recall@k against
-    exact search) and the index this worker serves."""
+    exact search) and the index this worker serves (with its shadow and canary retrievers)."""
     await authorize(request, "read", loop)
     service = await _loop(request, loop)
     versions = await run_in_threadpool(list_retrievers, service.engine, loop)
@@ -261,7 +261,8 @@ async def get_retrievers(request: Request, loop: LoopName) -> Response:
         latest_verdicts, service.engine, loop, [v.version for v in versions]
     )
     builds = await run_in_threadpool(index_builds, service.engine, loop)
-    serving = service.retrieval.indexes.get(loop)
+    held = service.retrieval.loops.get(loop)
+    serving = None if held is None else held.live
     return _json(
         {
             "retrievers": [
@@ -279,6 +280,9 @@ async def get_retrievers(request: Request, loop: LoopName) -> Response:
                 "retriever": serving.retriever,
                 "catalog_seq": serving.catalog_seq,
                 **serving.ann.details(),
+                "shadow": None if held is None or held.shadow is None else held.shadow.retriever,
+                "canary": None if held is None or held.canary is None else held.canary.retriever,
+                "canary_percent": None if held is None else held.canary_percent,
             },
         }
     )

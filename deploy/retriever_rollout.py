@@ -67,6 +67,7 @@ from log.retrievers import (
     apply_retriever_plan,
     get_retriever,
     read_retriever_artifact,
+    rolled_out,
 )
 from log.schema import Engine
 from log.verdicts import VerdictRecord, latest_verdict
@@ -320,6 +321,12 @@ def move_retriever(
     check_transition(found.status, to)
     if to in GATED:
         _check_gate(version, latest_verdict(engine, version), req)
+    holder = rolled_out(engine, loop).get(to) if to in ("shadow", "canary") else None
+    if holder is not None and holder.version != version:
+        raise RolloutSlotTaken(
+            f"retriever {holder.version!r} is already {to} in loop {loop!r}: reject it (or "
+            "promote it) first"
+        )
     model_of = model_of or load_model(engine)
     vectors: list[tuple[str, np.ndarray, datetime]] = []
     if found.status == "candidate" and to in ("shadow", "canary", "live"):
@@ -353,8 +360,6 @@ def rollback_retriever(
     at = datetime.now(UTC)
     model_of = model_of or load_model(engine)
     # the target is read again under the lock; its embeddings are computed first
-    from log.retrievers import rolled_out
-
     live = rolled_out(engine, loop).get("live")
     target = to if to is not None else (None if live is None else live.replaced)
     vectors: list[tuple[str, np.ndarray, datetime]] = []
