@@ -26,7 +26,14 @@ from deploy.retriever_rollout import move_retriever, rollback_retriever
 from explore.arms import CANARY, LIVE, ArmSplit, split_unit
 from explore.errors import Conflict, InvalidInput, NotFound
 from log.audit import read_audit
-from log.catalog import ItemUpsert, RolloutMoved, get_item, read_snapshot, upsert_items
+from log.catalog import (
+    ItemUpsert,
+    RolloutMoved,
+    get_item,
+    list_items,
+    read_snapshot,
+    upsert_items,
+)
 from log.loops import LoopConfig, put_loop
 from log.retrievers import get_retriever, register_retriever
 from log.schema import Engine, make_engine, migrate
@@ -394,3 +401,55 @@ def test_rollback_needs_a_retired_target(engine: Engine, registry: RetrievalRegi
     assert err.value.code == "invalid_transition"
     with pytest.raises(NotFound):
         rollback_retriever(engine, "default", actor="gk", reason="x", to="r-nope")
+
+
+def test_upserts_racing_a_move_leave_every_item_embedded(
+    engine: Engine, registry: RetrievalRegistry
+) -> None:
+    """Items upserted while a retriever enters shadow (before, during and after its catalog is
+    embedded) all end with a fresh embedding of it: the move embeds again under the lock what
+    changed, and an upsert that embedded for an outdated set of retrievers is retried."""
+    shadow = _register(engine, 9)
+    errors: list[BaseException] = []
+
+    def upserts() -> None:
+        try:
+            for batch in range(8):
+                items = [_item(100 + 10 * batch + j, batch=batch) for j in range(10)]
+                items.append(_item(batch, changed=batch))  # an existing item's new features
+                registry.upsert("default", items)
+        except BaseException as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    thread = threading.Thread(target=upserts)
+    thread.start()
+    move_retriever(engine, "default", shadow, "shadow", actor="gk")
+    thread.join()
+    assert errors == []
+    catalog, _ = list_items(engine, "default", after=None, limit=1000)
+    side = read_snapshot(engine, "default", shadow, side=True)
+    assert side.ids == [item.item_id for item in catalog]
+    want = _tower(9).embed_items([item.features for item in catalog])
+    assert np.allclose(side.embeddings, want, atol=1e-6)
+
+
+def test_an_upsert_is_retried_when_the_retrievers_moved(
+    engine: Engine, registry: RetrievalRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import decision_service.retrieval as retrieval
+
+    shadow = _register(engine, 10)
+    move_retriever(engine, "default", shadow, "shadow", actor="gk")
+    real = retrieval.rolled_out
+    calls: list[int] = []
+
+    def stale_once(engine: Engine, loop: str) -> dict[str, Any]:
+        calls.append(1)
+        found = real(engine, loop)
+        return {"live": found["live"]} if len(calls) == 1 else found
+
+    monkeypatch.setattr(retrieval, "rolled_out", stale_once)
+    registry.upsert("default", [_item(500)])
+    assert len(calls) == 2
+    side = read_snapshot(engine, "default", shadow, side=True)
+    assert "item/500" in side.ids
