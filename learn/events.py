@@ -20,6 +20,7 @@ from log.training_reads import (
     fetch_training_rows,
     iter_joined,
     iter_joined_keys,
+    iter_training_chunks,
     iter_training_rows,
     last_join_seq,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "fetch_joined",
     "fetch_training_rows",
     "iter_joined_keys",
+    "iter_training_chunks",
     "iter_training_events",
     "iter_training_rows",
     "last_join_seq",
