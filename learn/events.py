@@ -20,7 +20,6 @@ from log.training_reads import (
     fetch_training_rows,
     iter_joined,
     iter_joined_keys,
-    iter_training_chunks,
     iter_training_rows,
     last_join_seq,
 )
@@ -36,7 +35,6 @@ __all__ = [
     "fetch_joined",
     "fetch_training_rows",
     "iter_joined_keys",
-    "iter_training_chunks",
     "iter_training_events",
     "iter_training_rows",
     "last_join_seq",

@@ -25,6 +25,8 @@ without signals, so the read pays one NULL column per outcome.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import defaultdict
 from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -59,7 +61,6 @@ __all__ = [
     "fetch_training_rows",
     "iter_joined",
     "iter_joined_keys",
-    "iter_training_chunks",
     "iter_training_rows",
     "last_join_seq",
 ]
@@ -491,33 +492,61 @@ def iter_training_rows(
     chunk_size: int = 1000,
 ) -> Generator[TrainingRow, None, None]:
     """The window's joined decisions as :class:`TrainingRow`, in `order` (the same events, in
-    the same order, as :func:`iter_joined`)."""
+    the same order, as :func:`iter_joined`).
+
+    The chunks are read one ahead by a thread (its own connection, the same single snapshot)
+    while the caller works on the current one: the drivers release the GIL while the database
+    works (PostgreSQL's round trips and server time, SQLite's page reads), so that time
+    overlaps with building and learning examples."""
     _check(order, chunk_size)
     return _stream_rows(engine, loop, window or EventWindow(), order, chunk_size)
+
+
+_READ_AHEAD_POLL_S = 0.1
 
 
 def _stream_rows(
     engine: Engine, loop: str, window: EventWindow, order: Order, chunk_size: int
 ) -> Generator[TrainingRow, None, None]:
-    chunks = _stream_chunks(engine, loop, window, order, chunk_size)
+    ahead: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=_READ_AHEAD_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            chunks = _stream_chunks(engine, loop, window, order, chunk_size)
+            try:
+                for rows in chunks:
+                    if not put(("rows", rows)):
+                        return
+            finally:
+                chunks.close()
+            put(("done", None))
+        except BaseException as err:  # handed to the reading caller
+            put(("error", err))
+
+    thread = threading.Thread(target=read, name="training-read-ahead", daemon=True)
+    thread.start()
     try:
-        for rows in chunks:
-            yield from rows
+        while True:
+            kind, payload = ahead.get()
+            if kind == "rows":
+                yield from payload
+            elif kind == "error":
+                raise payload
+            else:
+                return
     finally:
-        chunks.close()
-
-
-def iter_training_chunks(
-    engine: Engine,
-    loop: str,
-    window: EventWindow | None = None,
-    *,
-    order: Order = "seq",
-    chunk_size: int = 1000,
-) -> Generator[list[TrainingRow], None, None]:
-    """:func:`iter_training_rows` a chunk (a list of at most `chunk_size` rows) at a time."""
-    _check(order, chunk_size)
-    return _stream_chunks(engine, loop, window or EventWindow(), order, chunk_size)
+        stop.set()
+        thread.join()
 
 
 def _stream_chunks(

@@ -4,12 +4,13 @@ the same order, byte-identical VW lines, the same skips, and so the same model."
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from evaluation.simulator import Simulator, SimulatorConfig
 from explore.types import Action
@@ -138,3 +139,25 @@ def test_rows_train_the_same_model(logged: Engine) -> None:
     ctx = dict(context.features)
     assert models[0].scores(ctx, items).tolist() == models[1].scores(ctx, items).tolist()
     assert models[0].save() == models[1].save()
+
+
+def _read_ahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "training-read-ahead"]
+
+
+def test_the_read_ahead_ends_with_its_reader(logged: Engine) -> None:
+    rows = iter_training_rows(logged, LOOP, EventWindow(), chunk_size=16)
+    assert next(rows).event_id
+    assert len(_read_ahead_threads()) == 1
+    rows.close()
+    assert _read_ahead_threads() == []
+    assert len(list(iter_training_rows(logged, LOOP, EventWindow(), chunk_size=16))) == 460
+    assert _read_ahead_threads() == []
+
+
+def test_a_failing_read_ahead_raises_in_the_reader(logged: Engine) -> None:
+    with logged.begin() as conn:  # the keys read; the chunk fetch then fails on outcomes
+        conn.execute(text("DROP TABLE outcomes"))
+    with pytest.raises(Exception, match="outcomes"):
+        list(iter_training_rows(logged, LOOP, EventWindow(), chunk_size=16))
+    assert _read_ahead_threads() == []
