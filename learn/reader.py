@@ -24,6 +24,7 @@ the reader is killed.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import pickle
 import signal
@@ -96,6 +97,9 @@ def _child(
 ) -> None:
     code = 1
     try:
+        # the inherited objects are the learner's: a collection scanning them would write to
+        # every page of the inherited heap and copy it (copy-on-write)
+        gc.freeze()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the learner's to handle
         with os.fdopen(fd, "wb", buffering=1 << 20) as out:
             try:
