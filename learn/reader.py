@@ -15,8 +15,8 @@ interpreter's imports, about a second), so it pays from a few thousand events on
 copies the learner's memory but the reader uses only what it opens itself (a new engine from the
 database URL; the inherited connections are never touched, and it ends with ``os._exit`` so
 nothing inherited is finalised). Fork only from a process whose other threads hold no locks the
-reader needs (a single-threaded process, as the benchmark's): a lock held by another thread at the fork stays
-held in the reader. If the reader fails or dies, the pass fails
+reader needs (a single-threaded process, as the benchmark's): a lock held by another thread at
+the fork stays held in the reader. If the reader fails or dies, the pass fails
 (:class:`learn.parallel.WorkerError`) and nothing is registered; if the learner stops early,
 the reader is killed.
 """

@@ -25,7 +25,6 @@ without signals, so the read pays one NULL column per outcome.
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 from collections import defaultdict
@@ -393,8 +392,6 @@ _TRAINING_COLUMNS = (
 _LITE_TRAINING = f"SELECT {_TRAINING_COLUMNS} FROM {_T} AS d WHERE d.loop = ? AND d.event_id IN "
 _LITE_REWARDS = f"SELECT event_id, slot, reward FROM {_O} WHERE loop = ? AND event_id IN "
 _LITE_MAX_IDS = 10_000  # ids per statement (SQLite allows 32,766 parameters)
-# SQLite: the training read maps the file (a third less CPU than a read() per page)
-_LITE_MMAP_BYTES = 1 << 30
 _PG_TRAINING = (
     f"SELECT {_TRAINING_COLUMNS} "
     "FROM unnest(CAST(%(ids)s AS text[])) AS k(event_id) CROSS JOIN LATERAL "
@@ -497,10 +494,10 @@ def iter_training_rows(
     """The window's joined decisions as :class:`TrainingRow`, in `order` (the same events, in
     the same order, as :func:`iter_joined`).
 
-    The chunks are read one ahead by a thread (its own connection, the same single snapshot)
-    while the caller works on the current one: the drivers release the GIL while the database
-    works (PostgreSQL's round trips and server time, SQLite's page reads), so that time
-    overlaps with building and learning examples."""
+    The chunks are read ahead by a thread (one connection, the same single snapshot; at most
+    two chunks wait besides the caller's) while the caller works on the current one: the
+    drivers release the GIL while the database works (PostgreSQL's round trips and server
+    time, SQLite's page reads), so that time overlaps with building and learning examples."""
     _check(order, chunk_size)
     return _stream_rows(engine, loop, window or EventWindow(), order, chunk_size)
 
@@ -556,19 +553,12 @@ def _stream_chunks(
     engine: Engine, loop: str, window: EventWindow, order: Order, chunk_size: int
 ) -> Generator[list[TrainingRow], None, None]:
     with engine.connect() as conn:
-        driver = conn.connection.driver_connection
-        mapped = conn.dialect.name == "sqlite"
-        if mapped:  # read the file through a mapping, not a read() per page; reset after
-            driver.execute(f"PRAGMA mmap_size={_LITE_MMAP_BYTES}")  # type: ignore[union-attr]
         chunks = _training_keys(conn, loop, window, order, chunk_size)
         try:
             for keys in chunks:
                 yield _training_rows(conn, loop, keys)
         finally:
             chunks.close()
-            if mapped:
-                with contextlib.suppress(Exception):  # a broken connection is discarded
-                    driver.execute("PRAGMA mmap_size=0")  # type: ignore[union-attr]
 
 
 def _training_keys(
