@@ -4,20 +4,26 @@ Fills a store (a SQLite file in a temporary directory, or a scratch schema of th
 database at ``--database-url``) with simulated joined decisions (10 to 20 actions each, uniform
 logging, clicks as rewards), then times, in the same run:
 
-- ``learn_once(mode="batch", workers=W)`` from the store, in a fresh subprocess (streaming,
-  parsing, text building, learning, saving and registering), whose peak RSS is reported
-  (VmHWM; with workers, plus an upper bound of theirs): the fill does not count;
+- ``learn_once(mode="batch", reader=R, workers=W)`` from the store, in a fresh subprocess
+  (streaming, parsing, text building, learning, saving and registering), whose peak RSS is
+  reported (VmHWM; with workers, plus an upper bound of theirs): the fill does not count.
+  ``reader="process"`` reads and builds the examples in a forked reader while VW learns
+  (:mod:`learn.reader`), ``"inline"`` in the learner itself;
 - raw VW (same arguments) learning the same examples from text lines prebuilt in memory
-  (the first ``--raw-events`` events) through ``VWPolicy.learn_lines``, before and after the
-  training; the mean is reported.
+  (the first ``--raw-events`` events) through ``VWPolicy.learn_lines`` (VW's text parse
+  included, as training's), before and after the training; the mean is reported.
 
-Prints one JSON line per ``--workers`` value on stdout; progress goes to stderr::
+Prints one JSON line per (``--reader``, ``--workers``) pair on stdout; progress goes to
+stderr::
 
-    .venv/bin/python -m benchmarks.learn --events 100000 --workers 0,2
+    .venv/bin/python -m benchmarks.learn --events 100000 --reader inline,process
     .venv/bin/python -m benchmarks.learn --events 1000000 --database-url postgresql://...
 
-``cpu_ratio`` compares CPU time of the learner process instead (steadier on a busy host; the
-PostgreSQL server's and the workers' CPU are not counted).
+``ratio`` compares wall-clock throughput. ``cpu_ratio`` compares CPU time of the learner
+process alone; ``cpu_ratio_all`` counts the CPU of its reader or workers too (what the
+training costs the host besides the database server; the PostgreSQL server's CPU is counted
+by neither). With a reader process the wall ratio can exceed the CPU ratios: reading and
+learning overlap on two cores.
 """
 
 from __future__ import annotations
@@ -178,32 +184,55 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
-def train_only(url: str, workers: int) -> dict[str, Any]:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def train_only(url: str, workers: int, reader: str) -> dict[str, Any]:
     """Run in the subprocess: one batch training from the store."""
     import deploy.registry as registry
     from learn import learn_once
 
     engine = make_engine(url)
-    cpu = time.process_time()
+    cpu, children_cpu = time.process_time(), _children_cpu()
     result = learn_once(
-        engine, LOOP, registry=registry, mode="batch", progress=False, workers=workers
+        engine,
+        LOOP,
+        registry=registry,
+        mode="batch",
+        progress=False,
+        workers=workers,
+        reader=reader,  # type: ignore[arg-type]
     )
-    cpu = time.process_time() - cpu
+    cpu, children_cpu = time.process_time() - cpu, _children_cpu() - children_cpu
     engine.dispose()
     # workers: each one's peak is at most the largest child's (an upper bound: a spawned
-    # child's ru_maxrss starts from its parent's RSS)
+    # child's ru_maxrss starts from its parent's RSS); a forked reader: at most its own
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    helpers = workers + (reader == "process")
     return {
         "events": result.n_events,
         "seconds": result.seconds,
         "cpu_seconds": cpu,
-        "peak_rss_mb": peak_rss_mb() + workers * children,
+        "children_cpu_seconds": children_cpu,
+        "peak_rss_mb": peak_rss_mb() + helpers * children,
     }
 
 
-def train_in_subprocess(url: str, workers: int) -> dict[str, Any]:
+def train_in_subprocess(url: str, workers: int, reader: str) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.learn", "--train-only", url, "--workers", str(workers)],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.learn",
+            "--train-only",
+            url,
+            "--workers",
+            str(workers),
+            "--reader",
+            reader,
+        ],
         cwd=ROOT,
         check=True,
         stdout=subprocess.PIPE,
@@ -228,10 +257,17 @@ def main(argv: list[str] | None = None) -> None:
         default="0",
         help="processes building examples (learn_once workers); a comma list runs each",
     )
+    parser.add_argument(
+        "--reader",
+        default="process",
+        help="where examples are read and built: inline, process (a forked reader) or both "
+        "(a comma list runs each; process runs with 0 workers only)",
+    )
     parser.add_argument("--train-only", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.train_only:
-        print(orjson.dumps(train_only(args.train_only, int(args.workers))).decode(), flush=True)
+        trained = train_only(args.train_only, int(args.workers), args.reader)
+        print(orjson.dumps(trained).decode(), flush=True)
         return
     if args.events < 1 or args.raw_events < 1:
         parser.error("--events and --raw-events must be >= 1")
@@ -241,21 +277,28 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--workers must be integers separated by commas, got {args.workers!r}")
     if any(w < 0 for w in workers):
         parser.error("--workers must be >= 0")
+    readers = args.reader.split(",")
+    if any(r not in ("inline", "process") for r in readers):
+        parser.error(f"--reader must be inline and/or process, got {args.reader!r}")
+    runs = [(r, w) for r in readers for w in workers if r == "inline" or w == 0]
+    if not runs:
+        parser.error("--reader process runs with --workers 0 only")
     n_raw = min(args.raw_events, args.events)
     with scratch_store(args.database_url) as url:
         log(f"filling {args.events} events into {'PostgreSQL' if args.database_url else 'SQLite'}")
         examples = fill(url, args.events, n_raw, args.seed)
-        for w in workers:
+        for r, w in runs:
             log(f"raw VW on {n_raw} prebuilt examples")
             before = raw_vw(examples)
-            log(f"training from the store ({args.events} events, {w} workers)")
-            trained = train_in_subprocess(url, w)
+            log(f"training from the store ({args.events} events, reader {r}, {w} workers)")
+            trained = train_in_subprocess(url, w, r)
             after = raw_vw(examples)
-            report(args, w, trained, before, after)
+            report(args, r, w, trained, before, after)
 
 
 def report(
     args: argparse.Namespace,
+    reader: str,
     workers: int,
     trained: dict[str, Any],
     before: tuple[float, float],
@@ -264,6 +307,7 @@ def report(
     raw, raw_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
     events_per_s = trained["events"] / trained["seconds"]
     cpu_events_per_s = trained["events"] / trained["cpu_seconds"]
+    all_cpu = trained["cpu_seconds"] + trained["children_cpu_seconds"]
     print(
         orjson.dumps(
             {
@@ -274,9 +318,11 @@ def report(
                 "peak_rss_mb": round(trained["peak_rss_mb"], 1),
                 "events": trained["events"],
                 "database": "postgresql" if args.database_url else "sqlite",
+                "reader": reader,
                 "workers": workers,
                 "raw_vw_runs": [round(before[0], 1), round(after[0], 1)],
                 "cpu_ratio": round(cpu_events_per_s / raw_cpu, 3),
+                "cpu_ratio_all": round(trained["events"] / all_cpu / raw_cpu, 3),
             }
         ).decode(),
         flush=True,

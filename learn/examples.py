@@ -245,8 +245,7 @@ class LineBuilder:
             inner = text[2:-2]
             sep = "}, {" if "}, {" in inner else "},{"
             pieces = inner.split(sep)
-            get = self._elements.get
-            hits = [get(p) for p in pieces]
+            hits = list(map(self._elements.get, pieces))
             if None not in hits:
                 return hits  # type: ignore[return-value]
             try:
@@ -277,7 +276,7 @@ class LineBuilder:
             raise BadEvent(f"event {row.event_id!r}: {err}") from None
         except orjson.JSONDecodeError as err:
             raise BadEvent(f"event {row.event_id!r}: bad actions: {err}") from None
-        if not row.is_slate and not row.excluded and row.shadow is None:
+        if row.plain:
             fast = self._single(row, elements)
             if fast is not None:
                 return fast
@@ -301,19 +300,21 @@ class LineBuilder:
         the chosen one labelled. None when anything is irregular: the general path then gives
         the example or the reason it has none."""
         lines = [e[1] for e in elements]
-        if None in lines or len(row.pmf) != len(lines):
+        if None in lines:
             return None
-        ids = [e[0] for e in elements]
         try:
-            chosen = ids.index(row.chosen)
+            i = [e[0] for e in elements].index(row.chosen)
+            pmf = orjson.loads(row.pmf_json)
+            if len(pmf) != len(lines):
+                return None
             cost = -float(row.rewards[0])
-            probability = float(row.pmf[chosen])
-        except (ValueError, KeyError, TypeError):
+            probability = float(pmf[i])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None
         if not (math.isfinite(cost) and math.isfinite(probability) and 0.0 < probability <= 1.0):
             return None
         block = [self._shared(row.context_json), *lines]
-        block[chosen + 1] = f"0:{cost:.9g}:{probability:.9g} {lines[chosen]}"
+        block[i + 1] = f"0:{cost:.9g}:{probability:.9g} {lines[i]}"
         return [block]  # type: ignore[list-item]
 
 

@@ -34,6 +34,7 @@ from learn.events import (
 )
 from learn.examples import LineBuilder, Prepared, TrainingEvent, prepare, prepare_rows
 from learn.parallel import iter_prepared
+from learn.reader import Frame, iter_forked
 from learn.registry import ModelInfo, Registry
 from log.loops import get_loop
 from log.schema import Engine
@@ -54,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 Mode = Literal["online", "batch"]
 MODES: tuple[str, ...] = ("online", "batch")
+Reader = Literal["inline", "process"]
+READERS: tuple[str, ...] = ("inline", "process")
 _PROGRESS_EVERY = 512
 _MAX_WARNINGS = 10
 
@@ -152,6 +155,61 @@ def learn_prepared(
     return stats
 
 
+def learn_frames(
+    policy: VWPolicy,
+    frames: Iterable[Frame],
+    *,
+    progress: bool = False,
+    total: int | None = None,
+    desc: str = "learn",
+    on_event: Callable[[int], None] | None = None,
+) -> TrainStats:
+    """Learn the reader's frames in the order given (:mod:`learn.reader`): the same learning
+    and the same stats as :func:`learn_prepared` on the same events."""
+    stats = TrainStats()
+    learn = policy.learn_text
+    with tqdm(
+        total=total,
+        desc=desc,
+        unit="event",
+        file=sys.stderr,
+        disable=not progress,
+        mininterval=0.5,
+        smoothing=0.1,
+    ) as bar:
+        for events, seq, joined, decided_from, decided_until in frames:
+            for texts in events:
+                if isinstance(texts, str):
+                    stats.n_skipped += 1
+                    if stats.n_skipped <= _MAX_WARNINGS:
+                        logger.warning("skipping event: %s", texts)
+                    continue
+                if not texts:  # served in LoggingOnly mode: nothing to learn
+                    continue
+                for text in texts:
+                    learn(text)
+                stats.n_examples += len(texts)
+                stats.n_events += 1
+                if on_event is not None:
+                    on_event(stats.n_events)
+            if seq is not None and (stats.checkpoint_seq is None or seq > stats.checkpoint_seq):
+                stats.checkpoint_seq = seq
+            if joined is not None and (stats.checkpoint is None or joined > stats.checkpoint):
+                stats.checkpoint = joined
+            if decided_from is not None and (
+                stats.decided_from is None or decided_from < stats.decided_from
+            ):
+                stats.decided_from = decided_from
+            if decided_until is not None and (
+                stats.decided_until is None or decided_until > stats.decided_until
+            ):
+                stats.decided_until = decided_until
+            bar.update(len(events))
+    if stats.n_skipped > _MAX_WARNINGS:
+        logger.warning("skipped %d events that could not be learned", stats.n_skipped)
+    return stats
+
+
 @dataclass(frozen=True)
 class LearnResult:
     """The outcome of one training job: the registered version, or None with the reason."""
@@ -242,6 +300,7 @@ def _check_arguments(
     until: datetime | None,
     workers: int,
     vw_args: str | None,
+    reader: str = "inline",
 ) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -254,6 +313,10 @@ def _check_arguments(
             raise ValueError(f"{name} must be a timezone-aware datetime, got {value.isoformat()}")
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
+    if reader not in READERS:
+        raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
+    if reader == "process" and workers > 0:
+        raise ValueError("reader='process' and workers > 0 are two ways to read: pick one")
     if since is not None and until is not None and since >= until:
         raise ValueError(f"since ({since.isoformat()}) must be before until ({until.isoformat()})")
 
@@ -272,6 +335,7 @@ def train_version(
     chunk_size: int = 1000,
     workers: int = 0,
     on_event: Callable[[int], None] | None = None,
+    reader: Reader = "inline",
 ) -> Trained:
     """Train a model for `loop` without registering it (see :func:`learn_once`).
 
@@ -279,7 +343,7 @@ def train_version(
     configuration; the caller validates them). Raises LookupError for an unknown loop,
     ValueError for bad arguments.
     """
-    _check_arguments(mode, since, until, workers, vw_args)
+    _check_arguments(mode, since, until, workers, vw_args, reader)
     stored = get_loop(engine, loop)
     if stored is None:
         raise LookupError(f"loop {loop!r} does not exist")
@@ -301,23 +365,31 @@ def train_version(
         policy = VWPolicy(args)
     try:
         order: Order = "seq" if mode == "online" else "decided"
-        prepared: Generator[Prepared, None, None]
-        if workers > 0:
-            prepared = iter_prepared(
-                engine, loop, window, order=order, chunk_size=chunk_size, workers=workers
-            )
+        desc = f"learn {loop} ({mode})"
+        if reader == "process":
+            frames = iter_forked(engine, loop, window, order=order, chunk_size=chunk_size)
+            with contextlib.closing(frames), frozen_gc():
+                stats = learn_frames(
+                    policy, frames, progress=progress, total=total, desc=desc, on_event=on_event
+                )
         else:
-            rows = iter_training_rows(engine, loop, window, order=order, chunk_size=chunk_size)
-            prepared = prepare_rows(rows, LineBuilder())
-        with contextlib.closing(prepared), frozen_gc():
-            stats = learn_prepared(
-                policy,
-                prepared,
-                progress=progress,
-                total=total,
-                desc=f"learn {loop} ({mode})",
-                on_event=on_event,
-            )
+            prepared: Generator[Prepared, None, None]
+            if workers > 0:
+                prepared = iter_prepared(
+                    engine, loop, window, order=order, chunk_size=chunk_size, workers=workers
+                )
+            else:
+                rows = iter_training_rows(engine, loop, window, order=order, chunk_size=chunk_size)
+                prepared = prepare_rows(rows, LineBuilder())
+            with contextlib.closing(prepared), frozen_gc():
+                stats = learn_prepared(
+                    policy,
+                    prepared,
+                    progress=progress,
+                    total=total,
+                    desc=desc,
+                    on_event=on_event,
+                )
         artifact = policy.save() if stats.n_events else None
         trained_args = policy.vw_args
     finally:
@@ -348,6 +420,7 @@ def learn_once(
     chunk_size: int = 1000,
     workers: int = 0,
     on_event: Callable[[int], None] | None = None,
+    reader: Reader = "inline",
 ) -> LearnResult:
     """Train one candidate for `loop` and register it (live directly with `promote`).
 
@@ -357,7 +430,10 @@ def learn_once(
     `through_seq` leaves out the join batches after that join_seq (a fixed snapshot; without
     it, everything committed when the keys are read). `workers` > 0 reads and builds the
     examples in that many processes (:mod:`learn.parallel`; the same model, faster where cores
-    are free). Raises LookupError for an unknown loop, ValueError for bad arguments.
+    are free). `reader="process"` reads and builds them in one forked process while VW learns
+    (:mod:`learn.reader`; the same model; fork only from a process whose other threads hold no
+    locks the reader needs). Raises LookupError for an unknown loop, ValueError for bad
+    arguments.
     """
     started = time.perf_counter()
     trained = train_version(
@@ -372,6 +448,7 @@ def learn_once(
         chunk_size=chunk_size,
         workers=workers,
         on_event=on_event,
+        reader=reader,
     )
     stats, parent = trained.stats, trained.parent
     version = None

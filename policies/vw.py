@@ -269,6 +269,16 @@ class VWPolicy:
             _finish_multi(ws, examples)
         self.examples_seen += 1.0
 
+    def learn_text(self, text: str) -> None:
+        """Learn one example given as its VW text (its lines joined by newlines)."""
+        ws = self._ws
+        examples = ws._parse(text)
+        try:
+            _learn_multi(ws, examples)
+        finally:
+            _finish_multi(ws, examples)
+        self.examples_seen += 1.0
+
     def save(self) -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.vw")

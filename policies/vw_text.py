@@ -58,10 +58,13 @@ def _features(features: Mapping[str, Any], prefix: str = "") -> list[str]:
     for key, value in features.items():
         name = _clean(prefix + key if prefix else key)
         t = type(value)
-        if t is str:
+        # exact types first, formatted inline: `_number` of a float is its repr, of an int str
+        if t is float:
+            append(f"{name}:{value!r}")
+        elif t is str:
             append(f"{name}={_clean(value)}")
-        elif t is float or t is int:
-            append(f"{name}:{_number(value)}")
+        elif t is int:
+            append(f"{name}:{value}")
         elif t is bool:
             if value:
                 append(name)

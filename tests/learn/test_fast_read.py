@@ -4,18 +4,20 @@ the same order, byte-identical VW lines, the same skips, and so the same model."
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from evaluation.simulator import Simulator, SimulatorConfig
 from explore.types import Action
 from learn.events import EventWindow, iter_training_events, iter_training_rows
 from learn.examples import LineBuilder, prepare, prepare_rows
-from learn.train import learn_prepared
+from learn.reader import iter_forked
+from learn.train import learn_frames, learn_prepared
 from log.joiner import join_loop
 from log.ops import Op
 from log.records import DecisionRecord, RewardRecord
@@ -138,3 +140,34 @@ def test_rows_train_the_same_model(logged: Engine) -> None:
     ctx = dict(context.features)
     assert models[0].scores(ctx, items).tolist() == models[1].scores(ctx, items).tolist()
     assert models[0].save() == models[1].save()
+    # the forked reader: the same examples, sent as one text each, give the same model
+    # (models[0] has predicted since: VW counts predictions in the saved model)
+    inline, forked = VWPolicy(VW_ARGS), VWPolicy(VW_ARGS)
+    expected = learn_prepared(
+        inline, prepare(iter_training_events(logged, LOOP, window), LineBuilder())
+    )
+    got = learn_frames(forked, iter_forked(logged, LOOP, window, order="seq", chunk_size=16))
+    assert got == expected
+    assert forked.save() == inline.save()
+
+
+def _read_ahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "training-read-ahead"]
+
+
+def test_the_read_ahead_ends_with_its_reader(logged: Engine) -> None:
+    rows = iter_training_rows(logged, LOOP, EventWindow(), chunk_size=16)
+    assert next(rows).event_id
+    assert len(_read_ahead_threads()) == 1
+    rows.close()
+    assert _read_ahead_threads() == []
+    assert len(list(iter_training_rows(logged, LOOP, EventWindow(), chunk_size=16))) == 460
+    assert _read_ahead_threads() == []
+
+
+def test_a_failing_read_ahead_raises_in_the_reader(logged: Engine) -> None:
+    with logged.begin() as conn:  # the keys read; the chunk fetch then fails on outcomes
+        conn.execute(text("DROP TABLE outcomes"))
+    with pytest.raises(Exception, match="outcomes"):
+        list(iter_training_rows(logged, LOOP, EventWindow(), chunk_size=16))
+    assert _read_ahead_threads() == []
