@@ -30,6 +30,7 @@ seeds: mean and standard error. Prints one JSON line per problem and strategy::
     .venv/bin/python -m benchmarks.quality --rounds 20000 --seeds 10 --jobs 16
     .venv/bin/python -m benchmarks.quality --rounds 3000 --seeds 3 --problems segments \\
         --strategies squarecb,epsilon_greedy
+    .venv/bin/python -m benchmarks.quality --vw-only --first-seed 100 --seeds 6  # tuning
 
 Problems: ``segments`` (4 user segments x 6 actions, Bernoulli rewards), ``rotating`` (the same,
 each segment's action rewards rotated by one halfway), ``catalog`` (20 of 200 items offered per
@@ -268,8 +269,16 @@ def _runtime(config: LoopConfig, policy: VWPolicy) -> LoopRuntime:
     return LoopRuntime("bench", config, T0, explorer_for(config, policy), policy)
 
 
-def run_one(problem_name: str, strategy: str, seed: int, rounds: int, cadence: Cadence) -> dict:
-    """One seed of one problem and strategy: the three policies' per-round expected rewards."""
+def run_one(
+    problem_name: str,
+    strategy: str,
+    seed: int,
+    rounds: int,
+    cadence: Cadence,
+    service_arm: bool = True,
+) -> dict:
+    """One seed of one problem and strategy: the three policies' per-round expected rewards
+    (without `service_arm`, the service's loop is not run and its rewards are NaN)."""
     config = strategy_config(strategy)
     if "freshness_s=" in strategy:
         cadence = replace(cadence, freshness_s=config.learner.freshness_s)
@@ -298,7 +307,8 @@ def run_one(problem_name: str, strategy: str, seed: int, rounds: int, cadence: C
     wait = cadence.reward_wait_s
     for i in range(rounds):
         now_s = i / cadence.rate
-        if now_s >= next_update:  # the freshness track: join closed windows, continue, swap
+        # the freshness track: join closed windows, continue, swap
+        if service_arm and now_s >= next_update:
             while pending and pending[0].deadline <= now_s:
                 p = pending.popleft()
                 rewards = {
@@ -321,12 +331,15 @@ def run_one(problem_name: str, strategy: str, seed: int, rounds: int, cadence: C
         uniform[i] = problem.uniform(req.q)
         now = T0 + timedelta(seconds=now_s)
         rank = RankInput(f"e{i}", req.context, req.actions, [], problem.slots, False)
-        record = decide(rank, {"i": i}, runtime, now, f"e{i}")
         ids = [a.id for a in req.actions]
-        chosen = [ids.index(s["action_id"]) for s in record.slots]
-        service[i] = problem.served(req.q, chosen)
-        inside, _ = _draw_rewards(problem, reward_rng, req.q, chosen, wait)
-        pending.append(Pending(record, now_s + wait, inside))
+        if service_arm:
+            record = decide(rank, {"i": i}, runtime, now, f"e{i}")
+            chosen = [ids.index(s["action_id"]) for s in record.slots]
+            service[i] = problem.served(req.q, chosen)
+            inside, _ = _draw_rewards(problem, reward_rng, req.q, chosen, wait)
+            pending.append(Pending(record, now_s + wait, inside))
+        else:
+            service[i] = np.nan
         # VW per event: the same decision path on a model learning in place
         ref_runtime = _runtime(config, reference)
         ref_record = decide(rank, {"i": i}, ref_runtime, now, f"r{seed}-{i}")
@@ -355,10 +368,10 @@ def metrics(served: np.ndarray, oracle: np.ndarray) -> tuple[float, float]:
     return share, regret
 
 
-def _task(task: tuple[str, str, int, int, Cadence]) -> tuple[str, str, int, dict, float]:
-    problem, strategy, seed, rounds, cadence = task
+def _task(task: tuple[str, str, int, int, Cadence, bool]) -> tuple[str, str, int, dict, float]:
+    problem, strategy, seed, rounds, cadence, service_arm = task
     started = time.perf_counter()
-    out = run_one(problem, strategy, seed, rounds, cadence)
+    out = run_one(problem, strategy, seed, rounds, cadence, service_arm)
     result = {arm: metrics(out[arm], out["oracle"]) for arm in ("service", "vw_online", "uniform")}
     result["versions"] = out["versions"]
     return problem, strategy, seed, result, time.perf_counter() - started
@@ -378,8 +391,14 @@ def run_suite(
     cadence: Cadence,
     jobs: int,
     emit: Callable[[dict], None],
+    service_arm: bool = True,
 ) -> list[dict]:
-    tasks = [(p, s, seed, rounds, cadence) for p in problems for s in strategies for seed in seeds]
+    tasks = [
+        (p, s, seed, rounds, cadence, service_arm)
+        for p in problems
+        for s in strategies
+        for seed in seeds
+    ]
     results: dict[tuple[str, str], list[tuple[dict, float]]] = {}
     lines: list[dict] = []
     started = time.perf_counter()
@@ -427,6 +446,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reward-wait", type=float, default=5.0, help="reward window (s)")
     parser.add_argument("--freshness", type=float, default=5.0, help="freshness period (s)")
     parser.add_argument("--jobs", type=int, default=1, help="processes")
+    parser.add_argument(
+        "--vw-only",
+        action="store_true",
+        help="run VW per event (and uniform) only, not the service's loop (tuning; half the time)",
+    )
     args = parser.parse_args(argv)
     problems = args.problems.split(",")
     strategies = args.strategies.split(",")
@@ -452,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
         line["first_seed"] = args.first_seed
         print(orjson.dumps(line).decode(), flush=True)
 
-    run_suite(problems, strategies, seeds, args.rounds, cadence, args.jobs, emit)
+    run_suite(problems, strategies, seeds, args.rounds, cadence, args.jobs, emit, not args.vw_only)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,19 @@ def train(
     )
 
 
+def _event_bar(total: int | None, desc: str, progress: bool) -> tqdm:
+    """The training pass's progress bar (events, on stderr; off without `progress`)."""
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="event",
+        file=sys.stderr,
+        disable=not progress,
+        mininterval=0.5,
+        smoothing=0.1,
+    )
+
+
 def learn_prepared(
     policy: VWPolicy,
     prepared: Iterable[Prepared],
@@ -114,15 +127,7 @@ def learn_prepared(
     stats = TrainStats()
     learn = policy.learn_lines
     pending = 0
-    with tqdm(
-        total=total,
-        desc=desc,
-        unit="event",
-        file=sys.stderr,
-        disable=not progress,
-        mininterval=0.5,
-        smoothing=0.1,
-    ) as bar:
+    with _event_bar(total, desc, progress) as bar:
         for _event_id, decided, seq, joined, blocks in prepared:
             if stats.checkpoint_seq is None or seq > stats.checkpoint_seq:
                 stats.checkpoint_seq = seq
@@ -168,15 +173,7 @@ def learn_frames(
     and the same stats as :func:`learn_prepared` on the same events."""
     stats = TrainStats()
     learn = policy.learn_text
-    with tqdm(
-        total=total,
-        desc=desc,
-        unit="event",
-        file=sys.stderr,
-        disable=not progress,
-        mininterval=0.5,
-        smoothing=0.1,
-    ) as bar:
+    with _event_bar(total, desc, progress) as bar:
         for events, seq, joined, decided_from, decided_until in frames:
             for texts in events:
                 if isinstance(texts, str):
