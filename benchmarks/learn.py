@@ -7,7 +7,7 @@ logging, clicks as rewards), then times, in the same run:
 - ``learn_once(mode="batch", reader=R, workers=W)`` from the store, in a fresh subprocess
   (streaming, parsing, text building, learning, saving and registering), whose peak RSS is
   reported (VmHWM; with workers, plus an upper bound of theirs): the fill does not count.
-  ``reader="process"`` reads and builds the examples in a forked reader while VW learns
+  ``reader="process"`` reads and builds the examples in a reader process while VW learns
   (:mod:`learn.reader`), ``"inline"`` in the learner itself;
 - raw VW (same arguments) learning the same examples from text lines prebuilt in memory
   (the first ``--raw-events`` events) through ``VWPolicy.learn_lines`` (VW's text parse
@@ -193,6 +193,7 @@ def train_only(url: str, workers: int, reader: str) -> dict[str, Any]:
     """Run in the subprocess: one batch training from the store."""
     import deploy.registry as registry
     from learn import learn_once
+    from learn.reader import last_reader_usage
 
     engine = make_engine(url)
     cpu, children_cpu = time.process_time(), _children_cpu()
@@ -208,15 +209,20 @@ def train_only(url: str, workers: int, reader: str) -> dict[str, Any]:
     cpu, children_cpu = time.process_time() - cpu, _children_cpu() - children_cpu
     engine.dispose()
     # workers: each one's peak is at most the largest child's (an upper bound: a spawned
-    # child's ru_maxrss starts from its parent's RSS); a forked reader: at most its own
+    # child's ru_maxrss starts from its parent's RSS)
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    helpers = workers + (reader == "process")
+    rss = peak_rss_mb() + workers * children
+    usage = last_reader_usage()
+    if reader == "process" and usage is not None:
+        # the reader is the fork server's child, not ours: it reports its own usage
+        children_cpu += usage.cpu_s
+        rss += usage.peak_rss_mb
     return {
         "events": result.n_events,
         "seconds": result.seconds,
         "cpu_seconds": cpu,
         "children_cpu_seconds": children_cpu,
-        "peak_rss_mb": peak_rss_mb() + helpers * children,
+        "peak_rss_mb": rss,
     }
 
 
@@ -260,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--reader",
         default="process",
-        help="where examples are read and built: inline, process (a forked reader) or both "
+        help="where examples are read and built: inline, process (a reader process) or both "
         "(a comma list runs each; process runs with 0 workers only)",
     )
     parser.add_argument("--train-only", metavar="URL", help=argparse.SUPPRESS)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -36,6 +37,7 @@ from learn.examples import LineBuilder, Prepared, TrainingEvent, prepare, prepar
 from learn.parallel import iter_prepared
 from learn.reader import Frame, iter_forked
 from learn.registry import ModelInfo, Registry
+from log.db import check_shareable
 from log.loops import get_loop
 from log.schema import Engine
 from policies.vw import VWPolicy
@@ -55,8 +57,12 @@ logger = logging.getLogger(__name__)
 
 Mode = Literal["online", "batch"]
 MODES: tuple[str, ...] = ("online", "batch")
-Reader = Literal["inline", "process"]
-READERS: tuple[str, ...] = ("inline", "process")
+Reader = Literal["auto", "inline", "process"]
+READERS: tuple[str, ...] = ("auto", "inline", "process")
+# "auto" reads in a reader process (learn.reader) from this many events in the window, on a
+# host with more than one core and a database another process can open: below it, starting
+# the reader costs more than the overlap saves (benchmarks/learn.py).
+AUTO_PROCESS_EVENTS = 5_000
 _PROGRESS_EVERY = 512
 _MAX_WARNINGS = 10
 
@@ -252,6 +258,21 @@ def frozen_gc() -> Iterator[None]:
         gc.unfreeze()
 
 
+def resolve_reader(reader: Reader, engine: Engine, workers: int, n_events: int) -> Reader:
+    """Where a pass reads: `reader` unless it is "auto", which picks "process" for a window
+    of at least `AUTO_PROCESS_EVENTS` events when no `workers` are asked for, the host has a
+    second core and another process can open the database; "inline" otherwise."""
+    if reader != "auto":
+        return reader
+    if workers > 0 or n_events < AUTO_PROCESS_EVENTS or (os.cpu_count() or 1) < 2:
+        return "inline"
+    try:
+        check_shareable(engine)
+    except ValueError:
+        return "inline"
+    return "process"
+
+
 def _resume_after(parent: ModelInfo | None) -> int | None:
     """The join_seq online continuation of `parent` resumes after (None: from the start)."""
     if parent is None:
@@ -297,7 +318,7 @@ def _check_arguments(
     until: datetime | None,
     workers: int,
     vw_args: str | None,
-    reader: str = "inline",
+    reader: str = "auto",
 ) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -332,7 +353,7 @@ def train_version(
     chunk_size: int = 1000,
     workers: int = 0,
     on_event: Callable[[int], None] | None = None,
-    reader: Reader = "inline",
+    reader: Reader = "auto",
 ) -> Trained:
     """Train a model for `loop` without registering it (see :func:`learn_once`).
 
@@ -352,7 +373,8 @@ def train_version(
         window = EventWindow(after_seq=_resume_after(parent), through_seq=through_seq)
     else:
         window = EventWindow(through_seq=through_seq, since=since, until=until)
-    total = count_training_events(engine, loop, window) if progress else None
+    total = count_training_events(engine, loop, window) if progress or reader == "auto" else None
+    reader = resolve_reader(reader, engine, workers, total or 0)
     if parent is not None:
         policy = VWPolicy(parent.vw_args, model=registry.load_artifact(engine, parent.version))
     else:
@@ -417,7 +439,7 @@ def learn_once(
     chunk_size: int = 1000,
     workers: int = 0,
     on_event: Callable[[int], None] | None = None,
-    reader: Reader = "inline",
+    reader: Reader = "auto",
 ) -> LearnResult:
     """Train one candidate for `loop` and register it (live directly with `promote`).
 
@@ -427,10 +449,10 @@ def learn_once(
     `through_seq` leaves out the join batches after that join_seq (a fixed snapshot; without
     it, everything committed when the keys are read). `workers` > 0 reads and builds the
     examples in that many processes (:mod:`learn.parallel`; the same model, faster where cores
-    are free). `reader="process"` reads and builds them in one forked process while VW learns
-    (:mod:`learn.reader`; the same model; fork only from a process whose other threads hold no
-    locks the reader needs). Raises LookupError for an unknown loop, ValueError for bad
-    arguments.
+    are free). `reader="process"` reads and builds them in a reader process while VW learns
+    (:mod:`learn.reader`; the same model); "auto" (the default) does so on large windows
+    (:func:`resolve_reader`), "inline" never. Raises LookupError for an unknown loop,
+    ValueError for bad arguments.
     """
     started = time.perf_counter()
     trained = train_version(

@@ -1,23 +1,28 @@
-"""Examples read and built by a forked reader process (`reader="process"`): the same model,
-the same stats, as in-process; a failing reader registers nothing; an interrupted pass leaves
-no reader behind."""
+"""Examples read and built by a reader process (`reader="process"`, or "auto" on a large
+window): the same model, the same stats, as in-process; the reader is a child of the fork
+server, not a fork of the learner; a failing reader registers nothing; an interrupted pass
+leaves no reader behind."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Generator, Iterator
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 
 import pytest
 from sqlalchemy import Engine, text
 
 import deploy.registry as registry
 from evaluation.simulator import Simulator, SimulatorConfig
-from learn import EventWindow, WorkerError, learn_once
+from learn import EventWindow, WorkerError, learn_once, reader
 from learn.events import Order, iter_training_rows
 from learn.examples import LineBuilder, prepare_rows
-from learn.reader import iter_forked
-from learn.train import learn_frames, learn_prepared
+from learn.reader import Frame, iter_forked
+from learn.train import AUTO_PROCESS_EVENTS, learn_frames, learn_prepared, resolve_reader
 from log.joiner import join_loop
 from log.records import DecisionRecord
 from log.schema import make_engine
@@ -27,6 +32,7 @@ from tests.learn.conftest import LOOP, VW_ARGS
 from tests.learn.helpers import deadline, sim_events, write
 
 SIM = Simulator(SimulatorConfig(seed=17))
+TRAIN = importlib.import_module("learn.train")  # `learn.train` is also a function's name
 
 
 def _log(engine: Engine, writer: GroupCommitWriter, n: int) -> None:
@@ -41,18 +47,22 @@ def _log(engine: Engine, writer: GroupCommitWriter, n: int) -> None:
 
 @pytest.fixture
 def forks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """The pids of the readers forked during the test."""
+    """The pids of the readers started during the test."""
     pids: list[int] = []
-    real = os.fork
+    real = reader._receive
 
-    def fork() -> int:
-        pid = real()
-        if pid:
-            pids.append(pid)
-        return pid
+    def receive(proc: BaseProcess, src: Connection) -> Generator[Frame, None, None]:
+        assert proc.pid is not None
+        pids.append(proc.pid)
+        return real(proc, src)
 
-    monkeypatch.setattr("learn.reader.os.fork", fork)
+    monkeypatch.setattr("learn.reader._receive", receive)
     yield pids
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return int(next(line for line in fh if line.startswith("PPid:")).split()[1])
 
 
 def _gone(pid: int) -> bool:
@@ -99,6 +109,55 @@ def test_learn_once_registers_the_same_model(
         assert getattr(a, name) == getattr(b, name), name
     assert registry.load_artifact(engine, a.version) == registry.load_artifact(engine, b.version)
     assert len(forks) == 1 and _gone(forks[0])
+
+
+def test_auto_reads_a_large_window_in_a_reader_started_by_the_fork_server(
+    engine: Engine, writer: GroupCommitWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _log(engine, writer, 400)
+    parents: list[int] = []
+    real = reader._receive
+
+    def receive(proc: BaseProcess, src: Connection) -> Generator[Frame, None, None]:
+        assert proc.pid is not None
+        # the reader blocks on its first frame (larger than the pipe's buffer) until read
+        parents.append(_parent(proc.pid))
+        return real(proc, src)
+
+    monkeypatch.setattr("learn.reader._receive", receive)
+
+    def learn(**kwargs: object) -> bytes:
+        result = learn_once(
+            engine, LOOP, registry=registry, mode="batch", chunk_size=200, progress=False,
+            **kwargs,  # type: ignore[arg-type]
+        )  # fmt: skip
+        assert result.version is not None and result.n_events == 499
+        return registry.load_artifact(engine, result.version.version)
+
+    small = learn()  # 500 events < AUTO_PROCESS_EVENTS: inline
+    assert parents == []
+    monkeypatch.setattr(TRAIN, "AUTO_PROCESS_EVENTS", 500)
+    # started from a thread while another holds a lock: a fork would copy the held lock
+    held = threading.Lock()
+    models: list[bytes] = []
+    with held:
+        thread = threading.Thread(target=lambda: models.append(learn()))
+        thread.start()
+        thread.join(timeout=120)
+    assert models == [small]
+    assert len(parents) == 1 and parents[0] != os.getpid()
+
+
+def test_resolve_reader(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    n = AUTO_PROCESS_EVENTS
+    assert resolve_reader("auto", engine, 0, n) == "process"
+    assert resolve_reader("auto", engine, 0, n - 1) == "inline"
+    assert resolve_reader("auto", engine, 2, n) == "inline"  # workers read
+    assert resolve_reader("auto", make_engine("sqlite://"), 0, n) == "inline"
+    assert resolve_reader("inline", engine, 0, 10 * n) == "inline"
+    assert resolve_reader("process", engine, 0, 1) == "process"
+    monkeypatch.setattr(TRAIN.os, "cpu_count", lambda: 1)
+    assert resolve_reader("auto", engine, 0, n) == "inline"
 
 
 def test_a_failing_reader_registers_nothing(
