@@ -59,10 +59,12 @@ Mode = Literal["online", "batch"]
 MODES: tuple[str, ...] = ("online", "batch")
 Reader = Literal["auto", "inline", "process"]
 READERS: tuple[str, ...] = ("auto", "inline", "process")
-# "auto" reads in a reader process (learn.reader) from this many events in the window, on a
-# host with more than one core and a database another process can open: below it, starting
-# the reader costs more than the overlap saves (benchmarks/learn.py).
-AUTO_PROCESS_EVENTS = 5_000
+# "auto" reads in a reader process (learn.reader) from this many events in the window, when a
+# core is free (load average below the number of cores minus one) and another process can open
+# the database: the process pays the fork server's start (about a second, once per process)
+# and only helps on a core nothing else wants; on a busy host reading in-process measured
+# faster (benchmarks/learn.py; README "Benchmarks").
+AUTO_PROCESS_EVENTS = 50_000
 _PROGRESS_EVERY = 512
 _MAX_WARNINGS = 10
 
@@ -260,17 +262,28 @@ def frozen_gc() -> Iterator[None]:
 
 def resolve_reader(reader: Reader, engine: Engine, workers: int, n_events: int) -> Reader:
     """Where a pass reads: `reader` unless it is "auto", which picks "process" for a window
-    of at least `AUTO_PROCESS_EVENTS` events when no `workers` are asked for, the host has a
-    second core and another process can open the database; "inline" otherwise."""
+    of at least `AUTO_PROCESS_EVENTS` events when no `workers` are asked for, a core is free
+    (:func:`free_core`) and another process can open the database; "inline" otherwise."""
     if reader != "auto":
         return reader
-    if workers > 0 or n_events < AUTO_PROCESS_EVENTS or (os.cpu_count() or 1) < 2:
+    if workers > 0 or n_events < AUTO_PROCESS_EVENTS or not free_core():
         return "inline"
     try:
         check_shareable(engine)
     except ValueError:
         return "inline"
     return "process"
+
+
+def free_core() -> bool:
+    """Whether the host has a core nothing else is using: more than one core and a one-minute
+    load average below their number minus one (False where the load is unknown)."""
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return False
+    return cores > 1 and load < cores - 1
 
 
 def _resume_after(parent: ModelInfo | None) -> int | None:

@@ -134,6 +134,7 @@ def test_auto_reads_a_large_window_in_a_reader_started_by_the_fork_server(
         assert result.version is not None and result.n_events == 499
         return registry.load_artifact(engine, result.version.version)
 
+    monkeypatch.setattr(TRAIN, "free_core", lambda: True)
     small = learn()  # 500 events < AUTO_PROCESS_EVENTS: inline
     assert parents == []
     monkeypatch.setattr(TRAIN, "AUTO_PROCESS_EVENTS", 500)
@@ -150,14 +151,26 @@ def test_auto_reads_a_large_window_in_a_reader_started_by_the_fork_server(
 
 def test_resolve_reader(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     n = AUTO_PROCESS_EVENTS
+    monkeypatch.setattr(TRAIN, "free_core", lambda: True)
     assert resolve_reader("auto", engine, 0, n) == "process"
     assert resolve_reader("auto", engine, 0, n - 1) == "inline"
     assert resolve_reader("auto", engine, 2, n) == "inline"  # workers read
     assert resolve_reader("auto", make_engine("sqlite://"), 0, n) == "inline"
     assert resolve_reader("inline", engine, 0, 10 * n) == "inline"
     assert resolve_reader("process", engine, 0, 1) == "process"
-    monkeypatch.setattr(TRAIN.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(TRAIN, "free_core", lambda: False)  # a busy host reads in-process
     assert resolve_reader("auto", engine, 0, n) == "inline"
+
+
+@pytest.mark.parametrize(
+    ("cores", "load", "free"), [(1, 0.0, False), (2, 0.5, True), (2, 1.2, False), (8, 6.5, True)]
+)
+def test_a_free_core_is_one_the_load_leaves(
+    monkeypatch: pytest.MonkeyPatch, cores: int, load: float, free: bool
+) -> None:
+    monkeypatch.setattr(TRAIN.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(TRAIN.os, "getloadavg", lambda: (load, load, load))
+    assert TRAIN.free_core() is free
 
 
 def test_a_failing_reader_registers_nothing(
