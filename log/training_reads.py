@@ -38,6 +38,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Integer,
     String,
     func,
     select,
@@ -553,12 +554,91 @@ def _stream_chunks(
     engine: Engine, loop: str, window: EventWindow, order: Order, chunk_size: int
 ) -> Generator[list[TrainingRow], None, None]:
     with engine.connect() as conn:
-        chunks = _training_keys(conn, loop, window, order, chunk_size)
+        if conn.dialect.name == "sqlite":
+            chunks = _lite_chunks(conn, loop, window, order, chunk_size)
+            try:
+                yield from chunks
+            finally:
+                chunks.close()
+            return
+        keys = _training_keys(conn, loop, window, order, chunk_size)
         try:
-            for keys in chunks:
-                yield _training_rows(conn, loop, keys)
+            for part in keys:
+                yield _training_rows(conn, loop, part)
         finally:
-            chunks.close()
+            keys.close()
+
+
+def _lite_chunks(
+    conn: Connection, loop: str, window: EventWindow, order: Order, chunk_size: int
+) -> Generator[list[TrainingRow], None, None]:
+    """SQLite: the rows in order from one streamed query with every column the examples need
+    (each row is visited once: the ordering index holds the rowid, not the keys, so a keys
+    pass visits every 4.5 KB row as the fetch by primary key does again), and each chunk's
+    rewards by id. PostgreSQL keeps keys + primary-key probes (:data:`_PG_ROWS`: a plan
+    that does not depend on fresh statistics)."""
+    d = DecisionRow
+    first = d.join_seq.nulls_first() if order == "seq" else d.decided_at
+    stmt = (
+        select(
+            d.event_id,
+            d.join_seq,
+            type_coerce(d.joined_at, String),
+            type_coerce(d.decided_at, String),
+            type_coerce(d.context, String),
+            type_coerce(d.actions, String),
+            type_coerce(d.pmf, String),
+            type_coerce(d.excluded, String),
+            d.chosen,
+            type_coerce(d.slots, String),
+            type_coerce(d.is_slate, Integer),
+            type_coerce(d.shadow, String),
+        )
+        .where(*window.clauses(loop))
+        .order_by(first, d.event_id)
+    )
+    result = conn.execution_options(stream_results=True, yield_per=chunk_size).execute(stmt)
+    try:
+        for part in result.partitions():
+            yield _lite_rows(conn, loop, [r for r in part if r[2] is not None])
+    finally:
+        result.close()
+
+
+def _lite_rows(conn: Connection, loop: str, part: list[Any]) -> list[TrainingRow]:
+    rewards: dict[str, dict[int, float]] = defaultdict(dict)
+    ids = [r[0] for r in part]
+    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        for lo in range(0, len(ids), _LITE_MAX_IDS):
+            some = ids[lo : lo + _LITE_MAX_IDS]
+            marks = "(" + ",".join("?" * len(some)) + ")"
+            for event_id, slot, reward in cur.execute(_LITE_REWARDS + marks, [loop, *some]):
+                rewards[event_id][slot] = reward
+    finally:
+        cur.close()
+    empty: dict[int, float] = {}
+    get_reward = rewards.get
+    # (event_id, join_seq, joined_at, decided_at, context, actions, pmf, excluded, chosen,
+    # slots, is_slate, shadow)
+    return [
+        TrainingRow(
+            r[0],
+            _utc(r[3]),
+            r[1] or 0,
+            _utc(r[2]),
+            r[4],
+            r[5],
+            r[6],
+            r[7],
+            r[8],
+            r[9],
+            bool(r[10]),
+            r[11],
+            get_reward(r[0], empty),
+        )
+        for r in part
+    ]
 
 
 def _training_keys(
