@@ -184,7 +184,7 @@ SUITE_VW_ARGS = "-q ca --cb_type mtr"  # the named strategies' VW arguments (REA
 def strategy_config(name: str) -> LoopConfig:
     """The loop configuration of a named strategy setting: ``base`` (with the suite's settings
     below and VW arguments `SUITE_VW_ARGS`; ``default``: the loop defaults, `LoopConfig()`;
-    ``epsilon_greedy/epsilon=0.2`` is the previous default), ``base+floor`` (floor 0.01), or
+    epsilon-greedy at 0.2 over `SUITE_VW_ARGS` today), ``base+floor`` (floor 0.01), or
     ``base/key=value/...`` where a key is a top-level loop setting (epsilon, softmax_lambda,
     vw_args with ~ for spaces), freshness_s (the learner's period, instead of
     ``--freshness``) or an `ExploreSettings` field."""

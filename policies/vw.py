@@ -210,8 +210,8 @@ def check_model_args(args: str) -> str:
     if "--cover" in tokens and _cb_type(tokens) not in _COVER_CB_TYPES:
         raise ValueError(
             "exploration cover needs vw_args with --cb_type dr, ips or mtr: VW's cover reduction "
-            f"refuses --cb_type {_cb_type(tokens)} (the default vw_args use dm); set vw_args "
-            "too, for example '-q ca --cb_type mtr'"
+            f"refuses --cb_type {_cb_type(tokens)}; set vw_args too, for example "
+            "'-q ca --cb_type mtr'"
         )
     try:
         ws = vowpalwabbit.Workspace(f"{BASE_ARGS} {args}")

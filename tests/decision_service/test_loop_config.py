@@ -115,14 +115,11 @@ def test_public_and_storage_json_are_separate() -> None:
 def test_the_defaults_are_the_chosen_ones_and_vw_accepts_them() -> None:
     config = LoopConfig()
     assert (config.exploration, config.vw_args) == (DEFAULT_EXPLORATION, DEFAULT_VW_ARGS)
-    assert (DEFAULT_EXPLORATION, DEFAULT_VW_ARGS) == (
-        "squarecb",
-        "-q ca --cb_type dm --ignore_linear c --noconstant",
-    )
+    assert (DEFAULT_EXPLORATION, DEFAULT_VW_ARGS) == ("epsilon_greedy", "-q ca --cb_type mtr")
     body = LoopConfigIn.model_validate({})  # the PUT body's defaults are the same
     assert (body.exploration, body.vw_args) == (DEFAULT_EXPLORATION, DEFAULT_VW_ARGS)
     assert check_vw_args(DEFAULT_VW_ARGS) == DEFAULT_VW_ARGS  # already in normal form
-    assert config.model_args == DEFAULT_VW_ARGS  # squarecb is computed by the service
+    assert config.model_args == DEFAULT_VW_ARGS  # epsilon-greedy is computed by the service
     assert check_model_args(config.model_args) == config.model_args
 
 
@@ -137,7 +134,7 @@ def test_cover_is_accepted_with_the_cb_types_vw_allows(cb_type: str) -> None:
 
 
 def test_cover_with_dm_is_refused_naming_cb_type() -> None:
-    for vw_args in (DEFAULT_VW_ARGS, "-q ca --cb_type=dm"):
+    for vw_args in ("-q ca --cb_type dm --ignore_linear c --noconstant", "-q ca --cb_type=dm"):
         args = LoopConfig(exploration="cover", vw_args=vw_args).model_args
         with pytest.raises(ValueError, match=r"--cb_type dr, ips or mtr.*refuses --cb_type dm"):
             check_model_args(args)
@@ -243,8 +240,8 @@ def test_put_cover_needs_vw_args_that_cover_accepts(client: TestClient) -> None:
     before = client.get("/v1/loops/cov").json()
     assert before["config"]["exploration"] == DEFAULT_EXPLORATION
     for refused in (
-        {"exploration": "cover"},  # the default vw_args: --cb_type dm
         {"exploration": "cover", "vw_args": "-q ca --cb_type dm"},
+        {"exploration": "cover", "vw_args": "-q ca --cb_type=dm --noconstant"},
     ):
         r = client.put("/v1/loops/cov", json=refused)
         assert r.status_code == 422, r.text
@@ -252,7 +249,9 @@ def test_put_cover_needs_vw_args_that_cover_accepts(client: TestClient) -> None:
         assert error["code"] == "invalid_config"
         assert "--cb_type" in error["message"] and "cover" in error["message"]
         assert client.get("/v1/loops/cov").json() == before  # nothing written
-    r = client.put("/v1/loops/cov-new", json={"exploration": "cover"})
+    r = client.put(
+        "/v1/loops/cov-new", json={"exploration": "cover", "vw_args": "-q ca --cb_type dm"}
+    )
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_config"
     assert client.get("/v1/loops/cov-new").status_code == 404  # not created either
     # a candidate is checked with the loop's exploration too

@@ -8,10 +8,10 @@ loop's sampling key, stored directly in the store since no route can set it; eve
 
 The policy is made non-uniform by training the worker's VW policy in-process, and the loop
 explores with softmax, so the pmf is not uniform and a sampler that ignored it would fail. Its
-VW arguments are `-q ca --cb_type mtr`, whose scores estimate each action's mean reward (with
-the default `--cb_type dm` they are the means shrunk by how often each action was logged: too
-flat for a softmax of lambda 2 to be far from uniform). The default strategy's distribution is
-tested in `test_propensity_strategies.py` ("defaults").
+VW arguments are `-q ca --cb_type mtr`, whose scores estimate each action's mean reward (named
+here, not taken from the loop defaults, so that the test keeps its clearly non-uniform
+distribution whatever the defaults become). The default strategy's distribution is tested in
+`test_propensity_strategies.py` ("defaults").
 
 Sizes: sampling depends only on (loop key, event id) and the policy, not on the database, so
 the full statistical run (20,000 decisions per scenario, 10,000 with exclusions) is done on

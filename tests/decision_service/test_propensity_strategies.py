@@ -10,11 +10,9 @@ the route-level test only checks, per strategy, that a loop configured over HTTP
 its strategy's distribution.
 
 The strategies' models use `-q ca --cb_type mtr`, whose scores estimate each action's mean
-reward (a clearly non-uniform distribution for every strategy; `cover` refuses the default
-`--cb_type dm`). `defaults` is the loop a new loop gets (`LoopConfig()`): SquareCB over the
-default VW arguments, whose scores are the rewards shrunk by how often each action was logged
-(VW's cb_adf `dm` regresses the actions not chosen toward 0), still a distribution that favours
-a0.
+reward (a clearly non-uniform distribution for every strategy; `cover` refuses `--cb_type dm`).
+`defaults` is the loop a new loop gets (`LoopConfig()`, whatever the defaults are), a
+distribution that favours a0.
 """
 
 from __future__ import annotations
@@ -176,8 +174,7 @@ def test_a_loop_configured_over_http_serves_and_logs_its_strategy(
         "epsilon": 0.1,
         "exploration_options": {"floor": 0.02},
     }
-    if name == "cover":  # VW's cover refuses the default --cb_type dm
-        body["vw_args"] = VW_ARGS
+    body["vw_args"] = VW_ARGS  # named: the loop defaults may change
     resp = client.put(f"/v1/loops/s-{name}", json=body)
     assert resp.status_code == 201, resp.text
     assert resp.json()["config"]["exploration_options"]["floor"] == 0.02
