@@ -178,16 +178,20 @@ PROBLEMS: dict[str, type[Problem]] = {
 
 
 # ---------------------------------------------------------------------------------- strategies
+SUITE_VW_ARGS = "-q ca --cb_type mtr"  # the named strategies' VW arguments (README)
+
+
 def strategy_config(name: str) -> LoopConfig:
     """The loop configuration of a named strategy setting: ``base`` (with the suite's settings
-    below; ``default``: the loop defaults), ``base+floor`` (floor 0.01), or
+    below and VW arguments `SUITE_VW_ARGS`; ``default``: the loop defaults, `LoopConfig()`;
+    epsilon-greedy at 0.2 over `SUITE_VW_ARGS` today), ``base+floor`` (floor 0.01), or
     ``base/key=value/...`` where a key is a top-level loop setting (epsilon, softmax_lambda,
     vw_args with ~ for spaces), freshness_s (the learner's period, instead of
     ``--freshness``) or an `ExploreSettings` field."""
     parts = name.split("/")
     base, _, suffix = parts[0].partition("+")
     options: dict[str, Any] = {}
-    top: dict[str, Any] = {"exploration": base}
+    top: dict[str, Any] = {"exploration": base, "vw_args": SUITE_VW_ARGS}
     if base == "default":  # the loop defaults (LoopConfig())
         top = {}
     elif base == "epsilon_greedy":

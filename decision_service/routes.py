@@ -108,16 +108,19 @@ async def read_json(request: Request) -> Any:
         raise InvalidJson(f"body is not valid JSON (NaN/Infinity are not JSON): {err}") from None
 
 
-def checked_candidates(learner: LearnerSettings) -> LearnerSettings:
-    """The learner settings with each candidate configuration validated like a loop's VW
-    arguments (and normalised). Raises ValueError naming the candidate."""
+def checked_candidates(config: LoopConfig) -> LearnerSettings:
+    """The loop's learner settings with each candidate configuration validated like its VW
+    arguments (and normalised), also together with the loop's exploration reduction (VW's
+    cover refuses --cb_type dm). Raises ValueError naming the candidate."""
     checked = []
-    for i, args in enumerate(learner.candidates):
+    for i, args in enumerate(config.learner.candidates):
         try:
-            checked.append(check_vw_args(args))
+            normalised = check_vw_args(args)
+            check_model_args(config.with_explore_args(normalised))
         except ValueError as err:
             raise ValueError(f"learner.candidates[{i}]: {err}") from None
-    return replace(learner, candidates=tuple(checked))
+        checked.append(normalised)
+    return replace(config.learner, candidates=tuple(checked))
 
 
 def check_loop_name(loop: str, max_length: int) -> None:
@@ -235,8 +238,8 @@ async def put_one_loop(request: Request, loop: LoopName) -> Response:
     try:
         config = LoopConfig(**fields)  # bounds first: they name the field and the bound
         config = LoopConfig(**{**fields, "vw_args": check_vw_args(fields["vw_args"])})
-        config = replace(config, learner=checked_candidates(config.learner))
         check_model_args(config.model_args)
+        config = replace(config, learner=checked_candidates(config))
     except ValueError as err:
         raise InvalidInput(str(err), "invalid_config") from None
     stored, created = await run_in_threadpool(put_loop, service.engine, loop, config)

@@ -15,7 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from decision_service.schemas_operate import AlarmsIn
 from log.deploy_settings import AUTO_LEVELS, DEPLOY_BOUNDS
 from log.explore_settings import EXPLORE_BOUNDS
-from log.loops import AGGREGATIONS, BOUNDS, MAX_VW_ARGS_CHARS, STRATEGIES
+from log.loops import (
+    AGGREGATIONS,
+    BOUNDS,
+    DEFAULT_EXPLORATION,
+    DEFAULT_VW_ARGS,
+    MAX_VW_ARGS_CHARS,
+    STRATEGIES,
+)
 from log.personalizer_settings import LEARNING_MODES
 
 Number = StrictInt | StrictFloat
@@ -272,7 +279,7 @@ class LoopConfigIn(_Body):
     The loop's sampling key is the server's secret: it cannot be set and is never shown."""
 
     exploration: str = Field(
-        "epsilon_greedy",
+        DEFAULT_EXPLORATION,
         description="Exploration strategy: epsilon_greedy, softmax, squarecb (computed by the "
         "service over the model's scores), regcbopt, cover, bag (VW's own cb_explore_adf "
         "reductions; the model predicts the distribution). exploration_options holds their "
@@ -297,7 +304,7 @@ class LoopConfigIn(_Body):
     min_reward: Number = _bounded(-1.0, "min_reward", "Smallest accepted reward.")
     max_reward: Number = _bounded(1.0, "max_reward", "Largest accepted reward (>= min_reward).")
     vw_args: str = Field(
-        "-q ca --cb_type mtr",
+        DEFAULT_VW_ARGS,
         description="Vowpal Wabbit learning options from a safe set (interactions of arity <= 3, "
         "--cb_type, learning rate, regularisation, -b <= 24, ...).",
         json_schema_extra={"maxLength": MAX_VW_ARGS_CHARS},

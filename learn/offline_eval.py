@@ -49,7 +49,7 @@ from learn.train import train
 from log.evaluations import joined_decided_at
 from log.loops import LoopConfig, get_loop
 from log.schema import Engine
-from policies.vw import VWPolicy
+from policies.vw import VWPolicy, check_model_args
 
 __all__ = [
     "EvaluationError",
@@ -102,9 +102,10 @@ def resolve_spec(
     engine: Engine, loop: str, spec: EvaluationSpec, *, registry: VersionRegistry
 ) -> EvaluationSpec:
     """The checks that need the store: the loop exists (LookupError), each model version exists
-    in this loop and VW arguments are accepted (SpecError). Returns the spec with the arguments
-    normalised."""
-    if get_loop(engine, loop) is None:
+    in this loop and VW arguments are accepted, also with the target's exploration reduction
+    (SpecError). Returns the spec with the arguments normalised."""
+    stored = get_loop(engine, loop)
+    if stored is None:
         raise LookupError(f"loop {loop!r} does not exist")
     policies: list[PolicySpec] = []
     for p in spec.policies:
@@ -118,7 +119,14 @@ def resolve_spec(
                 )
         if p.kind == "vw_args":
             assert p.args is not None
-            p = replace(p, args=check_eval_vw_args(p.args))
+            args = check_eval_vw_args(p.args)
+            p = replace(p, args=args)
+            # with the target's exploration reduction (VW's cover refuses --cb_type dm)
+            config = explored_config(stored.config, p.exploration)
+            try:
+                check_model_args(config.with_explore_args(args))
+            except ValueError as err:
+                raise SpecError("invalid_vw_args", f"policy {p.name!r}: {err}") from None
         policies.append(p)
     return replace(spec, policies=tuple(policies))
 

@@ -189,9 +189,30 @@ def check_vw_args(args: str) -> str:
     return normalised
 
 
+_COVER_CB_TYPES = ("dr", "ips", "mtr")
+
+
+def _cb_type(tokens: list[str]) -> str:
+    """The --cb_type of VW arguments (VW's default, mtr, when none is given)."""
+    value = "mtr"
+    for i, token in enumerate(tokens):
+        if token == "--cb_type" and i + 1 < len(tokens):
+            value = tokens[i + 1]
+        elif token.startswith("--cb_type="):
+            value = token.partition("=")[2]
+    return value
+
+
 def check_model_args(args: str) -> str:
     """`args` (a loop's checked `vw_args` with its exploration reduction appended) if Vowpal
     Wabbit accepts them together; ValueError otherwise."""
+    tokens = shlex.split(args)
+    if "--cover" in tokens and _cb_type(tokens) not in _COVER_CB_TYPES:
+        raise ValueError(
+            "exploration cover needs vw_args with --cb_type dr, ips or mtr: VW's cover reduction "
+            f"refuses --cb_type {_cb_type(tokens)}; set vw_args too, for example "
+            "'-q ca --cb_type mtr'"
+        )
     try:
         ws = vowpalwabbit.Workspace(f"{BASE_ARGS} {args}")
     except Exception as err:

@@ -20,7 +20,10 @@ Policy: `arguments` is a VW command line. The reduction and exploration flags th
 itself (`--cb_explore_adf`, `--ccb_explore_adf`, `--epsilon X`, `--json`, `--dsjson`,
 `--quiet`, `--id X`) are dropped; Personalizer's all-namespace interaction `-q ::` becomes
 `-q ca` (context x action: this service's features live in namespaces c, a and s); the rest is
-checked by the same allowlist as a native loop's `vw_args`.
+checked by the same allowlist as a native loop's `vw_args`, and together with the loop's
+exploration (VW's `cover` refuses `--cb_type dm`). Resetting the policy gives the loop the
+default VW arguments, or `-q ca --cb_type mtr` (`COVER_POLICY`) when its exploration is
+`cover`.
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ from pydantic import TypeAdapter, ValidationError
 from explore.errors import InvalidInput
 from log.loops import LoopConfig
 from log.personalizer_settings import LEARNING_MODES, MAX_POLICY_NAME
-from policies import check_vw_args
+from policies import check_model_args, check_vw_args
 
 __all__ = [
+    "COVER_POLICY",
     "DEFAULT_POLICY",
     "apply_policy",
     "apply_service_configuration",
@@ -55,6 +59,7 @@ _DROPPED_FLAGS = {"--cb_explore_adf", "--ccb_explore_adf", "--json", "--dsjson",
 _DROPPED_WITH_VALUE = {"--epsilon", "--id"}
 MAX_POLICY_ARGUMENTS = 1024
 DEFAULT_POLICY = LoopConfig().vw_args
+COVER_POLICY = "-q ca --cb_type mtr"  # the reset policy of a cover loop (cover refuses dm)
 _REWARD_FIELDS = (
     ("rewardWaitTime", "reward_wait_s"),
     ("defaultReward", "default_reward"),
@@ -246,9 +251,20 @@ def apply_policy(config: LoopConfig, body: Any, now: datetime) -> LoopConfig:
     if not isinstance(arguments, str) or len(arguments) > MAX_POLICY_ARGUMENTS:
         raise _bad(f"arguments must be a string of at most {MAX_POLICY_ARGUMENTS} characters")
     personalizer = replace(config.personalizer, policy_name=name, edited_at=now.isoformat())
-    return replace(config, vw_args=native_arguments(arguments), personalizer=personalizer)
+    return _checked(replace(config, vw_args=native_arguments(arguments), personalizer=personalizer))
 
 
 def reset_policy(config: LoopConfig, now: datetime) -> LoopConfig:
     personalizer = replace(config.personalizer, policy_name="default", edited_at=now.isoformat())
-    return replace(config, vw_args=DEFAULT_POLICY, personalizer=personalizer)
+    vw_args = COVER_POLICY if config.exploration == "cover" else DEFAULT_POLICY
+    return _checked(replace(config, vw_args=vw_args, personalizer=personalizer))
+
+
+def _checked(config: LoopConfig) -> LoopConfig:
+    """`config` if VW accepts its arguments with its exploration reduction (as a native PUT
+    checks them); InvalidInput otherwise."""
+    try:
+        check_model_args(config.model_args)
+    except ValueError as err:
+        raise _bad(str(err)) from None
+    return config

@@ -56,6 +56,7 @@ from log.personalizer_evaluations import (
 )
 from log.personalizer_reads import apprentice_metrics, log_date_range, model_times
 from log.store import get_stored_decision
+from policies import check_model_args
 
 __all__ = ["API_VERSION_2022", "BASES", "routers"]
 
@@ -521,6 +522,7 @@ async def _apply(service: Service, loop: str, item: PersonalizerEvaluation, poli
         if args in candidates:
             return config
         try:
+            check_model_args(config.with_explore_args(args))  # as a native PUT checks it
             learner = replace(config.learner, candidates=(*candidates, args))
         except ValueError as err:
             raise InvalidInput(f"cannot add the candidate: {err}", "invalid_config") from None

@@ -5,8 +5,9 @@ set of `learner.candidates` in batch and register it as a candidate for the gate
   `holdout_fraction` (by decided_at) is left out of training, so the gate has events the
   candidate was not trained on as soon as it is registered (it evaluates a version only on
   events decided after its `trained_until`).
-- Each argument set is validated like a loop's (`policies.check_vw_args`); one that is refused
-  is reported in the run and skipped.
+- Each argument set is validated like a loop's (`policies.check_vw_args`, and with the loop's
+  exploration reduction: `policies.check_model_args`); one that is refused is reported in the
+  run and skipped.
 - An argument set with a version still in rollout (candidate, shadow or canary) is not trained
   again until that version is decided (rejected, live or retired): repeated candidates of one
   configuration would restart the gate's sequential evidence every interval, and a restart
@@ -30,7 +31,7 @@ from log.learner_state import LearnerRun, LearnerState
 from log.loops import StoredLoop
 from log.registry_store import list_models
 from log.schema import Engine
-from policies import check_vw_args
+from policies import check_model_args, check_vw_args
 
 __all__ = ["IN_ROLLOUT", "candidates_due", "run_candidates", "training_window"]
 
@@ -91,6 +92,7 @@ def run_candidates(
     for raw in settings.candidates:
         try:
             args = check_vw_args(raw)
+            check_model_args(stored.config.with_explore_args(args))
         except ValueError as err:
             refused[raw] = str(err)
             logger.error("loop %s: candidate VW arguments %r refused: %s", loop, raw, err)

@@ -1,7 +1,9 @@
-"""Bounds on every loop setting, and the loop's secret sampling key in the store.
+"""Bounds on every loop setting, the defaults, and the loop's secret sampling key in the store.
 
 Each bound is tested at both edges (accepted) and just beyond (refused: 422 `invalid_config`
-naming the field and the bound), through `LoopConfig` and through `PUT /v1/loops/{loop}`.
+naming the field and the bound), through `LoopConfig` and through `PUT /v1/loops/{loop}`. The
+defaults (README "Defaults") are accepted by VW as they are; `cover`, which VW refuses with the
+default `--cb_type dm`, is refused by the PUT (nothing stored) unless `vw_args` suit it.
 """
 
 from __future__ import annotations
@@ -16,9 +18,19 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, insert, select
 
 from decision_service import Settings
-from log.loops import BOUNDS, LoopConfig, get_loop, list_loops, put_loop
+from decision_service.schemas import LoopConfigIn
+from log.loops import (
+    BOUNDS,
+    DEFAULT_EXPLORATION,
+    DEFAULT_VW_ARGS,
+    LoopConfig,
+    get_loop,
+    list_loops,
+    put_loop,
+)
 from log.models import Loop
 from log.schema import make_engine
+from policies import check_model_args, check_vw_args
 
 DAY = 86400.0
 # field -> (lowest accepted, highest accepted, refused below, refused above, message)
@@ -100,6 +112,34 @@ def test_public_and_storage_json_are_separate() -> None:
     assert bytes(range(32)).hex() not in repr(config)  # nor in logs and tracebacks
 
 
+def test_the_defaults_are_the_chosen_ones_and_vw_accepts_them() -> None:
+    config = LoopConfig()
+    assert (config.exploration, config.vw_args) == (DEFAULT_EXPLORATION, DEFAULT_VW_ARGS)
+    assert (DEFAULT_EXPLORATION, DEFAULT_VW_ARGS) == ("epsilon_greedy", "-q ca --cb_type mtr")
+    body = LoopConfigIn.model_validate({})  # the PUT body's defaults are the same
+    assert (body.exploration, body.vw_args) == (DEFAULT_EXPLORATION, DEFAULT_VW_ARGS)
+    assert check_vw_args(DEFAULT_VW_ARGS) == DEFAULT_VW_ARGS  # already in normal form
+    assert config.model_args == DEFAULT_VW_ARGS  # epsilon-greedy is computed by the service
+    assert check_model_args(config.model_args) == config.model_args
+
+
+@pytest.mark.parametrize("cb_type", ["dr", "ips", "mtr"])
+def test_cover_is_accepted_with_the_cb_types_vw_allows(cb_type: str) -> None:
+    args = LoopConfig(exploration="cover", vw_args=f"-q ca --cb_type {cb_type}").model_args
+    assert "--cover" in args.split()
+    assert check_model_args(args) == args
+    # without --cb_type VW uses mtr
+    plain = LoopConfig(exploration="cover", vw_args="-q ca").model_args
+    assert check_model_args(plain) == plain
+
+
+def test_cover_with_dm_is_refused_naming_cb_type() -> None:
+    for vw_args in ("-q ca --cb_type dm --ignore_linear c --noconstant", "-q ca --cb_type=dm"):
+        args = LoopConfig(exploration="cover", vw_args=vw_args).model_args
+        with pytest.raises(ValueError, match=r"--cb_type dr, ips or mtr.*refuses --cb_type dm"):
+            check_model_args(args)
+
+
 # ------------------------------------------------------------------------------- over HTTP
 @pytest.fixture
 def engine(settings: Settings) -> Iterator[Engine]:
@@ -166,6 +206,8 @@ def test_legacy_rows_get_a_key_once_and_are_clamped(client: TestClient, engine: 
     first = get_loop(engine, "legacy")
     assert first is not None
     assert first.config.reward_wait_s == 30 * DAY
+    # its stored strategy and VW arguments are kept, whatever the defaults are now
+    assert (first.config.exploration, first.config.vw_args) == ("epsilon_greedy", legacy["vw_args"])
     key = first.config.sampling_key
     with engine.connect() as conn:
         stored = conn.execute(select(Loop.config).where(Loop.loop == "legacy")).scalar_one()
@@ -191,3 +233,43 @@ def test_put_keeps_the_stored_key_unless_rotated(engine: Engine, client: TestCli
     stored, _ = put_loop(engine, "rot", LoopConfig(sampling_key=k2), keep_key=False)
     got = get_loop(engine, "rot")
     assert got is not None and got.config.sampling_key == k2
+
+
+def test_put_cover_needs_vw_args_that_cover_accepts(client: TestClient) -> None:
+    assert client.put("/v1/loops/cov", json={"epsilon": 0.1}).status_code == 201
+    before = client.get("/v1/loops/cov").json()
+    assert before["config"]["exploration"] == DEFAULT_EXPLORATION
+    for refused in (
+        {"exploration": "cover", "vw_args": "-q ca --cb_type dm"},
+        {"exploration": "cover", "vw_args": "-q ca --cb_type=dm --noconstant"},
+    ):
+        r = client.put("/v1/loops/cov", json=refused)
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["code"] == "invalid_config"
+        assert "--cb_type" in error["message"] and "cover" in error["message"]
+        assert client.get("/v1/loops/cov").json() == before  # nothing written
+    r = client.put(
+        "/v1/loops/cov-new", json={"exploration": "cover", "vw_args": "-q ca --cb_type dm"}
+    )
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_config"
+    assert client.get("/v1/loops/cov-new").status_code == 404  # not created either
+    # a candidate is checked with the loop's exploration too
+    body: dict[str, Any] = {
+        "exploration": "cover",
+        "vw_args": "-q ca --cb_type mtr",
+        "learner": {"candidates": ["-q ca --cb_type ips", "-q ca --cb_type dm"]},
+    }
+    r = client.put("/v1/loops/cov", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["message"].startswith("learner.candidates[1]: ")
+    assert "--cb_type" in r.json()["error"]["message"]
+    assert client.get("/v1/loops/cov").json() == before
+    body["learner"] = {"candidates": ["-q ca --cb_type ips"]}
+    r = client.put("/v1/loops/cov", json=body)
+    assert r.status_code == 200, r.text
+    config = r.json()["config"]
+    assert (config["exploration"], config["vw_args"]) == ("cover", "-q ca --cb_type mtr")
+    assert config["learner"]["candidates"] == ["-q ca --cb_type ips"]
+    rank = {"actions": [{"id": "a"}, {"id": "b"}]}
+    assert client.post("/v1/loops/cov/rank", json=rank).status_code == 201

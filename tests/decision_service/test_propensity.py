@@ -7,7 +7,11 @@ loop's sampling key, stored directly in the store since no route can set it; eve
 ...; the policy is trained on a seeded synthetic sample), so the outcome is deterministic.
 
 The policy is made non-uniform by training the worker's VW policy in-process, and the loop
-explores with softmax, so the pmf is not uniform and a sampler that ignored it would fail.
+explores with softmax, so the pmf is not uniform and a sampler that ignored it would fail. Its
+VW arguments are `-q ca --cb_type mtr`, whose scores estimate each action's mean reward (named
+here, not taken from the loop defaults, so that the test keeps its clearly non-uniform
+distribution whatever the defaults become). The default strategy's distribution is tested in
+`test_propensity_strategies.py` ("defaults").
 
 Sizes: sampling depends only on (loop key, event id) and the policy, not on the database, so
 the full statistical run (20,000 decisions per scenario, 10,000 with exclusions) is done on
@@ -42,6 +46,7 @@ from tests.conftest import ADMIN_HEADERS
 LOOP = "prop"
 KEY = bytes.fromhex("20240601" * 8)  # the loop's sampling key (32 bytes)
 LAMBDA = 2.0
+VW_ARGS = "-q ca --cb_type mtr"
 CONTEXT = {"user": "u1", "hour": 9}
 ACTIONS: list[dict[str, Any]] = [{"id": f"a{i}", "features": {"kind": f"k{i}"}} for i in range(5)]
 MEANS = [0.9, 0.5, 0.2, 0.0, -0.4]  # synthetic mean reward of each action
@@ -58,7 +63,9 @@ def size(settings: Settings, scenario: int) -> int:
 def setup_loop(client: TestClient) -> None:
     """A softmax loop whose VW policy has learnt that a0 > a1 > a2 > a3 > a4."""
     service = client.app.state.service  # type: ignore[attr-defined]
-    config = LoopConfig(exploration="softmax", softmax_lambda=LAMBDA, sampling_key=KEY)
+    config = LoopConfig(
+        exploration="softmax", softmax_lambda=LAMBDA, vw_args=VW_ARGS, sampling_key=KEY
+    )
     stored, created = put_loop(service.engine, LOOP, config)
     assert created
     policy = service.loops.install(stored).policy

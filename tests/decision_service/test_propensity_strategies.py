@@ -8,6 +8,11 @@ actions and slates slot by slot; what is logged equals what is served. The stati
 depend on the store (sampling is a function of the loop's key, the event id and the model), so
 the route-level test only checks, per strategy, that a loop configured over HTTP serves and logs
 its strategy's distribution.
+
+The strategies' models use `-q ca --cb_type mtr`, whose scores estimate each action's mean
+reward (a clearly non-uniform distribution for every strategy; `cover` refuses `--cb_type dm`).
+`defaults` is the loop a new loop gets (`LoopConfig()`, whatever the defaults are), a
+distribution that favours a0.
 """
 
 from __future__ import annotations
@@ -39,8 +44,10 @@ MEANS = [0.9, 0.5, 0.2, 0.0, -0.4]
 NOW = datetime(2026, 12, 3, tzinfo=UTC)
 P_MIN = 1e-4
 N = 4000
+VW_ARGS = "-q ca --cb_type mtr"
 
 STRATEGIES: dict[str, dict[str, Any]] = {
+    "defaults": {},
     "epsilon_greedy": {"exploration": "epsilon_greedy", "epsilon": 0.3},
     "epsilon_decay": {
         "exploration": "epsilon_greedy",
@@ -69,7 +76,8 @@ STRATEGIES: dict[str, dict[str, Any]] = {
 def trained_runtime(name: str) -> LoopRuntime:
     """The loop of strategy `name` serving a model trained on 400 events (loaded from its
     artifact, as the service loads a version)."""
-    config = LoopConfig(**STRATEGIES[name], sampling_key=KEY)
+    settings = STRATEGIES[name] if name == "defaults" else {"vw_args": VW_ARGS, **STRATEGIES[name]}
+    config = LoopConfig(**settings, sampling_key=KEY)
     learner = VWPolicy(config.model_args)
     rng = np.random.default_rng(3)
     for _ in range(400):
@@ -161,7 +169,12 @@ VW_STRATEGIES = ("squarecb", "regcbopt", "cover", "bag")
 def test_a_loop_configured_over_http_serves_and_logs_its_strategy(
     client: TestClient, db_url: str, name: str
 ) -> None:
-    body = {"exploration": name, "epsilon": 0.1, "exploration_options": {"floor": 0.02}}
+    body: dict[str, Any] = {
+        "exploration": name,
+        "epsilon": 0.1,
+        "exploration_options": {"floor": 0.02},
+    }
+    body["vw_args"] = VW_ARGS  # named: the loop defaults may change
     resp = client.put(f"/v1/loops/s-{name}", json=body)
     assert resp.status_code == 201, resp.text
     assert resp.json()["config"]["exploration_options"]["floor"] == 0.02

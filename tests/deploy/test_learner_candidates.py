@@ -99,3 +99,24 @@ def test_no_candidates_or_too_few_events(engine: Engine, writer: GroupCommitWrit
     log_joined(engine, writer, 1, seed=4, start=recent(5), prefix="a")
     assert training_window(engine, stored_loop(engine), datetime.now(UTC)) is None
     assert registry.list_versions(engine, LOOP) == []
+
+
+def test_a_configuration_vw_refuses_with_the_loop_exploration_is_skipped(
+    engine: Engine, writer: GroupCommitWriter
+) -> None:
+    """A stored cover loop's candidate with --cb_type dm (which VW's cover refuses) is reported
+    as refused and skipped; the others are trained with the reduction appended."""
+    dm = "-q ca --cb_type dm"
+    config = configure(
+        engine,
+        exploration="cover",
+        epsilon=0.1,
+        learner={"candidates": [dm, GOOD], "train_window_s": 3600, "holdout_fraction": 0.25},
+    )
+    log_joined(engine, writer, 200, seed=5, start=recent(30), prefix="c", spacing_s=0.1)
+    run = run_candidates(engine, stored_loop(engine), now=datetime.now(UTC), faults=NO_FAULTS)
+    assert run.outcome == "registered", run.message
+    assert list(run.details["refused"]) == [dm]
+    assert "--cb_type" in run.details["refused"][dm]
+    versions = registry.list_versions(engine, LOOP)
+    assert [v.vw_args for v in versions] == [config.with_explore_args(GOOD)]

@@ -206,6 +206,16 @@ def test_store_checks(engine: Engine, writer: GroupCommitWriter) -> None:
         (LOOP, EvaluationSpec((PolicySpec("model", version=other.version),)), SpecError, "in loop"),
         (LOOP, EvaluationSpec((PolicySpec("vw_args", args="--bogus"),)), SpecError, "may not set"),
     ]
+    # VW arguments are checked with the target's exploration: VW's cover refuses --cb_type dm
+    put_loop(engine, "cov", LoopConfig(exploration="cover", vw_args="-q ca --cb_type mtr"))
+    dm = PolicySpec("vw_args", name="dm", args="-q ca --cb_type dm")
+    as_cover = PolicySpec("vw_args", args=dm.args, exploration={"exploration": "cover"})
+    cases += [
+        ("cov", EvaluationSpec((dm,)), SpecError, r"policy 'dm': .*--cb_type dr, ips or mtr"),
+        (LOOP, EvaluationSpec((as_cover,)), SpecError, "refuses --cb_type dm"),
+    ]
+    resolved = resolve_spec(engine, LOOP, EvaluationSpec((dm,)), registry=registry)
+    assert dm in resolved.policies  # the loop's own exploration (squarecb) accepts dm
     for loop, spec, error, match in cases:
         with pytest.raises(error, match=match):
             resolve_spec(engine, loop, spec, registry=registry)

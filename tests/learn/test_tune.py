@@ -123,6 +123,10 @@ def test_route_queues_the_grid(client: TestClient, monkeypatch: pytest.MonkeyPat
     assert bad.status_code == 422 and "epsilon" in bad.json()["error"]["message"]
     bad = client.post("/v1/loops/t/tune", json={"vw_args": ["--daemon"]})
     assert bad.status_code == 422
+    # each combination is checked with its exploration: VW's cover refuses --cb_type dm
+    cover = {"vw_args": ["-q ca --cb_type dm"], "explorations": [{"exploration": "cover"}]}
+    bad = client.post("/v1/loops/t/tune", json=cover)
+    assert bad.status_code == 422 and "--cb_type" in bad.json()["error"]["message"]
     resp = client.post(
         "/v1/loops/t/tune", json={"vw_args": ["-q ca"], "explorations": [None, UNIFORM]}
     )

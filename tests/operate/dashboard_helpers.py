@@ -47,7 +47,10 @@ def simulate(service: Service, client: Poster, *, n: int = 60) -> Run:
     HTTP (`client` carries an app or admin key) with a reward for two thirds of them; join them
     and run the operate round."""
     engine = service.engine
-    put_loop(engine, LOOP, LoopConfig(vw_args="--cb_type mtr", reward_wait_s=1.0, epsilon=0.3))
+    config = LoopConfig(
+        exploration="epsilon_greedy", epsilon=0.3, vw_args="--cb_type mtr", reward_wait_s=1.0
+    )
+    put_loop(engine, LOOP, config)
     live = _model(engine, live=True)
     candidate = _model(engine, live=False)
     for i in range(n):

@@ -78,7 +78,8 @@ def _status(engine: Engine, version: str) -> str:
 def engine(db_url: str) -> Any:
     engine = make_engine(db_url)
     migrate(engine)
-    put_loop(engine, "default", LoopConfig(default_reward=0.0, epsilon=0.3))
+    config = LoopConfig(exploration="epsilon_greedy", epsilon=0.3, default_reward=0.0)
+    put_loop(engine, "default", config)
     yield engine
     engine.dispose()
 
@@ -260,7 +261,9 @@ def test_cold_start_and_promotion_reuse(engine: Engine, registry: RetrievalRegis
 
 
 def _runtime(engine: Engine) -> LoopRuntime:
-    config = LoopConfig(epsilon=0.3, vw_args="--cb_type ips", default_reward=0.0)
+    config = LoopConfig(
+        exploration="epsilon_greedy", epsilon=0.3, vw_args="--cb_type ips", default_reward=0.0
+    )
     return LoopRuntime("default", config, NOW, explorer_for(config), VWPolicy(config.vw_args))
 
 

@@ -33,7 +33,9 @@ ALPHA = 1e-3  # each chi-square test fails a correct implementation once in a th
 
 
 def _runtime(rules: RetrievalRules, epsilon: float = 0.3) -> LoopRuntime:
-    config = LoopConfig(epsilon=epsilon, retrieval=rules, vw_args="--cb_type ips")
+    config = LoopConfig(
+        exploration="epsilon_greedy", epsilon=epsilon, retrieval=rules, vw_args="--cb_type ips"
+    )
     return LoopRuntime("default", config, NOW, explorer_for(config), VWPolicy(config.vw_args))
 
 
