@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fcntl
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -39,7 +41,35 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    _close_connections_when_dropped(engine)
+    return engine
+
+
+def _close_connections_when_dropped(engine: Engine) -> None:
+    """Close `engine`'s open connections when the engine is garbage-collected without
+    `dispose()` (and at exit). A dropped engine otherwise leaves its pooled connections to the
+    collector: each stays open on the server until then, and psycopg warns when one is deleted
+    open. The finalizer holds the connections (never the engine or its pool, which would keep
+    the engine alive); closed ones are let go at the next connect."""
+    conns: list[Any] = []
+    lock = threading.Lock()
+
+    @event.listens_for(engine, "connect")
+    def _remember(dbapi_conn: Any, _record: Any) -> None:
+        with lock:
+            conns[:] = [c for c in conns if not c.closed]
+            conns.append(dbapi_conn)
+
+    weakref.finalize(engine, _close_all, conns, lock)
+
+
+def _close_all(conns: list[Any], lock: threading.Lock) -> None:
+    with lock:
+        for conn in conns:
+            if not conn.closed:
+                conn.close()
+        conns.clear()
 
 
 def alembic_config(url: str) -> Config:
