@@ -299,11 +299,13 @@ class LineBuilder:
         exactly as :func:`slot_examples` builds it: every action a candidate in stored order,
         the chosen one labelled. None when anything is irregular: the general path then gives
         the example or the reason it has none."""
-        lines = [e[1] for e in elements]
+        if not elements:
+            return None
+        ids, lines, _ = zip(*elements, strict=True)
         if None in lines:
             return None
         try:
-            i = [e[0] for e in elements].index(row.chosen)
+            i = ids.index(row.chosen)
             pmf = orjson.loads(row.pmf_json)
             if len(pmf) != len(lines):
                 return None
@@ -315,7 +317,7 @@ class LineBuilder:
             return None
         block = [self._shared(row.context_json), *lines]
         block[i + 1] = f"0:{cost:.9g}:{probability:.9g} {lines[i]}"
-        return [block]  # type: ignore[list-item]
+        return [block]
 
 
 # An event ready to learn: (event_id, decided_at, join_seq, joined_at, its VW examples or the

@@ -111,9 +111,11 @@ class DecisionRow(Base):
             sqlite_where=text("joined_at IS NULL"),
             postgresql_where=text("joined_at IS NULL"),
         ),
-        Index("ix_decisions_loop_decided", "loop", "decided_at"),
+        # the training and evaluation orders, whole (revision 0011; on PostgreSQL join_seq is
+        # NULLS FIRST there, as the reads order it)
+        Index("ix_decisions_loop_decided_event", "loop", "decided_at", "event_id"),
         Index("ix_decisions_loop_joined", "loop", "joined_at"),
-        Index("ix_decisions_loop_join_seq", "loop", "join_seq"),
+        Index("ix_decisions_loop_seq_event", "loop", "join_seq", "event_id"),
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, inspect, text
 
 from evaluation.simulator import Simulator, SimulatorConfig
 from explore.types import Action
@@ -158,7 +158,8 @@ def _read_ahead_threads() -> list[threading.Thread]:
 def test_the_read_ahead_ends_with_its_reader(logged: Engine) -> None:
     rows = iter_training_rows(logged, LOOP, EventWindow(), chunk_size=16)
     assert next(rows).event_id
-    assert len(_read_ahead_threads()) == 1
+    # PostgreSQL reads ahead in a thread; SQLite in the caller's (no GIL contention)
+    assert len(_read_ahead_threads()) == (logged.dialect.name == "postgresql")
     rows.close()
     assert _read_ahead_threads() == []
     assert len(list(iter_training_rows(logged, LOOP, EventWindow(), chunk_size=16))) == 460
@@ -171,3 +172,78 @@ def test_a_failing_read_ahead_raises_in_the_reader(logged: Engine) -> None:
     with pytest.raises(Exception, match="outcomes"):
         list(iter_training_rows(logged, LOOP, EventWindow(), chunk_size=16))
     assert _read_ahead_threads() == []
+
+
+def _statements(engine: Engine, read: Any) -> list[tuple[str, Any]]:
+    """The SELECTs on decisions that `read()` sends to the database, with their parameters."""
+    seen: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "decisions" in statement:
+            seen.append((statement, params))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        read()
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    return seen
+
+
+def _plan(engine: Engine, statement: str, params: Any) -> str:
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)
+            return "\n".join(str(r[-1]) for r in rows)
+        # no sort unless nothing else gives the order (a tiny table would rather sort)
+        conn.exec_driver_sql("SET enable_sort = off")
+        conn.exec_driver_sql("SET enable_seqscan = off")
+        rows = conn.exec_driver_sql("EXPLAIN " + statement, params)
+        return "\n".join(str(r[0]) for r in rows)
+
+
+@pytest.mark.parametrize("order", ["seq", "decided"])
+def test_ordered_reads_need_no_sort(logged: Engine, order: Any) -> None:
+    """Revision 0011: the (loop, join_seq, event_id) and (loop, decided_at, event_id) indexes
+    give the reads their whole order, so no read sorts the window (SQLite sorted each join
+    batch's rows, whole, in a temporary b-tree)."""
+    window = EventWindow()
+
+    def read() -> None:
+        list(iter_training_rows(logged, LOOP, window, order=order, chunk_size=64))
+        list(iter_training_events(logged, LOOP, window, order=order, chunk_size=64))
+
+    statements = [s for s in _statements(logged, read) if "ORDER BY" in s[0].upper()]
+    assert len(statements) == 2
+    for statement, params in statements:
+        plan = _plan(logged, statement, params)
+        assert "TEMP B-TREE" not in plan.upper() and "Sort" not in plan, plan
+        index = (
+            "ix_decisions_loop_seq_event" if order == "seq" else "ix_decisions_loop_decided_event"
+        )
+        assert index in plan, plan
+
+
+def test_ordered_read_indexes_downgrade_and_upgrade(logged: Engine) -> None:
+    from alembic import command
+
+    from log.db import database_url
+    from log.schema import alembic_config, migrate
+
+    def events() -> list[Any]:
+        return list(prepare_rows(iter_training_rows(logged, LOOP), LineBuilder()))
+
+    def indexes() -> set[str]:
+        return {ix["name"] for ix in inspect(logged).get_indexes("decisions") if ix["name"]}
+
+    assert {"ix_decisions_loop_seq_event", "ix_decisions_loop_decided_event"} <= indexes()
+    before = events()
+    cfg = alembic_config(database_url(logged))
+    with logged.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0010")
+    assert {"ix_decisions_loop_join_seq", "ix_decisions_loop_decided"} <= indexes()
+    assert not {"ix_decisions_loop_seq_event", "ix_decisions_loop_decided_event"} & indexes()
+    migrate(logged)
+    assert {"ix_decisions_loop_seq_event", "ix_decisions_loop_decided_event"} <= indexes()
+    assert len(before) == 460 and events() == before
