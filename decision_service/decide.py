@@ -106,11 +106,8 @@ def decide(
 
     arm, policy, arm_probability = runtime.arm(req.user_id, event_id)
     scores_c = policy.scores(req.context, candidates)
-    if not np.isfinite(scores_c).all():
-        raise InvalidInput(
-            "feature values overflow the model's 32-bit floats: keep numbers (and the products "
-            "of interacted features) below 3.4e38 in magnitude"
-        )
+    if not np.isfinite(scores_c).all():  # a model whose weights went non-finite
+        raise InvalidInput("the model's scores are not finite for these features")
     explorer = runtime.explorer_of(policy)
     rng = event_stream(runtime.config.sampling_key, event_id)
     rules = runtime.config.retrieval

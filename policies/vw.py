@@ -25,12 +25,15 @@ import numpy as np
 import pylibvw  # VW's C++ bindings, shipped inside the vowpalwabbit wheel
 import vowpalwabbit
 
+from explore.errors import InvalidInput
 from explore.types import Action
 from policies.rank_cost import check_rank_cost, interaction_terms
 from policies.vw_text import example_lines
 
 BASE_ARGS = "--cb_adf --quiet"
 _predict_multi = pylibvw.vw.predict_multi
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_NS_CONTEXT, _NS_SLOT = ord("c"), ord("s")
 _learn_multi = pylibvw.vw.learn_multi
 _finish_multi = pylibvw.vw._finish_example_multi_ex
 MAX_BITS = 22  # 2**22 weights (x4 floats with adaptive/normalized state): <= 64 MiB a model
@@ -223,6 +226,39 @@ def check_model_args(args: str) -> str:
     return args
 
 
+def check_magnitudes(examples: Sequence[Any], terms: Sequence[str]) -> None:
+    """Refuse feature values VW's 32-bit floats cannot hold, whatever the model outputs.
+
+    VW keeps feature values, their squares (the normalised updates divide by them) and the
+    products of interacted features in float32. A value past that range is inf in the model:
+    its scores turn non-finite (or, for a model that outputs a distribution, the distribution
+    silently ignores it), and one update on it makes weights NaN for good. Checked on the
+    parsed examples before VW predicts: every example's sum of squared values must be finite
+    (so each value is below about 1.8e19 in magnitude) and, for each interaction term, the
+    product of its namespaces' largest root sum of squares must stay below float32's maximum
+    (a bound on every product the term forms). Raises InvalidInput (422 on a rank)."""
+    shared = examples[0]
+    largest = {"c": shared.sum_feat_sq(_NS_CONTEXT), "s": shared.sum_feat_sq(_NS_SLOT), "a": 0.0}
+    for example in examples:
+        total = example.get_total_sum_feat_sq()
+        if not math.isfinite(total):
+            raise InvalidInput(_OVERFLOW)
+        if example is not shared and total > largest["a"]:
+            largest["a"] = total  # the action's namespace and its constant: an upper bound
+    for term in terms:
+        bound = 1.0
+        for namespace in term:
+            bound *= math.sqrt(largest.get(namespace, 0.0))
+        if not bound < _FLOAT32_MAX:
+            raise InvalidInput(_OVERFLOW)
+
+
+_OVERFLOW = (
+    "feature values overflow the model's 32-bit floats: keep numbers below 1.8e19 in magnitude "
+    "and the products of interacted features below 3.4e38"
+)
+
+
 class VWPolicy:
     """One VW workspace; not thread-safe (serving calls it from the event loop thread only)."""
 
@@ -259,6 +295,7 @@ class VWPolicy:
         check_rank_cost(self.interactions, lines)  # before VW spends the serving thread's time
         examples = ws._parse("\n".join(lines))
         try:
+            check_magnitudes(examples, self.interactions)
             _predict_multi(ws, examples)
             costs = examples[0].get_action_scores()
         finally:

@@ -206,23 +206,25 @@ def test_a_failing_shadow_logs_null_and_serves_anyway(
 
 
 def test_a_shadow_overflowing_floats_logs_null(client: TestClient) -> None:
-    """A real model whose scores overflow on a request (an interaction of two huge features)
-    while live's stay finite: the request is served, the shadow logged as null."""
+    """A real shadow model that refuses a request live accepts (its 3-way interaction of large
+    features overflows float32, live has only 2-way ones): the request is served, the shadow
+    logged as null."""
     sh = Shadowed(client)
-    linear = trained_artifact(CONTEXT, ACTIONS, MEANS, seed=7, vw_args="")  # no interaction
-    promote(sh.engine, register_version(sh.engine, LOOP, linear, vw_args=""))
+    cubic = "--cubic cca"
+    art = trained_artifact(CONTEXT, ACTIONS, MEANS, seed=7, vw_args=cubic)
+    set_status(sh.engine, register_version(sh.engine, LOOP, art, vw_args=cubic), "shadow")
     sh.service.loops.refresh()
     body = {
         "event_id": "huge",
-        "context": {"x": 1e30},
-        "actions": [{"id": "a0", "features": {"y": 1e30}}, {"id": "a1", "features": {"y": 2.0}}],
+        "context": {"x": 1e13},  # x x y = 1e39 in the shadow; at most 1e26 in live
+        "actions": [{"id": "a0", "features": {"y": 1e13}}, {"id": "a1", "features": {"y": 2.0}}],
     }
     live = sh.runtime().policy.scores(body["context"], parse_rank(body, sh.settings).actions)
     assert np.isfinite(live).all()
     r = client.post(f"/v1/loops/{LOOP}/rank", json=body)
     assert r.status_code == 201, r.text
     row = sh.rows()["huge"]
-    assert row.shadow is None and row.model_version == sh.runtime().policy.version != sh.live
+    assert row.shadow is None and row.model_version == sh.live
     assert client.get("/v1/status").json()["serving"][LOOP]["shadow_failed"] == 1
 
 
