@@ -183,17 +183,18 @@ SUITE_VW_ARGS = "-q ca --cb_type mtr"  # the named strategies' VW arguments (REA
 
 def strategy_config(name: str) -> LoopConfig:
     """The loop configuration of a named strategy setting: ``base`` (with the suite's settings
-    below and VW arguments `SUITE_VW_ARGS`; ``default``: the loop defaults, `LoopConfig()`;
-    epsilon-greedy at 0.2 over `SUITE_VW_ARGS` today), ``base+floor`` (floor 0.01), or
+    below, no floor, RegCB's mellowness 0.1 and VW arguments `SUITE_VW_ARGS`, fixed here so
+    that the README's figures stay reproducible whatever the loop defaults; ``default``: the
+    loop defaults, `LoopConfig()`), ``base+floor`` (floor 0.01), or
     ``base/key=value/...`` where a key is a top-level loop setting (epsilon, softmax_lambda,
     vw_args with ~ for spaces), freshness_s (the learner's period, instead of
     ``--freshness``) or an `ExploreSettings` field."""
     parts = name.split("/")
     base, _, suffix = parts[0].partition("+")
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"floor": 0.0, "regcb_mellowness": 0.1}
     top: dict[str, Any] = {"exploration": base, "vw_args": SUITE_VW_ARGS}
     if base == "default":  # the loop defaults (LoopConfig())
-        top = {}
+        top, options = {}, {}
     elif base == "epsilon_greedy":
         top["epsilon"] = 0.05
     elif base == "epsilon_decay":

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from decision_service.schemas_operate import AlarmsIn
 from log.deploy_settings import AUTO_LEVELS, DEPLOY_BOUNDS
-from log.explore_settings import EXPLORE_BOUNDS
+from log.explore_settings import EXPLORE_BOUNDS, ExploreSettings
 from log.loops import (
     AGGREGATIONS,
     BOUNDS,
@@ -242,11 +242,12 @@ class PersonalizerIn(_Body):
     edited_at: str | None = Field(None, description="Last change through the Personalizer API.")
 
 
-def _explore(default: Any, name: str, description: str) -> Any:
-    """An exploration option (log.explore_settings), its bound documented and enforced."""
+def _explore(name: str, description: str) -> Any:
+    """An exploration option (log.explore_settings): its default is `ExploreSettings`'s, its
+    bound documented and enforced."""
     lo, hi = EXPLORE_BOUNDS[name]
     return Field(
-        default,
+        ExploreSettings.__dataclass_fields__[name].default,
         description=f"{description} In [{lo:.10g}, {hi:.10g}].",
         json_schema_extra={"minimum": lo, "maximum": hi},
     )
@@ -256,22 +257,24 @@ class ExploreOptionsIn(_Body):
     """The exploration strategies' parameters (every field optional; see the README)."""
 
     floor: Number = _explore(
-        0.0, "floor", "Minimum probability of every action (any strategy; capped at 1/K)."
+        "floor",
+        "Minimum probability of every action (any strategy; capped at 1/K): keeps every "
+        "action in the log's support for off-policy evaluation.",
     )
     epsilon_decay: Number = _explore(
-        0.0, "epsilon_decay", "epsilon_greedy: epsilon_t = epsilon (1 + t)^-decay (0: constant)."
+        "epsilon_decay", "epsilon_greedy: epsilon_t = epsilon (1 + t)^-decay (0: constant)."
     )
-    epsilon_min: Number = _explore(0.0, "epsilon_min", "epsilon_greedy: lower limit of epsilon_t.")
+    epsilon_min: Number = _explore("epsilon_min", "epsilon_greedy: lower limit of epsilon_t.")
     squarecb_gamma0: Number = _explore(
-        10.0, "squarecb_gamma0", "squarecb: gamma_t = gamma0 t^power (inverse-gap weighting)."
+        "squarecb_gamma0", "squarecb: gamma_t = gamma0 t^power (inverse-gap weighting)."
     )
-    squarecb_power: Number = _explore(0.5, "squarecb_power", "squarecb: the exponent of t.")
+    squarecb_power: Number = _explore("squarecb_power", "squarecb: the exponent of t.")
     regcb_mellowness: Number = _explore(
-        0.1, "regcb_mellowness", "regcbopt: VW's --mellowness (width of the confidence bounds)."
+        "regcb_mellowness", "regcbopt: VW's --mellowness (width of the confidence bounds)."
     )
-    cover_size: StrictInt = _explore(4, "cover_size", "cover: number of cover policies.")
-    cover_psi: Number = _explore(1.0, "cover_psi", "cover: VW's --psi (disagreement weight).")
-    bag_size: StrictInt = _explore(4, "bag_size", "bag: number of bootstrapped policies.")
+    cover_size: StrictInt = _explore("cover_size", "cover: number of cover policies.")
+    cover_psi: Number = _explore("cover_psi", "cover: VW's --psi (disagreement weight).")
+    bag_size: StrictInt = _explore("bag_size", "bag: number of bootstrapped policies.")
 
 
 class LoopConfigIn(_Body):

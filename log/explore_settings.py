@@ -20,7 +20,8 @@ bag            VW       ``bag_size``, ``epsilon`` (VW ``--bag --epsilon``)
 
 ``t`` is the number of examples the served model has learned (read from the model when it is
 loaded, fixed for that version). Every strategy takes ``floor``, the minimum probability of any
-action (a mixture with uniform, applied last: the logged probability is the one sampled from).
+action (a mixture with uniform, applied last: the logged probability is the one sampled from;
+default 0.005, capped at 1/K, so that every logged action set supports off-policy evaluation).
 
 "VW" strategies need several score vectors (confidence bounds, several policies), so they run as
 VW's own ``cb_explore_adf`` reductions: the loop's models are trained with `explore_args`
@@ -40,6 +41,8 @@ from explore import Explorer, make_explorer
 from explore.modern import DecayingEpsilonGreedy, Floored, SquareCB, VWPmf
 
 __all__ = [
+    "DEFAULT_FLOOR",
+    "DEFAULT_MELLOWNESS",
     "EXPLORE_BOUNDS",
     "SCORE_STRATEGIES",
     "VW_STRATEGIES",
@@ -47,6 +50,12 @@ __all__ = [
     "explore_args",
     "loop_explorer",
 ]
+
+# Chosen by the decision-quality suite with the loop defaults (README "Defaults"): RegCB's
+# confidence width, and a floor that keeps every action in the log's support (off-policy
+# evaluation and the gate need it; importance weights stay <= 200).
+DEFAULT_FLOOR = 0.005
+DEFAULT_MELLOWNESS = 0.03
 
 SCORE_STRATEGIES = ("epsilon_greedy", "softmax", "squarecb")
 VW_STRATEGIES = ("regcbopt", "cover", "bag")
@@ -70,12 +79,12 @@ _INTS = {"cover_size", "bag_size"}
 class ExploreSettings:
     """The exploration strategies' parameters (see the module's table); all bounded."""
 
-    floor: float = 0.0
+    floor: float = DEFAULT_FLOOR
     epsilon_decay: float = 0.0
     epsilon_min: float = 0.0
     squarecb_gamma0: float = 10.0
     squarecb_power: float = 0.5
-    regcb_mellowness: float = 0.1
+    regcb_mellowness: float = DEFAULT_MELLOWNESS
     cover_size: int = 4
     cover_psi: float = 1.0
     bag_size: int = 4

@@ -76,8 +76,11 @@ MAX_VW_ARGS_CHARS = 1000
 # cb_adf `--cb_type dm`, owes it to dm's bias (VW's cb_adf dm trains every offered action not
 # chosen toward cost 0, so scores are rewards times how often each action was served: a
 # lock-in that pays on stationary problems and fails when the best action changes).
-DEFAULT_EXPLORATION = "epsilon_greedy"
-DEFAULT_VW_ARGS = "-q ca --cb_type mtr"
+# The loop defaults, chosen by the decision-quality suite (README "Defaults"): RegCB-optimistic
+# (VW's reduction; mellowness and floor: log.explore_settings) over importance-weighted
+# regression with the importance weights capped at 10 (--clip_p 0.1).
+DEFAULT_EXPLORATION = "regcbopt"
+DEFAULT_VW_ARGS = "-q ca --cb_type mtr --clip_p 0.1"
 # The numeric settings and their closed intervals (inclusive); the README quotes them.
 BOUNDS: dict[str, tuple[float, float]] = {
     "epsilon": (0.0, 1.0),

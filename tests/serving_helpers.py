@@ -24,7 +24,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, update
 
 from deploy.registry import register
-from explore import Action, make_explorer
+from explore import Action, floor_pmf, make_explorer
+from log.explore_settings import DEFAULT_FLOOR
 from log.models import ModelRow, WriterRow
 from policies import VWPolicy
 from tests.decision_service.test_propensity import asgi_post
@@ -91,13 +92,17 @@ def model_pmf(
     actions: Sequence[dict[str, Any]],
     lam: float,
     excluded: Sequence[str] = (),
+    floor: float = DEFAULT_FLOOR,
 ) -> np.ndarray:
-    """The softmax pmf a model gives the request (excluded actions 0), computed on its own."""
+    """The pmf a softmax loop with the default exploration options (the floor) serves for a
+    model and the request (excluded actions 0), computed on its own."""
     policy = VWPolicy(VW_ARGS, model=artifact)
     try:
         allowed = [i for i, a in enumerate(actions) if a["id"] not in excluded]
         acts = [Action(actions[i]["id"], actions[i].get("features") or {}) for i in allowed]
-        pmf_c = make_explorer("softmax", lam=lam).pmf(policy.scores(context, acts))
+        pmf_c = floor_pmf(
+            make_explorer("softmax", lam=lam).pmf(policy.scores(context, acts)), floor
+        )
     finally:
         policy.close()
     out = np.zeros(len(actions))

@@ -252,14 +252,19 @@ def test_slates_with_a_canary(client: TestClient, settings: Settings) -> None:
     for arm, group in by_arm.items():
         version = arms.canary if arm == "canary" else arms.live
         p = dict(zip(IDS, arms.pmf[version], strict=True))
+        art = arms.canary_art if arm == "canary" else arms.live_art
+        # slot 1: the arm's explorer (softmax, then the floor) over what slot 0 left
+        cond_of = {
+            a0: dict(zip(IDS, model_pmf(art, CONTEXT, ACTIONS, LAMBDA, [a0]), strict=True))
+            for a0 in IDS
+        }
         first = Counter(r["slots"][0]["action_id"] for r in group)
         assert chi2([first[a] for a in IDS], [len(group) * p[a] for a in IDS]) > P_MIN, arm
         second: dict[str, Counter[str]] = defaultdict(Counter)
         tested = 0
         for r in group:
             s0, s1 = r["slots"]
-            # slot 1 logs the arm's pmf renormalised over what slot 0 left
-            assert s1["probability"] == pytest.approx(p[s1["action_id"]] / (1 - p[s0["action_id"]]))
+            assert s1["probability"] == pytest.approx(cond_of[s0["action_id"]][s1["action_id"]])
             second[s0["action_id"]][s1["action_id"]] += 1
             logged = rows[r["event_id"]].slots
             assert [{x: s[x] for x in ("slot", "action_id", "probability")} for s in logged] == [
@@ -270,7 +275,7 @@ def test_slates_with_a_canary(client: TestClient, settings: Settings) -> None:
         for a0, counter in second.items():
             m = sum(counter.values())
             left = [a for a in IDS if a != a0]
-            cond = [m * p[a] / (1 - p[a0]) for a in left]
+            cond = [m * cond_of[a0][a] for a in left]
             if min(cond) < 5:
                 continue
             assert chi2([counter[a] for a in left], cond) > P_MIN, (arm, a0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from sqlalchemy import Engine, insert, select
 
 from decision_service import Settings
 from decision_service.schemas import LoopConfigIn
+from log.explore_settings import ExploreSettings
 from log.loops import (
     BOUNDS,
     DEFAULT_EXPLORATION,
@@ -30,7 +32,7 @@ from log.loops import (
 )
 from log.models import Loop
 from log.schema import make_engine
-from policies import check_model_args, check_vw_args
+from policies import VWPolicy, check_model_args, check_vw_args
 
 DAY = 86400.0
 # field -> (lowest accepted, highest accepted, refused below, refused above, message)
@@ -115,12 +117,24 @@ def test_public_and_storage_json_are_separate() -> None:
 def test_the_defaults_are_the_chosen_ones_and_vw_accepts_them() -> None:
     config = LoopConfig()
     assert (config.exploration, config.vw_args) == (DEFAULT_EXPLORATION, DEFAULT_VW_ARGS)
-    assert (DEFAULT_EXPLORATION, DEFAULT_VW_ARGS) == ("epsilon_greedy", "-q ca --cb_type mtr")
+    # the decision-quality suite's choice (README "Defaults")
+    assert (DEFAULT_EXPLORATION, DEFAULT_VW_ARGS) == (
+        "regcbopt",
+        "-q ca --cb_type mtr --clip_p 0.1",
+    )
+    options = config.exploration_options
+    assert (options.regcb_mellowness, options.floor) == (0.03, 0.005)
     body = LoopConfigIn.model_validate({})  # the PUT body's defaults are the same
     assert (body.exploration, body.vw_args) == (DEFAULT_EXPLORATION, DEFAULT_VW_ARGS)
+    assert body.exploration_options.model_dump() == asdict(ExploreSettings())
     assert check_vw_args(DEFAULT_VW_ARGS) == DEFAULT_VW_ARGS  # already in normal form
-    assert config.model_args == DEFAULT_VW_ARGS  # epsilon-greedy is computed by the service
+    # RegCB runs as VW's reduction: the models are trained with it, its cost range the loop's
+    assert config.model_args == (
+        f"{DEFAULT_VW_ARGS} --cb_explore_adf --regcbopt --mellowness 0.03 "
+        "--cb_min_cost -1.0 --cb_max_cost 1.0"
+    )
     assert check_model_args(config.model_args) == config.model_args
+    VWPolicy(config.model_args).close()  # VW accepts them
 
 
 @pytest.mark.parametrize("cb_type", ["dr", "ips", "mtr"])

@@ -38,6 +38,7 @@ from sqlalchemy import select
 
 from decision_service import Settings
 from explore import Action
+from log.explore_settings import ExploreSettings
 from log.loops import LoopConfig, put_loop
 from log.models import DecisionRow
 from log.schema import make_engine
@@ -61,10 +62,16 @@ def size(settings: Settings, scenario: int) -> int:
 
 
 def setup_loop(client: TestClient) -> None:
-    """A softmax loop whose VW policy has learnt that a0 > a1 > a2 > a3 > a4."""
+    """A softmax loop whose VW policy has learnt that a0 > a1 > a2 > a3 > a4. No floor: the
+    softmax identities below (exclusions and later slots renormalise) hold for the softmax
+    alone; the floor's own propensities are tested with every strategy (tests/explore)."""
     service = client.app.state.service  # type: ignore[attr-defined]
     config = LoopConfig(
-        exploration="softmax", softmax_lambda=LAMBDA, vw_args=VW_ARGS, sampling_key=KEY
+        exploration="softmax",
+        softmax_lambda=LAMBDA,
+        vw_args=VW_ARGS,
+        sampling_key=KEY,
+        exploration_options=ExploreSettings(floor=0.0),
     )
     stored, created = put_loop(service.engine, LOOP, config)
     assert created

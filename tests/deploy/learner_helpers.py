@@ -19,8 +19,14 @@ SIM = Simulator(SimulatorConfig(seed=11))
 
 
 def configure(engine: Engine, loop: str = LOOP, **fields: Any) -> LoopConfig:
-    """Store `loop` with `fields` (sections given as dicts) over the test defaults."""
-    values: dict[str, Any] = {"vw_args": "--cb_type mtr", "default_reward": 0.0, "min_reward": 0.0}
+    """Store `loop` with `fields` (sections given as dicts) over the test defaults (the
+    learner's tests assume a strategy computed by the service: epsilon-greedy)."""
+    values: dict[str, Any] = {
+        "exploration": "epsilon_greedy",
+        "vw_args": "--cb_type mtr",
+        "default_reward": 0.0,
+        "min_reward": 0.0,
+    }
     values.update(fields)
     config = LoopConfig(**values)
     put_loop(engine, loop, config)

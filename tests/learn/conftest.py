@@ -20,7 +20,9 @@ VW_ARGS = "-q ca --cb_type mtr"
 def engine(db_url: str) -> Iterator[Engine]:
     eng = make_engine(db_url)
     migrate(eng)
-    put_loop(eng, LOOP, LoopConfig(vw_args=VW_ARGS, default_reward=0.0))
+    # the learner's tests train plain models: a strategy the service computes, not VW's RegCB
+    config = LoopConfig(exploration="epsilon_greedy", vw_args=VW_ARGS, default_reward=0.0)
+    put_loop(eng, LOOP, config)
     yield eng
     eng.dispose()
 
