@@ -9,14 +9,21 @@ logging, clicks as rewards), then times, in the same run:
   reported (VmHWM; with workers, plus an upper bound of theirs): the fill does not count.
   ``reader="process"`` reads and builds the examples in a reader process while VW learns
   (:mod:`learn.reader`), ``"inline"`` in the learner itself;
-- raw VW (same arguments) learning the same examples from text lines prebuilt in memory
-  (the first ``--raw-events`` events) through ``VWPolicy.learn_lines`` (VW's text parse
-  included, as training's), before and after the training; the mean is reported.
+- raw VW with the arguments training uses (the loop's ``model_args``: its ``vw_args`` plus the
+  exploration's VW reduction, ``--cb_explore_adf --regcbopt ...`` for the default RegCB
+  loop) learning the same examples from text lines prebuilt in memory (the first
+  ``--raw-events`` events) through ``VWPolicy.learn_lines`` (VW's text parse included, as
+  training's), before and after the training; the mean is reported.
+
+``--exploration`` sets the loop's strategy (a comma list runs each on the same store): the
+reduction makes VW's own learning slower (RegCB's about 1.7x), so a strategy computed outside VW
+(epsilon_greedy, softmax, squarecb) is the harder case for the ratio.
 
 Prints one JSON line per (``--reader``, ``--workers``) pair on stdout; progress goes to
 stderr::
 
     .venv/bin/python -m benchmarks.learn --events 100000 --reader inline,process
+    .venv/bin/python -m benchmarks.learn --events 100000 --exploration regcbopt,epsilon_greedy
     .venv/bin/python -m benchmarks.learn --events 1000000 --database-url postgresql://...
 
 ``ratio`` compares wall-clock throughput. ``cpu_ratio`` compares CPU time of the learner
@@ -56,7 +63,6 @@ from policies.vw_text import example_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOP = "bench"
-VW_ARGS = LoopConfig().vw_args
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 MIN_ACTIONS, MAX_ACTIONS = 10, 20
 FILL_CHUNK = 5000
@@ -85,11 +91,22 @@ def scratch_store(database_url: str | None) -> Iterator[str]:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
+def loop_config(exploration: str) -> LoopConfig:
+    """The benchmark loop's configuration: the defaults with `exploration`."""
+    return LoopConfig(exploration=exploration)
+
+
+def set_exploration(url: str, exploration: str) -> None:
+    engine = make_engine(url)
+    put_loop(engine, LOOP, loop_config(exploration))
+    engine.dispose()
+
+
 def fill(url: str, n: int, n_raw: int, seed: int) -> list[list[str]]:
     """Write `n` joined decisions; return the VW text of the first `n_raw` (prebuilt)."""
     engine = make_engine(url)
     migrate(engine)
-    put_loop(engine, LOOP, LoopConfig(vw_args=VW_ARGS))
+    put_loop(engine, LOOP, LoopConfig())
     sim = Simulator(SimulatorConfig(n_actions_per_request=MAX_ACTIONS, seed=seed))
     rng = np.random.default_rng(seed)
     raw: list[list[str]] = []
@@ -160,10 +177,10 @@ def fill(url: str, n: int, n_raw: int, seed: int) -> list[list[str]]:
     return raw
 
 
-def raw_vw(examples: list[list[str]]) -> tuple[float, float]:
-    """(events/s by wall time, by CPU time) of a fresh workspace learning prebuilt examples
-    through ``VWPolicy.learn_lines``, the call training makes."""
-    policy = VWPolicy(VW_ARGS)
+def raw_vw(examples: list[list[str]], args: str) -> tuple[float, float]:
+    """(events/s by wall time, by CPU time) of a fresh workspace with VW arguments `args`
+    learning prebuilt examples through ``VWPolicy.learn_lines``, the call training makes."""
+    policy = VWPolicy(args)
     learn = policy.learn_lines
     wall, cpu = time.perf_counter(), time.process_time()
     for lines in examples:
@@ -269,6 +286,12 @@ def main(argv: list[str] | None = None) -> None:
         help="where examples are read and built: inline, process (a reader process) or both "
         "(a comma list runs each; process runs with 0 workers only)",
     )
+    parser.add_argument(
+        "--exploration",
+        default=LoopConfig().exploration,
+        help="the loop's exploration strategy (default: the loop default); a comma list runs "
+        "each on the same store",
+    )
     parser.add_argument("--train-only", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.train_only:
@@ -286,6 +309,12 @@ def main(argv: list[str] | None = None) -> None:
     readers = args.reader.split(",")
     if any(r not in ("inline", "process") for r in readers):
         parser.error(f"--reader must be inline and/or process, got {args.reader!r}")
+    explorations = args.exploration.split(",")
+    for e in explorations:
+        try:
+            loop_config(e)
+        except ValueError as err:
+            parser.error(f"--exploration: {err}")
     runs = [(r, w) for r in readers for w in workers if r == "inline" or w == 0]
     if not runs:
         parser.error("--reader process runs with --workers 0 only")
@@ -293,23 +322,27 @@ def main(argv: list[str] | None = None) -> None:
     with scratch_store(args.database_url) as url:
         log(f"filling {args.events} events into {'PostgreSQL' if args.database_url else 'SQLite'}")
         examples = fill(url, args.events, n_raw, args.seed)
-        for r, w in runs:
-            log(f"raw VW on {n_raw} prebuilt examples")
-            before = raw_vw(examples)
-            log(f"training from the store ({args.events} events, reader {r}, {w} workers)")
-            trained = train_in_subprocess(url, w, r)
-            after = raw_vw(examples)
-            report(args, r, w, trained, before, after)
+        for exploration in explorations:
+            set_exploration(url, exploration)
+            model_args = loop_config(exploration).model_args
+            for r, w in runs:
+                log(f"raw VW ({model_args}) on {n_raw} prebuilt examples")
+                before = raw_vw(examples, model_args)
+                log(f"training from the store ({args.events} events, reader {r}, {w} workers)")
+                trained = train_in_subprocess(url, w, r)
+                after = raw_vw(examples, model_args)
+                report(args, exploration, model_args, (r, w), trained, (before, after))
 
 
 def report(
     args: argparse.Namespace,
-    reader: str,
-    workers: int,
+    exploration: str,
+    model_args: str,
+    run: tuple[str, int],
     trained: dict[str, Any],
-    before: tuple[float, float],
-    after: tuple[float, float],
+    raw_runs: tuple[tuple[float, float], tuple[float, float]],
 ) -> None:
+    (reader, workers), (before, after) = run, raw_runs
     raw, raw_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
     events_per_s = trained["events"] / trained["seconds"]
     cpu_events_per_s = trained["events"] / trained["cpu_seconds"]
@@ -324,6 +357,8 @@ def report(
                 "peak_rss_mb": round(trained["peak_rss_mb"], 1),
                 "events": trained["events"],
                 "database": "postgresql" if args.database_url else "sqlite",
+                "exploration": exploration,
+                "vw_args": model_args,
                 "reader": reader,
                 "workers": workers,
                 "raw_vw_runs": [round(before[0], 1), round(after[0], 1)],
