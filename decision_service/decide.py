@@ -86,6 +86,12 @@ def request_digest(body: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
+def _finite(scores: np.ndarray) -> np.ndarray:
+    if not np.isfinite(scores).all():  # a model whose weights went non-finite
+        raise InvalidInput("the model's scores are not finite for these features")
+    return scores
+
+
 def decide(
     req: RankInput,
     body: dict[str, Any],
@@ -105,20 +111,31 @@ def decide(
     candidates = [actions[i] for i in allowed]
 
     arm, policy, arm_probability = runtime.arm(req.user_id, event_id)
-    scores_c = policy.scores(req.context, candidates)
-    if not np.isfinite(scores_c).all():  # a model whose weights went non-finite
-        raise InvalidInput("the model's scores are not finite for these features")
+    scores_c = _finite(policy.scores(req.context, candidates))
     explorer = runtime.explorer_of(policy)
     rng = event_stream(runtime.config.sampling_key, event_id)
     rules = runtime.config.retrieval
     shaped = retrieved is not None and (rules.min_share > 0 or rules.creator_cap > 0)
+    bonus = np.zeros(len(candidates))
     if retrieved is not None and rules.freshness_boost > 0:
-        scores_c = scores_c + freshness_bonus(rules, now.timestamp() - retrieved.created_ts)
+        bonus = freshness_bonus(rules, now.timestamp() - retrieved.created_ts)
+        scores_c = scores_c + bonus
     in_group = np.array([shaped and rules.in_group(a.features) for a in candidates], dtype=bool)
     creators = [rules.creator(a.features) for a in candidates] if shaped else []
+    # A model that explores itself (a VW reduction: RegCB-optimistic, cover, bagging) outputs a
+    # distribution over the set it is given, not a score per action: a slate's later slot, over
+    # fewer candidates, asks it again for those (its distribution over all of them puts its mass
+    # on the first slot's action and says nothing about the order of the rest).
+    per_set = bool(getattr(policy, "outputs_pmf", False))
+
+    def subset_scores(subset: np.ndarray) -> np.ndarray:
+        if not per_set or subset.size == len(candidates):
+            return scores_c[subset]
+        scores = _finite(policy.scores(req.context, [candidates[i] for i in subset]))
+        return scores + bonus[subset]
 
     def distribution(subset: np.ndarray) -> np.ndarray:
-        p = explorer.pmf(scores_c[subset])
+        p = explorer.pmf(subset_scores(subset))
         return min_share(p, in_group[subset], rules.min_share) if shaped else p
 
     pmf_c = distribution(np.arange(len(candidates)))
@@ -144,7 +161,7 @@ def decide(
                 conditional = np.zeros(len(remaining))
                 conditional[mask] = distribution(remaining[mask])
             else:
-                conditional = explorer.pmf(scores_c[remaining])
+                conditional = distribution(remaining)
             full = np.zeros(len(actions))
             full[allowed[remaining]] = conditional
             slot_pmfs.append(full)

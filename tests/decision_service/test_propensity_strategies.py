@@ -162,6 +162,27 @@ def test_slate_slots_match_their_logged_conditionals(name: str) -> None:
     assert tested >= 2  # slot 0 and at least one slot-1 conditional
 
 
+@pytest.mark.parametrize("name", ["defaults", "regcbopt+floor", "bag+floor"])
+def test_a_model_that_explores_itself_orders_every_slot_of_a_slate(name: str) -> None:
+    """A VW reduction's output is a distribution over the set it is given, most of its mass on
+    one action: each later slot asks the model again over the remaining actions, so the slate
+    follows the model's order (a0, then a1, then a2), not a near-uniform remainder."""
+    runtime = trained_runtime(name)
+    assert runtime.policy.outputs_pmf
+    records = serve(runtime, 300, slots=3)
+    ids = [a.id for a in ACTIONS]
+    for r in records:
+        before: list[int] = []
+        for s in r.slots:
+            full = np.array(s["pmf"])
+            best = int(np.argmax(full))
+            assert best == min(set(range(len(ACTIONS))) - set(before)), (before, full)
+            assert full[best] > 0.5, full
+            before.append(ids.index(s["action_id"]))
+    top = Counter(tuple(s["action_id"] for s in r.slots) for r in records).most_common(1)[0]
+    assert top[0] == ("a0", "a1", "a2") and top[1] > 0.5 * len(records), top
+
+
 VW_STRATEGIES = ("squarecb", "regcbopt", "cover", "bag")
 
 
