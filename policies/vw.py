@@ -118,7 +118,7 @@ ALLOWED: dict[str, Any] = {
     "--initial_weight": _number(-100, 100),
     "-b": _integer(1, MAX_BITS),
     "--bit_precision": _integer(1, MAX_BITS),
-    "--clip_p": _number(0, 1, high_open=True),
+    "--clip_p": _number(0, 1),  # 1: every importance weight 1 (an unweighted regression)
     "--loss_function": _choice("squared", "quantile"),
     "--quantile_tau": _number(0, 1, low_open=True, high_open=True),
     "--adaptive": None,

@@ -25,6 +25,7 @@ from policies.vw import ALLOWED, MAX_ARITY, MAX_BITS, MAX_INTERACTIONS
         ),
         (" ".join(["-q ca"] * MAX_INTERACTIONS), " ".join(["-q ca"] * MAX_INTERACTIONS)),
         ("--l1 0 --l2 1 --clip_p 0.1 --loss_function quantile --quantile_tau 0.5", None),
+        ("--cb_type mtr --clip_p 1", "--cb_type mtr --clip_p 1"),
         ("", ""),
     ],
 )
@@ -63,7 +64,7 @@ def test_accepted(args: str, normalised: str | None) -> None:
         ("--l2 5", r"--l2 must be a number in \[0, 1\]"),
         ("--l1 -1", r"--l1 must be a number in \[0, 1\]"),
         ("--power_t inf", r"--power_t must be a number in \[0, 1\]"),
-        ("--clip_p 1", r"--clip_p must be a number in \[0, 1\)"),
+        ("--clip_p 1.5", r"--clip_p must be a number in \[0, 1\]"),
         ("--cb_type bogus", r"--cb_type must be one of ips, dr, mtr, dm"),
         ("--loss_function logistic", r"--loss_function must be one of"),
         ("--noconstant=1", r"--noconstant takes no value"),
