@@ -5,11 +5,11 @@ decisions, one fixed seed (the run is deterministic: keyed sampling, seeded rewa
 The share of the oracle's expected reward over the last 20% of decisions must reach the stated
 threshold; uniform serving reaches 0.29 on this simulator (checked here too). The strategies'
 models use `-q ca --cb_type mtr` (the VW arguments their thresholds were set with); the loop
-defaults (`LoopConfig()`: epsilon-greedy at 0.2 over the same arguments, a fifth of the
-decisions spread uniformly) are a case of their own. The thresholds
+defaults (`LoopConfig()`, whatever they are: RegCB-optimistic over their own VW arguments since
+the third tuning round) are a case of their own. The thresholds
 sit a few points under what each reached (epsilon-greedy 0.78, decay 0.83, softmax 0.81,
 SquareCB 0.80, with floor 0.73, RegCB-opt 0.76, bagging 0.75, cover 0.46: VW's online cover
-learns slowest here; the defaults 0.69).
+learns slowest here; the defaults 0.81, RegCB-optimistic with a floor since the third round).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ CASES: dict[str, tuple[dict[str, Any], float]] = {
     "bag": ({"exploration": "bag", "epsilon": 0.05}, 0.7),
     "cover": ({"exploration": "cover", "epsilon": 0.05}, 0.42),
 }
-DEFAULTS_THRESHOLD = 0.65
+DEFAULTS_THRESHOLD = 0.75
 
 
 def test_uniform_serving_is_the_baseline() -> None:
