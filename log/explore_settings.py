@@ -21,7 +21,7 @@ bag            VW       ``bag_size``, ``epsilon`` (VW ``--bag --epsilon``)
 ``t`` is the number of examples the served model has learned (read from the model when it is
 loaded, fixed for that version). Every strategy takes ``floor``, the minimum probability of any
 action (a mixture with uniform, applied last: the logged probability is the one sampled from;
-default 0.005, capped at 1/K, so that every logged action set supports off-policy evaluation).
+default 0.003, capped at 1/K, so that every logged action set supports off-policy evaluation).
 
 "VW" strategies need several score vectors (confidence bounds, several policies), so they run as
 VW's own ``cb_explore_adf`` reductions: the loop's models are trained with `explore_args`
@@ -34,6 +34,7 @@ a model trained with the reduction replaces it.
 from __future__ import annotations
 
 import math
+import shlex
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -44,18 +45,27 @@ __all__ = [
     "DEFAULT_FLOOR",
     "DEFAULT_MELLOWNESS",
     "EXPLORE_BOUNDS",
+    "REGCB_UNWEIGHTED",
     "SCORE_STRATEGIES",
     "VW_STRATEGIES",
     "ExploreSettings",
     "explore_args",
     "loop_explorer",
+    "without_option",
 ]
 
 # Chosen by the decision-quality suite with the loop defaults (README "Defaults"): RegCB's
 # confidence width, and a floor that keeps every action in the log's support (off-policy
-# evaluation and the gate need it; importance weights stay <= 200).
-DEFAULT_FLOOR = 0.005
-DEFAULT_MELLOWNESS = 0.03
+# evaluation and the gate need it; importance weights stay <= 1/0.003, about 333).
+DEFAULT_FLOOR = 0.003
+DEFAULT_MELLOWNESS = 0.02
+# RegCB learns by unweighted regression: VW's reduction sets each label's probability to 1 before
+# learning, but only for all examples but the last of the multi-example (it expects the text
+# format's empty end-of-example line there, which a parsed example list has not), so the last
+# action offered was learned with importance weights and the others without: learning depended
+# on where the app listed an action. `--clip_p 1` makes every weight 1; the loop's own
+# `--clip_p` (importance weights, meaningless for RegCB) gives way to it.
+REGCB_UNWEIGHTED = ("--clip_p", "1")
 
 SCORE_STRATEGIES = ("epsilon_greedy", "softmax", "squarecb")
 VW_STRATEGIES = ("regcbopt", "cover", "bag")
@@ -117,12 +127,13 @@ def explore_args(
     epsilon: float,
     reward_range: tuple[float, float],
 ) -> str:
-    """The VW reduction a VW strategy trains its models with ("" for the others)."""
+    """The VW reduction a VW strategy trains its models with ("" for the others); RegCB's
+    includes `REGCB_UNWEIGHTED` (see `without_option` for the loop's own ``--clip_p``)."""
     if strategy == "regcbopt":
         lo, hi = reward_range
         return (
             f"--cb_explore_adf --regcbopt --mellowness {options.regcb_mellowness!r} "
-            f"--cb_min_cost {-hi!r} --cb_max_cost {-lo!r}"
+            f"--cb_min_cost {-hi!r} --cb_max_cost {-lo!r} {' '.join(REGCB_UNWEIGHTED)}"
         )
     if strategy == "cover":
         return (
@@ -132,6 +143,21 @@ def explore_args(
     if strategy == "bag":
         return f"--cb_explore_adf --bag {options.bag_size} --epsilon {float(epsilon)!r}"
     return ""
+
+
+def without_option(vw_args: str, name: str) -> str:
+    """`vw_args` without option `name` and its value (``--name v`` or ``--name=v``)."""
+    tokens = shlex.split(vw_args)
+    out: list[str] = []
+    skip = False
+    for token in tokens:
+        if skip:
+            skip = False
+        elif token == name:
+            skip = True
+        elif not token.startswith(name + "="):
+            out.append(token)
+    return shlex.join(out)
 
 
 def loop_explorer(

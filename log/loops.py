@@ -35,11 +35,13 @@ from log.deploy_settings import (
     settings_from_json,
 )
 from log.explore_settings import (
+    REGCB_UNWEIGHTED,
     SCORE_STRATEGIES,
     VW_STRATEGIES,
     ExploreSettings,
     explore_args,
     loop_explorer,
+    without_option,
 )
 from log.loop_lock import take_write_lock
 from log.models import Loop
@@ -77,10 +79,10 @@ MAX_VW_ARGS_CHARS = 1000
 # chosen toward cost 0, so scores are rewards times how often each action was served: a
 # lock-in that pays on stationary problems and fails when the best action changes).
 # The loop defaults, chosen by the decision-quality suite (README "Defaults"): RegCB-optimistic
-# (VW's reduction; mellowness and floor: log.explore_settings) over importance-weighted
-# regression with the importance weights capped at 10 (--clip_p 0.1).
+# (VW's reduction, learning by unweighted regression; mellowness and floor:
+# log.explore_settings) over -q ca with VW's regression (mtr).
 DEFAULT_EXPLORATION = "regcbopt"
-DEFAULT_VW_ARGS = "-q ca --cb_type mtr --clip_p 0.1"
+DEFAULT_VW_ARGS = "-q ca --cb_type mtr"
 # The numeric settings and their closed intervals (inclusive); the README quotes them.
 BOUNDS: dict[str, tuple[float, float]] = {
     "epsilon": (0.0, 1.0),
@@ -199,7 +201,11 @@ class LoopConfig:
             epsilon=self.epsilon,
             reward_range=(self.min_reward, self.max_reward),
         )
-        return f"{vw_args} {extra}".strip() if extra else vw_args
+        if not extra:
+            return vw_args
+        if self.exploration == "regcbopt":  # its reduction sets the importance weights
+            vw_args = without_option(vw_args, REGCB_UNWEIGHTED[0])
+        return f"{vw_args} {extra}".strip()
 
     def explorer(self, *, examples_seen: float = 0.0, vw_pmf: bool = False) -> Explorer:
         """The explorer serving a model of this loop (see `log.explore_settings.loop_explorer`)."""

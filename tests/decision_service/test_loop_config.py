@@ -120,21 +120,35 @@ def test_the_defaults_are_the_chosen_ones_and_vw_accepts_them() -> None:
     # the decision-quality suite's choice (README "Defaults")
     assert (DEFAULT_EXPLORATION, DEFAULT_VW_ARGS) == (
         "regcbopt",
-        "-q ca --cb_type mtr --clip_p 0.1",
+        "-q ca --cb_type mtr",
     )
     options = config.exploration_options
-    assert (options.regcb_mellowness, options.floor) == (0.03, 0.005)
+    assert (options.regcb_mellowness, options.floor) == (0.02, 0.003)
     body = LoopConfigIn.model_validate({})  # the PUT body's defaults are the same
     assert (body.exploration, body.vw_args) == (DEFAULT_EXPLORATION, DEFAULT_VW_ARGS)
     assert body.exploration_options.model_dump() == asdict(ExploreSettings())
     assert check_vw_args(DEFAULT_VW_ARGS) == DEFAULT_VW_ARGS  # already in normal form
-    # RegCB runs as VW's reduction: the models are trained with it, its cost range the loop's
+    # RegCB runs as VW's reduction: the models are trained with it, its cost range the loop's,
+    # every importance weight 1 (tests/policies/test_regcb_unweighted.py)
     assert config.model_args == (
-        f"{DEFAULT_VW_ARGS} --cb_explore_adf --regcbopt --mellowness 0.03 "
-        "--cb_min_cost -1.0 --cb_max_cost 1.0"
+        f"{DEFAULT_VW_ARGS} --cb_explore_adf --regcbopt --mellowness 0.02 "
+        "--cb_min_cost -1.0 --cb_max_cost 1.0 --clip_p 1"
     )
     assert check_model_args(config.model_args) == config.model_args
     VWPolicy(config.model_args).close()  # VW accepts them
+
+
+@pytest.mark.parametrize("clip", ["--clip_p 0.1", "--clip_p=0.5", "--clip_p 1"])
+def test_a_regcb_loop_s_own_clip_gives_way_to_unweighted_learning(clip: str) -> None:
+    """A stored RegCB loop of the third round's defaults (`--clip_p 0.1`), or one that sets its
+    own: VW refuses two disagreeing values, so the reduction's `--clip_p 1` replaces it."""
+    config = LoopConfig(vw_args=f"-q ca {clip} --cb_type mtr")
+    assert config.model_args.startswith("-q ca --cb_type mtr --cb_explore_adf --regcbopt")
+    assert config.model_args.count("--clip_p") == 1 and config.model_args.endswith("--clip_p 1")
+    VWPolicy(config.model_args).close()
+    # a strategy computed outside VW keeps the loop's own
+    plain = LoopConfig(exploration="epsilon_greedy", vw_args=f"-q ca {clip} --cb_type mtr")
+    assert plain.model_args == f"-q ca {clip} --cb_type mtr"
 
 
 @pytest.mark.parametrize("cb_type", ["dr", "ips", "mtr"])

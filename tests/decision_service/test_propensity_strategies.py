@@ -3,11 +3,11 @@
 For each strategy (the explore-side ones and VW's own reductions, with and without the floor),
 a loop's model is trained to prefer a0 > a1 > ... > a4, loaded as the service loads a version,
 and serves thousands of decisions (`decide`, the function the rank route calls, with the loop's
-keyed sampling): the served frequencies match the logged pmf (chi-square, p > 1e-4), single
-actions and slates slot by slot; what is logged equals what is served. The statistics do not
-depend on the store (sampling is a function of the loop's key, the event id and the model), so
-the route-level test only checks, per strategy, that a loop configured over HTTP serves and logs
-its strategy's distribution.
+keyed sampling): the served frequencies match the logged pmf (chi-square, p > 1e-4, see
+`served_sample`), single actions and slates slot by slot; what is logged equals what is
+served. The statistics do not depend on the store (sampling is a function of the loop's key,
+the event id and the model), so the route-level test only checks, per strategy, that a loop
+configured over HTTP serves and logs its strategy's distribution.
 
 The strategies' models use `-q ca --cb_type mtr`, whose scores estimate each action's mean
 reward (a clearly non-uniform distribution for every strategy; `cover` refuses `--cb_type dm`).
@@ -89,11 +89,11 @@ def trained_runtime(name: str) -> LoopRuntime:
     return LoopRuntime("prop", config, NOW, explorer_for(config, policy), policy)
 
 
-def serve(runtime: LoopRuntime, n: int, slots: int | None = None) -> list[Any]:
+def serve(runtime: LoopRuntime, n: int, slots: int | None = None, prefix: str = "e") -> list[Any]:
     out = []
     for i in range(n):
-        rank = RankInput(f"e{i}", CONTEXT, ACTIONS, [], slots, False)
-        out.append(decide(rank, {"i": i}, runtime, NOW, f"e{i}"))
+        rank = RankInput(f"{prefix}{i}", CONTEXT, ACTIONS, [], slots, False)
+        out.append(decide(rank, {"i": i}, runtime, NOW, f"{prefix}{i}"))
     return out
 
 
@@ -113,10 +113,42 @@ def chi2_pvalue(counts: Counter[int], p: np.ndarray, n: int) -> float:
     return float(chisquare(obs, np.asarray(exp) * sum(obs) / sum(exp)).pvalue)
 
 
+class Unlikely(AssertionError):
+    """A chi-square p-value at or below P_MIN."""
+
+
+def expect_likely(pvalue: float, detail: object) -> None:
+    if not pvalue > P_MIN:
+        raise Unlikely(f"p = {pvalue:.3g} <= {P_MIN}: {detail}")
+
+
+def served_sample(runtime: LoopRuntime, slots: int | None, check: Any) -> list[Any]:
+    """The decisions of N events; `check(records)` asserts on them. The draws are a fixed
+    function of the key and the event ids, so a correct sampler still fails a chi-square at
+    P_MIN on one fixed sample in 1/P_MIN: a sample whose only failure is an unlikely chi-square
+    is followed by one independent sample (other event ids), and both must fail (P_MIN ** 2) for
+    the test to fail. A real sampling defect gives p-values near 0 on both; every other check
+    fails on the first."""
+    records = serve(runtime, N, slots)
+    try:
+        check(records)
+    except Unlikely:
+        records = serve(runtime, N, slots, prefix="second-")
+        check(records)
+    return records
+
+
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_single_action_frequencies_match_the_logged_pmf(name: str) -> None:
     runtime = trained_runtime(name)
-    records = serve(runtime, N)
+    records = served_sample(runtime, None, _frequencies_match)
+    for r in records:  # what is served is what is logged
+        served = {x["id"]: x["probability"] for x in r.response["ranking"]}
+        assert [served[a.id] for a in ACTIONS] == r.pmf
+        assert r.slots == [{"slot": 0, "action_id": r.chosen, "probability": served[r.chosen]}]
+
+
+def _frequencies_match(records: list[Any]) -> None:
     pmfs = {tuple(r.pmf) for r in records}
     assert len(pmfs) == 1, f"{len(pmfs)} different pmfs for one context and candidate set"
     p = np.array(next(iter(pmfs)))
@@ -124,17 +156,15 @@ def test_single_action_frequencies_match_the_logged_pmf(name: str) -> None:
     assert p[0] == p.max() and p.max() > 3 * p.min(), p  # learnt: a0 is favoured
     ids = [a.id for a in ACTIONS]
     counts = Counter(ids.index(r.chosen) for r in records)
-    assert chi2_pvalue(counts, p, N) > P_MIN, (counts, p)
-    for r in records:  # what is served is what is logged
-        served = {x["id"]: x["probability"] for x in r.response["ranking"]}
-        assert [served[a] for a in ids] == r.pmf
-        assert r.slots == [{"slot": 0, "action_id": r.chosen, "probability": served[r.chosen]}]
+    expect_likely(chi2_pvalue(counts, p, N), (counts, p))
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_slate_slots_match_their_logged_conditionals(name: str) -> None:
-    runtime = trained_runtime(name)
-    records = serve(runtime, N, slots=2)
+    served_sample(trained_runtime(name), 2, _conditionals_match)
+
+
+def _conditionals_match(records: list[Any]) -> None:
     ids = [a.id for a in ACTIONS]
     logged: dict[tuple[int, ...], list[float]] = {}
     groups: dict[tuple[int, ...], Counter[int]] = defaultdict(Counter)
@@ -157,7 +187,7 @@ def test_slate_slots_match_their_logged_conditionals(name: str) -> None:
         assert all(p[a] == 0 for a in prefix)
         if m * p[p > 0].min() < 5 and m < 500:
             continue
-        assert chi2_pvalue(counts, p, m) > P_MIN, (prefix, counts, p)
+        expect_likely(chi2_pvalue(counts, p, m), (prefix, counts, p))
         tested += 1
     assert tested >= 2  # slot 0 and at least one slot-1 conditional
 

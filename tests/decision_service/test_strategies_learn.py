@@ -9,7 +9,7 @@ defaults (`LoopConfig()`, whatever they are: RegCB-optimistic over their own VW 
 the third tuning round) are a case of their own. The thresholds
 sit a few points under what each reached (epsilon-greedy 0.78, decay 0.83, softmax 0.81,
 SquareCB 0.80, with floor 0.73, RegCB-opt 0.76, bagging 0.75, cover 0.46: VW's online cover
-learns slowest here; the defaults 0.81, RegCB-optimistic with a floor since the third round).
+learns slowest here; the defaults 0.82, RegCB-optimistic with a floor since the third round).
 """
 
 from __future__ import annotations
