@@ -116,7 +116,7 @@ def decide(
     rng = event_stream(runtime.config.sampling_key, event_id)
     rules = runtime.config.retrieval
     shaped = retrieved is not None and (rules.min_share > 0 or rules.creator_cap > 0)
-    bonus = np.zeros(len(candidates))
+    bonus = None
     if retrieved is not None and rules.freshness_boost > 0:
         bonus = freshness_bonus(rules, now.timestamp() - retrieved.created_ts)
         scores_c = scores_c + bonus
@@ -132,7 +132,7 @@ def decide(
         if not per_set or subset.size == len(candidates):
             return scores_c[subset]
         scores = _finite(policy.scores(req.context, [candidates[i] for i in subset]))
-        return scores + bonus[subset]
+        return scores if bonus is None else scores + bonus[subset]
 
     def distribution(subset: np.ndarray) -> np.ndarray:
         p = explorer.pmf(subset_scores(subset))
