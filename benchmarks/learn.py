@@ -16,7 +16,7 @@ logging, clicks as rewards), then times, in the same run:
   training's), before and after the training; the mean is reported.
 
 ``--exploration`` sets the loop's strategy (a comma list runs each on the same store): the
-reduction makes VW's own learning slower (RegCB's about 1.7x), so a strategy computed outside VW
+reduction makes VW's own learning slower (RegCB's about 1.8x), so a strategy computed outside VW
 (epsilon_greedy, softmax, squarecb) is the harder case for the ratio.
 
 Prints one JSON line per (``--reader``, ``--workers``) pair on stdout; progress goes to
