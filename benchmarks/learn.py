@@ -55,6 +55,7 @@ from sqlalchemy import insert
 
 from evaluation.simulator import Simulator, SimulatorConfig
 from explore.types import Action
+from log.action_store import KnownBodies, action_reference, write_bodies
 from log.loops import LoopConfig, put_loop
 from log.models import DecisionRow, OutcomeRow
 from log.schema import make_engine, migrate
@@ -110,6 +111,7 @@ def fill(url: str, n: int, n_raw: int, seed: int) -> list[list[str]]:
     sim = Simulator(SimulatorConfig(n_actions_per_request=MAX_ACTIONS, seed=seed))
     rng = np.random.default_rng(seed)
     raw: list[list[str]] = []
+    known = KnownBodies()
     started = time.perf_counter()
     for lo in range(0, n, FILL_CHUNK):
         size = min(FILL_CHUNK, n - lo)
@@ -117,11 +119,17 @@ def fill(url: str, n: int, n_raw: int, seed: int) -> list[list[str]]:
         q = sim.expected_reward(batch)
         sizes = rng.integers(MIN_ACTIONS, MAX_ACTIONS + 1, size)
         decisions, outcomes = [], []
+        bodies: dict[tuple[str, str], bytes] = {}
         for i in range(size):
             k = int(sizes[i])
             items = sim.batch_items(batch, i)[:k]
             context = dict(sim.batch_context(batch, i).features)
             actions = [{"id": it.id, "features": dict(it.features)} for it in items]
+            refs = []
+            for action in actions:  # stored as the writer stores them (log/action_store.py)
+                action_id, digest, body = action_reference(action)
+                refs.append([action_id, digest])
+                bodies[(LOOP, digest)] = body
             chosen = int(rng.integers(k))
             reward = float(rng.random() < q[i, chosen])
             decided_at = T0 + timedelta(milliseconds=10 * (lo + i))
@@ -136,7 +144,7 @@ def fill(url: str, n: int, n_raw: int, seed: int) -> list[list[str]]:
                     "policy_arm": "live",
                     "request_digest": "0" * 64,
                     "context": context,
-                    "actions": actions,
+                    "actions": refs,
                     "pmf": [1.0 / k] * k,
                     "excluded": [],
                     "chosen": items[chosen].id,
@@ -168,8 +176,10 @@ def fill(url: str, n: int, n_raw: int, seed: int) -> list[list[str]]:
                 acts = [Action(it.id, it.features) for it in items]
                 raw.append(example_lines(context, acts, label=(chosen, -reward, 1.0 / k)))
         with engine.begin() as conn:
+            write_bodies(conn, bodies, known)
             conn.execute(insert(DecisionRow), decisions)
             conn.execute(insert(OutcomeRow), outcomes)
+        known.commit()
         done = lo + size
         if done % (10 * FILL_CHUNK) == 0 or done == n:
             log(f"filled {done}/{n} events ({time.perf_counter() - started:.0f} s)")

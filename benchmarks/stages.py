@@ -99,19 +99,15 @@ def _backend_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def _direct_copy(conn: Any, rows: list[DecisionRecord]) -> None:
-    """Variant: binary COPY straight into `decisions` (no staging table, no ON CONFLICT)."""
-    from log.pgcopy import copy_decisions
-
-    copy_decisions(conn, rows, direct=True)
-
-
 def writer_groups(database_url: str, n_actions: int, sizes: list[int]) -> dict[str, Any]:
     """PostgreSQL group commit of `size` decision rows: wall time, the writer's own CPU
-    (encoding, psycopg) and the PostgreSQL backend's CPU, per row. `service` is the service's
-    path (binary COPY into a temp staging table, INSERT .. ON CONFLICT DO NOTHING RETURNING,
-    COMMIT); `direct_copy` copies straight into `decisions`."""
-    from log.pgcopy import copy_decisions
+    (encoding, psycopg) and the PostgreSQL backend's CPU, per row, through `apply_records` as
+    the writer calls it (with its known action bodies: after the first groups only new bodies
+    are written). `service` is the writer's first try (binary COPY straight into `decisions`);
+    `retry_path` the insert-if-absent path it redoes a group through when a key was already
+    stored (COPY into a temp staging table, INSERT .. ON CONFLICT DO NOTHING RETURNING)."""
+    from log.action_store import KnownBodies
+    from log.apply import apply_records
     from log.schema import make_engine
 
     rng = random.Random(2)
@@ -121,9 +117,10 @@ def writer_groups(database_url: str, n_actions: int, sizes: list[int]) -> dict[s
     )
     template = rank_body(n_actions, rng, "t")
     out: dict[str, Any] = {"bench": "rank_writer", "actions": n_actions}
+    known = KnownBodies()
     variants: dict[str, Callable[[Any, list[DecisionRecord]], Any]] = {
-        "service": copy_decisions,
-        "direct_copy": _direct_copy,
+        "service": lambda conn, rows: apply_records(conn, rows, optimistic=True, known=known),
+        "retry_path": lambda conn, rows: apply_records(conn, rows, known=known),
     }
     with scratch_database(database_url) as url:
         premigrate(url)
@@ -148,6 +145,7 @@ def writer_groups(database_url: str, n_actions: int, sizes: list[int]) -> dict[s
                         t0, c0, p0 = time.perf_counter(), time.thread_time(), _backend_cpu(backend)
                         with conn.begin():
                             fn(conn, rows)
+                        known.commit()
                         walls.append(time.perf_counter() - t0)
                         cpus.append(time.thread_time() - c0)
                         pg_cpus.append(_backend_cpu(backend) - p0)

@@ -181,6 +181,9 @@ class LineBuilder:
         self._cache: dict[tuple[str, bytes], str] = {}
         # by stored JSON text: an action's (id, line, or the reason it has none), a context's line
         self._elements: dict[str, tuple[str, str | None, str]] = {}
+        # by its [id, digest] text (without brackets): an action stored by reference
+        # (log/action_store.py)
+        self._referenced: dict[str, tuple[str, str | None, str]] = {}
         self._contexts: dict[str, str] = {}
 
     def action(self, action: Mapping[str, Any]) -> str:
@@ -231,8 +234,50 @@ class LineBuilder:
         except (KeyError, TypeError, ValueError) as err:
             return action_id, None, str(err)
 
-    def _actions(self, text: str) -> list[tuple[str, str | None, str]]:
-        """(id, line or None, why) of each action of a stored actions array, in order.
+    def _references(
+        self, text: str, bodies: Mapping[str, str]
+    ) -> list[tuple[str, str | None, str]]:
+        """(id, line or None, why) of each action of a stored array of references
+        ``[[id, digest], ...]``, memoised by each pair's JSON text: a body is parsed and
+        encoded once per id it is served under. The text is cut at the ``],[`` (``], [``)
+        between pairs
+        and checked as :meth:`_actions` checks its cut: a piece that is not a pair of strings
+        (the separator occurred inside an id) makes the array parsed whole."""
+        memo = self._referenced
+        inner = text[2:-2]
+        pieces = inner.split("], [" if "], [" in inner else "],[")
+        hits = list(map(memo.get, pieces))
+        if None not in hits:
+            return hits  # type: ignore[return-value]
+        try:
+            pairs = [orjson.loads("[" + p + "]") for p in pieces]
+            if not all(_is_pair(pair) for pair in pairs):
+                raise ValueError("not a pair")
+        except (orjson.JSONDecodeError, ValueError):
+            pairs = orjson.loads(text)
+            pieces = [orjson.dumps(pair).decode()[1:-1] for pair in pairs]
+        out: list[tuple[str, str | None, str]] = []
+        for piece, pair in zip(pieces, pairs, strict=True):
+            if not _is_pair(pair):
+                raise BadEvent(f"bad action reference: {pair!r}")
+            hit = memo.get(piece)
+            if hit is None:
+                action_id, digest = pair
+                body = bodies.get(digest)
+                if body is None:
+                    raise BadEvent(f"action body {digest!r} is not stored")
+                hit = self._parsed({"id": action_id, **orjson.loads(body)})
+                if len(memo) >= self.max_cached:
+                    memo.clear()
+                memo[piece] = hit
+            out.append(hit)
+        return out
+
+    def _actions(
+        self, text: str, bodies: Mapping[str, str] | None = None
+    ) -> list[tuple[str, str | None, str]]:
+        """(id, line or None, why) of each action of a stored actions array, in order: the
+        references of :mod:`log.action_store` (their bodies in `bodies`), or inline actions.
 
         The text is cut at each ``}, {`` (``},{``) between elements and each piece looked up
         by its text, parsed only when new. The cut is checked, not assumed: a piece that is not
@@ -241,6 +286,8 @@ class LineBuilder:
         the pieces are the array's elements (JSON's grammar leaves no other reading)."""
         if text == "[]":
             return []
+        if text.startswith("[["):
+            return self._references(text, bodies or {})
         if text.startswith("[{") and text.endswith("}]"):
             inner = text[2:-2]
             sep = "}, {" if "}, {" in inner else "},{"
@@ -271,7 +318,7 @@ class LineBuilder:
         the same decision. Each action's and the context's text is memoised by its stored
         JSON, so a repeated one is neither parsed nor encoded again."""
         try:
-            elements = self._actions(row.actions_json)
+            elements = self._actions(row.actions_json, row.bodies)
         except BadEvent as err:
             raise BadEvent(f"event {row.event_id!r}: {err}") from None
         except orjson.JSONDecodeError as err:
@@ -318,6 +365,15 @@ class LineBuilder:
         block = [self._shared(row.context_json), *lines]
         block[i + 1] = f"0:{cost:.9g}:{probability:.9g} {lines[i]}"
         return [block]
+
+
+def _is_pair(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], str)
+    )
 
 
 # An event ready to learn: (event_id, decided_at, join_seq, joined_at, its VW examples or the

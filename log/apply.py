@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, text
 from sqlalchemy.dialects import postgresql, sqlite
 
+from log.action_store import KnownBodies, stored_actions, write_bodies
 from log.models import ActivationRow, DecisionRow, RewardRow
 from log.ops import Op
 from log.pgcopy import copy_decisions
@@ -58,21 +60,35 @@ def apply_activations(conn: Connection, loop: str, event_ids: list[str] | None =
     return int(n or 0)
 
 
-def apply_records(conn: Connection, ops: list[Op], *, optimistic: bool = False) -> list[bool]:
+def apply_records(
+    conn: Connection,
+    ops: Sequence[Op],
+    *,
+    optimistic: bool = False,
+    known: KnownBodies | None = None,
+) -> list[bool]:
     """Write records (unique by key among themselves) inside the caller's transaction;
     returns, for each, whether it was new. Every write is insert-if-absent: the first stands.
+
+    A decision's actions are stored as references to their bodies (log/action_store.py),
+    written in the same transaction; `known` (a writer's) skips the bodies it has committed
+    and stages the new ones: the caller commits or discards them with the transaction.
 
     With `optimistic` (PostgreSQL), decisions are COPied straight into the table: an existing
     key raises IntegrityError and the caller retries without it.
     """
     inserted = [True] * len(ops)
     decisions = [(i, op) for i, op in enumerate(ops) if isinstance(op, DecisionRecord)]
-    if decisions and optimistic and conn.dialect.name == "postgresql":
-        copy_decisions(conn, [d for _, d in decisions], direct=True)
-    elif decisions:
-        stored = _insert_decisions(conn, [d for _, d in decisions])
-        for i, d in decisions:
-            inserted[i] = d.key in stored
+    if decisions:
+        records = [d for _, d in decisions]
+        refs, bodies = stored_actions(records)
+        write_bodies(conn, bodies, known)
+        if optimistic and conn.dialect.name == "postgresql":
+            copy_decisions(conn, records, refs, direct=True)
+        else:
+            stored = _insert_decisions(conn, records, refs)
+            for i, d in decisions:
+                inserted[i] = d.key in stored
     rewards = [(i, op) for i, op in enumerate(ops) if isinstance(op, RewardRecord)]
     if rewards:
         stmt = (
@@ -106,18 +122,21 @@ def apply_records(conn: Connection, ops: list[Op], *, optimistic: bool = False) 
     return inserted
 
 
-def _insert_decisions(conn: Connection, records: list[DecisionRecord]) -> set[tuple[str, str]]:
-    """Insert decisions, skipping keys already stored; returns the keys actually inserted."""
+def _insert_decisions(
+    conn: Connection, records: list[DecisionRecord], refs: list[Any]
+) -> set[tuple[str, str]]:
+    """Insert decisions (`refs`: each one's stored actions), skipping keys already stored;
+    returns the keys actually inserted."""
     if conn.dialect.name == "postgresql":
-        return copy_decisions(conn, records)
+        return copy_decisions(conn, records, refs)
     stmt = (
         sqlite.insert(DecisionRow)
         .on_conflict_do_nothing(index_elements=["loop", "event_id"])
         .returning(DecisionRow.loop, DecisionRow.event_id)
     )
     out: set[tuple[str, str]] = set()
-    for rec in records:
-        hit = conn.execute(stmt, rec.row()).first()
+    for rec, actions in zip(records, refs, strict=True):
+        hit = conn.execute(stmt, rec.row() | {"actions": actions}).first()
         if hit is not None:
             out.add((hit[0], hit[1]))
     return out

@@ -1,10 +1,11 @@
 """Reading stored decisions back as the typed record, and the export stream built on it.
 
 Every read of whole decisions (training, evaluation, exports) selects :data:`RECORD_COLUMNS`
-and builds the :class:`log.records.DecisionRecord` with :func:`record_from_row`: the JSON
+and builds the :class:`log.records.DecisionRecord` with :func:`records_from_rows`: the JSON
 columns come as text and are parsed with orjson (faster than the driver's JSON type), the
-rest through the column types (UTC datetimes, booleans). Nothing restates the column list:
-it is `DECISION_COLUMNS`, the record's fields.
+rest through the column types (UTC datetimes, booleans), the actions' bodies put back from
+`action_features` (:mod:`log.action_store`). Nothing restates the column list: it is
+`DECISION_COLUMNS`, the record's fields.
 
 :func:`iter_decisions` streams a loop's decisions in `decided_at` order with their outcomes,
 for the exports (:mod:`log.export_dsjson`, :mod:`log.export_parquet`).
@@ -12,7 +13,7 @@ for the exports (:mod:`log.export_dsjson`, :mod:`log.export_parquet`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -30,6 +31,7 @@ from sqlalchemy import (
     select,
 )
 
+from log.action_store import BodyReader
 from log.models import DecisionRow, OutcomeRow
 from log.records import DECISION_COLUMNS, DecisionRecord
 
@@ -42,7 +44,7 @@ __all__ = [
     "check_window",
     "iter_decisions",
     "record_columns_sql",
-    "record_from_row",
+    "records_from_rows",
 ]
 
 DEFAULT_YIELD_PER = 1000
@@ -61,6 +63,7 @@ RECORD_COLUMNS: tuple[ColumnElement[Any], ...] = tuple(_selected(n) for n in DEC
 """The record's columns, in `DECISION_COLUMNS` order (JSON as text), for a `select`."""
 
 _JSON_AT = tuple(i for i, name in enumerate(DECISION_COLUMNS) if name in JSON_FIELDS)
+_ACTIONS_AT = DECISION_COLUMNS.index("actions")
 _N_COLUMNS = len(DECISION_COLUMNS)
 
 
@@ -75,9 +78,7 @@ def record_columns_sql(alias: str) -> tuple[str, tuple[ColumnElement[Any], ...]]
     return ", ".join(parts), tuple(typed)
 
 
-def record_from_row(row: Any) -> DecisionRecord:
-    """The record of a row whose first values are :data:`RECORD_COLUMNS` (extra values after
-    them are ignored)."""
+def _values(row: Any) -> list[Any]:
     values = list(row)
     loads = orjson.loads
     for i in _JSON_AT:
@@ -85,7 +86,19 @@ def record_from_row(row: Any) -> DecisionRecord:
         values[i] = None if value is None else loads(value)
     if len(values) != _N_COLUMNS:
         del values[_N_COLUMNS:]
-    return DecisionRecord(*values)
+    return values
+
+
+def records_from_rows(rows: Iterable[Any], bodies: BodyReader) -> list[DecisionRecord]:
+    """The records of rows whose first values are :data:`RECORD_COLUMNS` (extra values after
+    them are ignored), their actions' bodies read through `bodies` (one lookup for the rows'
+    bodies it has not seen)."""
+    parsed = [_values(row) for row in rows]
+    bodies.fetch(values[_ACTIONS_AT] for values in parsed)
+    expand = bodies.expand
+    for values in parsed:
+        values[_ACTIONS_AT] = expand(values[_ACTIONS_AT])
+    return [DecisionRecord(*values) for values in parsed]
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,10 +198,12 @@ def _stream(
         stmt = stmt.where(DecisionRow.decided_at < until)
     n = len(DECISION_COLUMNS)
     with engine.connect() as conn:
+        bodies = BodyReader(conn, loop)
         result = conn.execute(stmt)
         try:
             for rows in result.partitions():
-                batch = [(record_from_row(row), row[n], row[n + 1]) for row in rows]
+                records = records_from_rows(rows, bodies)
+                batch = [(rec, row[n], row[n + 1]) for rec, row in zip(records, rows, strict=True)]
                 yield from _with_outcomes(conn, loop, batch)
         finally:
             result.close()

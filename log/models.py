@@ -72,7 +72,8 @@ class DecisionRow(Base):
     policy_arm: Mapped[str] = mapped_column(String(64), nullable=False)
     request_digest: Mapped[str] = mapped_column(String(64), nullable=False)
     context: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
-    # [{"id": ..., "features": {...}}, ...] in request order.
+    # In request order: [[id, digest], ...] referring to `action_features` (revision 0012,
+    # log/action_store.py); rows written before it hold [{"id": ..., "features": {...}}, ...].
     actions: Mapped[list[Any]] = mapped_column(JSON, nullable=False)
     # probability of each action (request order) of the distribution the first choice was
     # sampled from; excluded actions 0.
@@ -117,6 +118,17 @@ class DecisionRow(Base):
         Index("ix_decisions_loop_joined", "loop", "joined_at"),
         Index("ix_decisions_loop_seq_event", "loop", "join_seq", "event_id"),
     )
+
+
+class ActionFeaturesRow(Base):
+    """An action's body (its JSON without the id: ``{"features": {...}}``) stored once per loop
+    under its BLAKE2b-128 digest; decisions refer to it (log/action_store.py). Append-only."""
+
+    __tablename__ = "action_features"
+
+    loop: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(32), primary_key=True)
+    body: Mapped[str] = mapped_column(Text, nullable=False)
 
 
 class RewardRow(Base):

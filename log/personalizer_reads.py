@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, select
 
+from log.action_store import action_ids
 from log.models import DecisionRow, ModelRow, OutcomeRow
 from log.schema import Engine
 
@@ -92,7 +93,7 @@ def apprentice_metrics(
             events += 1
             total += row.reward
             pmf = row.shadow.get("pmf") or []
-            ids = [a["id"] for a in row.actions]
+            ids = action_ids(row.actions)
             if pmf and ids[_top(pmf)] == row.chosen:
                 imitated += 1
                 imitated_total += row.reward

@@ -50,22 +50,26 @@ def _json_or_none(value: Any) -> Json | None:
     return None if value is None else Json(value, dumps=_dumps)
 
 
-def _write_rows(cur: Any, table: str, records: list[DecisionRecord]) -> None:
+_ACTIONS_AT = DECISION_COLUMNS.index("actions")
+
+
+def _write_rows(cur: Any, table: str, records: list[DecisionRecord], refs: list[Any]) -> None:
     with cur.copy(f"COPY {table} ({_NAMES}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(_TYPES)
-        for rec in records:
-            copy.write_row(
-                [
-                    _json_or_none(getattr(rec, name)) if name in _JSON else getattr(rec, name)
-                    for name in DECISION_COLUMNS
-                ]
-            )
+        for rec, actions in zip(records, refs, strict=True):
+            row = [
+                _json_or_none(getattr(rec, name)) if name in _JSON else getattr(rec, name)
+                for name in DECISION_COLUMNS
+            ]
+            row[_ACTIONS_AT] = Json(actions, dumps=_dumps)
+            copy.write_row(row)
 
 
 def copy_decisions(
-    conn: Connection, records: list[DecisionRecord], *, direct: bool = False
+    conn: Connection, records: list[DecisionRecord], refs: list[Any], *, direct: bool = False
 ) -> set[tuple[str, str]]:
-    """COPY decisions (unique by key among themselves); returns the keys inserted.
+    """COPY decisions (unique by key among themselves), `refs` each one's stored actions (the
+    references of log/action_store.py); returns the keys inserted.
 
     `direct` copies straight into `decisions` (a key already there raises IntegrityError);
     otherwise rows go through a per-session staging table and only absent keys are inserted.
@@ -75,7 +79,7 @@ def copy_decisions(
     with raw.cursor() as cur:
         if direct:
             try:
-                _write_rows(cur, "decisions", records)
+                _write_rows(cur, "decisions", records, refs)
             except psycopg.errors.UniqueViolation as err:
                 raise IntegrityError("COPY decisions", None, err) from err
             return {r.key for r in records}
@@ -84,7 +88,7 @@ def copy_decisions(
             "CREATE TEMP TABLE IF NOT EXISTS _stage_decisions "
             "(LIKE decisions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-        _write_rows(cur, "_stage_decisions", records)
+        _write_rows(cur, "_stage_decisions", records, refs)
         cur.execute(
             f"INSERT INTO decisions ({_NAMES}) SELECT {_NAMES} FROM _stage_decisions "
             "ON CONFLICT (loop, event_id) DO NOTHING RETURNING loop, event_id"

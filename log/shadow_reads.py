@@ -27,7 +27,8 @@ from sqlalchemy import (
     tuple_,
 )
 
-from log.decision_reads import RECORD_COLUMNS, record_from_row
+from log.action_store import BodyReader
+from log.decision_reads import RECORD_COLUMNS, records_from_rows
 from log.models import DecisionRow, OutcomeRow
 from log.records import DecisionRecord
 
@@ -124,10 +125,12 @@ def _stream(
         if start is not None:
             stmt = stmt.where(tuple_(*key) >= tuple_(start[0], start[1]))
         n = len(RECORD_COLUMNS)
+        bodies = BodyReader(conn, loop)
         result = conn.execute(stmt)
         try:
             for rows in result.partitions():
-                batch = [(record_from_row(row), row[n] is not None) for row in rows]
+                records = records_from_rows(rows, bodies)
+                batch = [(rec, row[n] is not None) for rec, row in zip(records, rows, strict=True)]
                 yield from _with_rewards(conn, loop, batch)
         finally:
             result.close()

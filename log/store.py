@@ -13,6 +13,8 @@ from datetime import datetime
 
 from sqlalchemy import Engine, exc, func, select
 
+from log.action_store import BodyReader
+from log.decision_reads import RECORD_COLUMNS, records_from_rows
 from log.models import ActivationRow, DecisionRow, OutcomeRow, RewardRow
 from log.records import DecisionRecord, RewardRecord
 from log.spool import SpoolIndex
@@ -135,13 +137,15 @@ def get_stored_decision(
     try:
         with engine.connect() as conn:
             row = conn.execute(
-                select(DecisionRow.__table__).where(
+                select(*RECORD_COLUMNS).where(
                     DecisionRow.loop == loop, DecisionRow.event_id == event_id
                 )
             ).first()
+            if row is None:
+                return None
+            return records_from_rows([row], BodyReader(conn, loop))[0]
     except exc.DBAPIError as err:
         raise _unreachable(err) from err
-    return None if row is None else DecisionRecord.from_row(row._mapping)
 
 
 def get_stored_reward(engine: Engine, index: SpoolIndex, reward_id: str) -> RewardRecord | None:

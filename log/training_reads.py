@@ -45,7 +45,8 @@ from sqlalchemy import (
     type_coerce,
 )
 
-from log.decision_reads import RECORD_COLUMNS, record_columns_sql, record_from_row
+from log.action_store import BodyReader
+from log.decision_reads import RECORD_COLUMNS, record_columns_sql, records_from_rows
 from log.models import DecisionRow, OutcomeRow
 from log.records import DecisionRecord
 
@@ -190,11 +191,8 @@ Fetched = tuple[
 ]
 
 
-def _collect(rows: Iterable[Any], outcomes: Iterable[Any]) -> Fetched:
-    records = {}
-    for row in rows:
-        record = record_from_row(row)
-        records[record.event_id] = record
+def _collect(rows: Iterable[Any], outcomes: Iterable[Any], bodies: BodyReader) -> Fetched:
+    records = {record.event_id: record for record in records_from_rows(rows, bodies)}
     rewards: dict[str, dict[int, float]] = defaultdict(dict)
     guardrails: dict[str, dict[int, dict[str, int]]] = {}
     for event_id, slot, reward, counts in outcomes:
@@ -209,13 +207,16 @@ def _collect(rows: Iterable[Any], outcomes: Iterable[Any]) -> Fetched:
     return records, rewards, guardrails
 
 
-def _fetch(conn: Connection, loop: str, ids: list[str]) -> Fetched:
+def _fetch(conn: Connection, loop: str, ids: list[str], bodies: BodyReader) -> Fetched:
     if conn.dialect.name == "postgresql":
         params = {"ids": ids, "loop": loop}
-        return _collect(conn.execute(_PG_ROWS, params), conn.execute(_PG_OUTCOMES, params))
+        return _collect(
+            conn.execute(_PG_ROWS, params).all(), conn.execute(_PG_OUTCOMES, params), bodies
+        )
     return _collect(
-        conn.execute(_ROWS.where(DecisionRow.loop == loop, DecisionRow.event_id.in_(ids))),
+        conn.execute(_ROWS.where(DecisionRow.loop == loop, DecisionRow.event_id.in_(ids))).all(),
         conn.execute(_OUTCOMES.where(OutcomeRow.loop == loop, OutcomeRow.event_id.in_(ids))),
+        bodies,
     )
 
 
@@ -268,11 +269,13 @@ def _keys(
 def fetch_joined(engine: Engine, loop: str, keys: list[JoinedKey]) -> list[JoinedDecision]:
     """The decisions of `keys` (one chunk), in the same order; rows gone since are left out."""
     with engine.connect() as conn:
-        return _joined(conn, loop, keys)
+        return _joined(conn, loop, keys, BodyReader(conn, loop))
 
 
-def _joined(conn: Connection, loop: str, keys: list[JoinedKey]) -> list[JoinedDecision]:
-    records, rewards, guardrails = _fetch(conn, loop, [k[0] for k in keys])
+def _joined(
+    conn: Connection, loop: str, keys: list[JoinedKey], bodies: BodyReader
+) -> list[JoinedDecision]:
+    records, rewards, guardrails = _fetch(conn, loop, [k[0] for k in keys], bodies)
     out = []
     empty: dict[int, float] = {}
     no_signals: dict[int, dict[str, int]] = {}
@@ -312,9 +315,10 @@ def _stream(
     # read transaction; PostgreSQL: rows are never un-joined, so a later snapshot is a superset)
     with engine.connect() as conn:
         chunks = _keys(conn, loop, window, order, chunk_size)
+        bodies = BodyReader(conn, loop)
         try:
             for keys in chunks:
-                yield from _joined(conn, loop, keys)
+                yield from _joined(conn, loop, keys, bodies)
         finally:
             chunks.close()
 
@@ -343,6 +347,9 @@ class TrainingRow(NamedTuple):
     is_slate: bool
     shadow_json: str | None
     rewards: Mapping[int, float]
+    # digest -> body text of the actions `actions_json` refers to (log/action_store.py; one
+    # mapping shared by the rows of a read)
+    bodies: Mapping[str, str]
 
     @property
     def pmf(self) -> list[float]:
@@ -442,8 +449,11 @@ def _driver_rows(conn: Connection, loop: str, ids: list[str]) -> tuple[list[Any]
         cur.close()
 
 
-def _training_rows(conn: Connection, loop: str, keys: list[JoinedKey]) -> list[TrainingRow]:
+def _training_rows(
+    conn: Connection, loop: str, keys: list[JoinedKey], bodies: BodyReader
+) -> list[TrainingRow]:
     rows, outcomes = _driver_rows(conn, loop, [k[0] for k in keys])
+    texts = bodies.fetch_json(r[3] for r in rows)
     rewards: dict[str, dict[int, float]] = defaultdict(dict)
     for event_id, slot, reward in outcomes:
         rewards[event_id][slot] = reward
@@ -472,6 +482,7 @@ def _training_rows(conn: Connection, loop: str, keys: list[JoinedKey]) -> list[T
                     bool(r[8]),
                     r[9],
                     get_reward(event_id, empty),
+                    texts,
                 )
             )
     return out
@@ -480,7 +491,7 @@ def _training_rows(conn: Connection, loop: str, keys: list[JoinedKey]) -> list[T
 def fetch_training_rows(engine: Engine, loop: str, keys: list[JoinedKey]) -> list[TrainingRow]:
     """The training rows of `keys` (one chunk), in the same order; rows gone are left out."""
     with engine.connect() as conn:
-        return _training_rows(conn, loop, keys)
+        return _training_rows(conn, loop, keys, BodyReader(conn, loop))
 
 
 def iter_training_rows(
@@ -578,9 +589,10 @@ def _stream_chunks(
                 chunks.close()
             return
         keys = _training_keys(conn, loop, window, order, chunk_size)
+        bodies = BodyReader(conn, loop)
         try:
             for part in keys:
-                yield _training_rows(conn, loop, part)
+                yield _training_rows(conn, loop, part, bodies)
         finally:
             keys.close()
 
@@ -627,27 +639,31 @@ def _lite_chunks(
     )
     result = conn.execute(stmt)
     cursor = result.cursor  # the driver's rows: plain tuples, the JSON and timestamps as text
+    bodies = BodyReader(conn, loop)
     try:
         carry: list[Any] = []
         while True:
             part: list[Any] = list(cursor.fetchmany(chunk_size))
             if not part:
                 break
-            rows, carry = _lite_rows(carry + part if carry else part)
+            rows, carry = _lite_rows(carry + part if carry else part, bodies)
             if rows:
                 yield rows
         if carry:
-            rows, _ = _lite_rows(carry, last=True)
+            rows, _ = _lite_rows(carry, bodies, last=True)
             yield rows
     finally:
         result.close()
 
 
-def _lite_rows(part: list[Any], *, last: bool = False) -> tuple[list[TrainingRow], list[Any]]:
+def _lite_rows(
+    part: list[Any], bodies: BodyReader, *, last: bool = False
+) -> tuple[list[TrainingRow], list[Any]]:
     """The training rows of joined (decision, outcome) rows, and the rows of the last event
     when it may continue in the next fetch (all of it is built when `last`)."""
     # (event_id, join_seq, joined_at, decided_at, context, actions, pmf, excluded, chosen,
     # slots, is_slate, shadow, slot, reward)
+    texts = bodies.fetch_json(r[5] for r in part if r[2] is not None)
     out: list[TrainingRow] = []
     append = out.append
     n = len(part)
@@ -680,6 +696,7 @@ def _lite_rows(part: list[Any], *, last: bool = False) -> tuple[list[TrainingRow
                     bool(r[10]),
                     r[11],
                     rewards,
+                    texts,
                 )
             )
         i = j

@@ -41,6 +41,7 @@ import psycopg
 from sqlalchemy import Connection, Engine, exc
 
 from explore.errors import Unavailable
+from log.action_store import KnownBodies
 from log.apply import apply_records
 from log.ops import Op
 from log.records import DecisionRecord, RewardRecord, is_generated_id
@@ -132,6 +133,8 @@ class GroupCommitWriter:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: Connection | None = None
+        # Action bodies this writer committed over its current connection (not written again)
+        self._known = KnownBodies()
         self._next_ship = 0.0
         self._next_publish = 0.0
         self._db_down_until = 0.0
@@ -464,6 +467,9 @@ class GroupCommitWriter:
         self._close_conn()
 
     def _close_conn(self) -> None:
+        # After any failure, bodies are written again: the database reached next may not hold
+        # them (a failover to a replica that had not received them).
+        self._known.forget()
         if self._conn is not None:
             with contextlib.suppress(Exception):  # the connection may already be broken
                 self._conn.close()
@@ -479,18 +485,23 @@ class GroupCommitWriter:
         if not ops:
             return []
         conn = self._connection()
+        known = self._known
         try:
             try:
                 with conn.begin():
-                    return apply_records(conn, ops, optimistic=True)
+                    inserted = apply_records(conn, ops, optimistic=True, known=known)
             except exc.IntegrityError:
                 # A decision already stored (a retry): redo the group through the
                 # insert-if-absent path, which reports which rows were new.
+                known.discard()
                 with conn.begin():
-                    return apply_records(conn, ops, optimistic=False)
+                    inserted = apply_records(conn, ops, optimistic=False, known=known)
         except BaseException:
+            known.discard()
             self._close_conn()
             raise
+        known.commit()  # committed: its new bodies are stored
+        return inserted
 
     # -- shipping the spool ----------------------------------------------------------------
     def _ship(self, force: bool = False) -> None:

@@ -45,7 +45,8 @@ def _odd_events(n: int, start_i: int) -> list[Op]:
         decided_at = T0 + timedelta(seconds=i)
         event_id = f"odd{j:04d}"
         actions = [{"id": f"o{k}", "features": f} for k, f in enumerate(ODD_FEATURES)]
-        actions.append({"id": "plain", "features": {"x": j % 3}})
+        # an id holding the separator of stored references (log/action_store.py)
+        actions.append({"id": 'plain "],[" id', "features": {"x": j % 3}})
         mode = ("LoggingOnly", "Apprentice", None, None)[j % 4]
         shadow = None if mode is None else {"mode": mode, "version": "v0", "pmf": [0.2] * 5}
         chosen = "missing" if j % 7 == 6 else actions[j % 5]["id"]  # some cannot be learned

@@ -1,0 +1,228 @@
+"""Action features stored once: content-addressed bodies and the references decisions keep.
+
+A decision keeps its candidates exactly as they were at decision time, and most of a decision
+row was those candidates' features, the same catalog items copied into every decision that
+offered them. Since revision 0012 a decision stores each action as a reference
+``[id, digest]``: `digest` is the BLAKE2b-128 (hex) of the action's body, the JSON text
+(orjson) of the action without its id (``{"features": {...}}``), and `action_features` keeps
+each (loop, digest) body once. Reading a decision puts the bodies back, so the record is the
+same value as the one written: ``{"id": id, **body}``.
+
+Rows written before 0012 keep their actions inline (``[{"id": ..., "features": ...}]``); every
+read takes both forms (:func:`is_reference`).
+
+Writing: :func:`stored_actions` turns a group of records into their references and the bodies
+to insert; :func:`write_bodies` inserts those bodies (insert-if-absent, in key order, so two
+writers inserting overlapping bodies wait for each other instead of deadlocking) in the same
+transaction as the decisions, so a committed decision's bodies are committed with it.
+:class:`KnownBodies` lets a long-lived writer skip bodies it has itself committed: keys are
+staged during a transaction and become known only once it committed.
+
+Reading: :class:`BodyReader` (one per read and loop) fetches the bodies of the references it
+has not seen, one query per batch, and :meth:`BodyReader.expand` rebuilds the actions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, bindparam, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from log.models import ActionFeaturesRow
+from log.records import DecisionRecord
+
+__all__ = [
+    "BodyReader",
+    "KnownBodies",
+    "MissingActionBody",
+    "action_ids",
+    "action_reference",
+    "is_reference",
+    "stored_actions",
+    "write_bodies",
+]
+
+_DIGEST_SIZE = 16  # bytes: 32 hex digits
+# A digest in the JSON text of an array of references: the second string of each [id, digest]
+# pair is the only string followed by `]` (an id is followed by `,`), and a quote inside an id
+# is escaped, so no part of an id matches.
+_DIGEST = re.compile(r'"([0-9a-f]{32})"\]')
+_FETCH_CHUNK = 500  # digests per lookup statement
+
+
+class MissingActionBody(RuntimeError):
+    """A decision refers to an action body that is not stored (the store was altered by hand:
+    nothing the service does deletes a body)."""
+
+
+def action_reference(action: Mapping[str, Any]) -> tuple[str, str, bytes]:
+    """(id, digest, body) of one logged action: the body is the JSON text of the action
+    without its id."""
+    if len(action) == 2 and "features" in action:  # the record's form: {"id", "features"}
+        body = b'{"features":' + orjson.dumps(action["features"]) + b"}"
+    else:
+        body = orjson.dumps({k: v for k, v in action.items() if k != "id"})
+    digest = _digests.get(body)
+    if digest is None:
+        digest = hashlib.blake2b(body, digest_size=_DIGEST_SIZE).hexdigest()
+        if len(_digests) >= _MAX_MEMO:
+            _digests.clear()
+        _digests[body] = digest
+    return str(action["id"]), digest, body
+
+
+# body -> digest: catalogs offer the same items again and again (a pure function's memo)
+_digests: dict[bytes, str] = {}
+_MAX_MEMO = 100_000
+
+
+def is_reference(element: Any) -> bool:
+    """Whether a stored action is a reference ``[id, digest]`` (else the inline action)."""
+    return isinstance(element, list)
+
+
+def action_ids(stored: Sequence[Any]) -> list[str]:
+    """The action ids of a stored actions array, either form, without reading any body."""
+    return [str(a[0]) if isinstance(a, list) else str(a["id"]) for a in stored]
+
+
+BodyKey = tuple[str, str]  # (loop, digest)
+
+
+def stored_actions(
+    records: Iterable[DecisionRecord],
+) -> tuple[list[list[list[str]]], dict[BodyKey, bytes]]:
+    """The references of each record's actions (in order) and every body they refer to."""
+    refs: list[list[list[str]]] = []
+    bodies: dict[BodyKey, bytes] = {}
+    for rec in records:
+        row = []
+        for action in rec.actions:
+            action_id, digest, body = action_reference(action)
+            row.append([action_id, digest])
+            bodies[(rec.loop, digest)] = body
+        refs.append(row)
+    return refs, bodies
+
+
+class KnownBodies:
+    """The bodies one writer has committed (bounded, least recently used evicted), so that it
+    does not insert them again. A key becomes known only after its transaction committed:
+    :meth:`stage` during the transaction, then :meth:`commit` or :meth:`discard`."""
+
+    def __init__(self, max_keys: int = 200_000) -> None:
+        self.max_keys = max_keys
+        self._known: OrderedDict[BodyKey, None] = OrderedDict()
+        self._staged: list[BodyKey] = []
+
+    def unknown(self, keys: Iterable[BodyKey]) -> list[BodyKey]:
+        out = []
+        for key in keys:
+            if key in self._known:
+                self._known.move_to_end(key)
+            else:
+                out.append(key)
+        return out
+
+    def stage(self, keys: Iterable[BodyKey]) -> None:
+        self._staged.extend(keys)
+
+    def commit(self) -> None:
+        for key in self._staged:
+            self._known[key] = None
+        self._staged.clear()
+        while len(self._known) > self.max_keys:
+            self._known.popitem(last=False)
+
+    def discard(self) -> None:
+        self._staged.clear()
+
+    def forget(self) -> None:
+        """Forget everything (after a reconnect: the store may not be the one it knew)."""
+        self._known.clear()
+        self._staged.clear()
+
+
+def write_bodies(
+    conn: Connection, bodies: Mapping[BodyKey, bytes], known: KnownBodies | None = None
+) -> int:
+    """Insert the bodies not already stored, inside the caller's transaction; returns how many
+    were sent (those `known` holds are skipped)."""
+    keys = sorted(bodies if known is None else known.unknown(bodies))
+    if not keys:
+        return 0
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(ActionFeaturesRow).on_conflict_do_nothing(index_elements=["loop", "digest"])
+    conn.execute(stmt, [{"loop": k[0], "digest": k[1], "body": bodies[k].decode()} for k in keys])
+    if known is not None:
+        known.stage(keys)
+    return len(keys)
+
+
+class BodyReader:
+    """The bodies of one loop's actions, fetched on first sight and kept for the read."""
+
+    def __init__(self, conn: Connection, loop: str, max_cached: int = 100_000) -> None:
+        self.conn = conn
+        self.loop = loop
+        self.max_cached = max_cached
+        # digest -> body JSON text. Replaced, never emptied, when it outgrows `max_cached`:
+        # training rows carry this mapping and may be read after the next fetch.
+        self.texts: dict[str, str] = {}
+
+    def fetch(self, stored: Iterable[Sequence[Any]]) -> None:
+        """Fetch the bodies that the stored actions arrays refer to and are not yet here."""
+        texts = self.texts
+        everything = {a[1] for actions in stored for a in actions if isinstance(a, list)}
+        wanted = everything.difference(texts)
+        if not wanted:
+            return
+        if len(texts) + len(wanted) > self.max_cached:
+            # bounded: start a new mapping with this batch (rows already handed out keep the
+            # mapping they were given, see `texts`)
+            self.texts = texts = {}
+            wanted = everything
+        table = ActionFeaturesRow.__table__
+        stmt = select(table.c.digest, table.c.body).where(
+            table.c.loop == self.loop, table.c.digest.in_(bindparam("digests", expanding=True))
+        )
+        ordered = sorted(wanted)
+        for lo in range(0, len(ordered), _FETCH_CHUNK):
+            part = ordered[lo : lo + _FETCH_CHUNK]
+            for digest, body in self.conn.execute(stmt, {"digests": part}):
+                texts[digest] = body
+        missing = wanted.difference(texts)
+        if missing:
+            raise MissingActionBody(
+                f"loop {self.loop!r}: {len(missing)} action bodies referred to by decisions "
+                f"are not stored (for example {min(missing)})"
+            )
+
+    def fetch_json(self, stored: Iterable[str]) -> dict[str, str]:
+        """:meth:`fetch` for stored actions arrays as their JSON text (the digests found by
+        :data:`_DIGEST`, not by parsing); returns the mapping that holds their bodies."""
+        found = _DIGEST.findall("".join(text for text in stored if text.startswith("[[")))
+        self.fetch([[["", digest] for digest in found]])
+        return self.texts
+
+    def expand(self, stored: Sequence[Any]) -> list[dict[str, Any]]:
+        """The actions of a stored array (either form) as the record holds them; the bodies
+        must have been fetched (:meth:`fetch`)."""
+        out = []
+        for a in stored:
+            if not isinstance(a, list):
+                out.append(a)
+                continue
+            action_id, digest = a
+            text = self.texts.get(digest)
+            if text is None:
+                raise MissingActionBody(f"loop {self.loop!r}: action body {digest} is not stored")
+            # parsed per action, as the inline arrays were: no two records share a value
+            out.append({"id": action_id, **orjson.loads(text)})
+        return out
