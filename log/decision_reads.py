@@ -43,6 +43,7 @@ __all__ = [
     "SlotOutcome",
     "check_window",
     "iter_decisions",
+    "read_decision",
     "record_columns_sql",
     "records_from_rows",
 ]
@@ -99,6 +100,17 @@ def records_from_rows(rows: Iterable[Any], bodies: BodyReader) -> list[DecisionR
     for values in parsed:
         values[_ACTIONS_AT] = expand(values[_ACTIONS_AT])
     return [DecisionRecord(*values) for values in parsed]
+
+
+def read_decision(engine: Engine, loop: str, event_id: str) -> DecisionRecord | None:
+    """The stored decision of (loop, event_id) as written, or None."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(*RECORD_COLUMNS).where(
+                DecisionRow.loop == loop, DecisionRow.event_id == event_id
+            )
+        ).first()
+        return None if row is None else records_from_rows([row], BodyReader(conn, loop))[0]
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, exc, func, select
 
-from log.action_store import BodyReader
-from log.decision_reads import RECORD_COLUMNS, records_from_rows
+from log.decision_reads import read_decision
 from log.models import ActivationRow, DecisionRow, OutcomeRow, RewardRow
 from log.records import DecisionRecord, RewardRecord
 from log.spool import SpoolIndex
@@ -135,15 +134,7 @@ def get_stored_decision(
     if spooled is not None:
         return spooled
     try:
-        with engine.connect() as conn:
-            row = conn.execute(
-                select(*RECORD_COLUMNS).where(
-                    DecisionRow.loop == loop, DecisionRow.event_id == event_id
-                )
-            ).first()
-            if row is None:
-                return None
-            return records_from_rows([row], BodyReader(conn, loop))[0]
+        return read_decision(engine, loop, event_id)
     except exc.DBAPIError as err:
         raise _unreachable(err) from err
 

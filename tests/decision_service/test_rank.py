@@ -14,10 +14,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select, update
 
 from decision_service import Settings
+from log.decision_reads import read_decision
 from log.loops import PUBLIC_FIELDS, LoopConfig
 from log.loops import get_loop as get_stored_loop
 from log.loops import put_loop as store_put_loop
-from log.models import DecisionRow, OutcomeRow, WriterRow
+from log.models import OutcomeRow, WriterRow
+from log.records import DecisionRecord
 from log.schema import make_engine
 
 ACTIONS = [{"id": f"a{i}", "features": {"kind": f"k{i}", "price": i + 0.5}} for i in range(5)]
@@ -54,11 +56,10 @@ def engine(settings: Settings) -> Iterator[Engine]:
     eng.dispose()
 
 
-def stored(engine: Engine, loop: str, event_id: str) -> Any:
-    with engine.connect() as conn:
-        return conn.execute(
-            select(DecisionRow).where(DecisionRow.loop == loop, DecisionRow.event_id == event_id)
-        ).one()
+def stored(engine: Engine, loop: str, event_id: str) -> DecisionRecord:
+    record = read_decision(engine, loop, event_id)
+    assert record is not None
+    return record
 
 
 def outcomes(engine: Engine, loop: str, event_id: str) -> list[Any]:

@@ -22,14 +22,14 @@ import numpy as np
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from decision_service import Settings
 from decision_service.decide import decide
 from decision_service.rank_input import parse_rank
 from deploy.registry import promote
+from log.decision_reads import iter_decisions
 from log.loops import LoopConfig, put_loop
-from log.models import DecisionRow
 from log.ops import op_from_json, op_to_line
 from log.records import DECISION_COLUMNS
 from tests.decision_service.test_propensity import P_MIN, chi2
@@ -93,15 +93,7 @@ class Shadowed:
         return decide(req, body, runtime, datetime.now(UTC), body["event_id"])
 
     def rows(self) -> dict[str, Any]:
-        with self.engine.connect() as conn:
-            return {
-                r.event_id: r
-                for r in conn.execute(
-                    select(*(DecisionRow.__table__.c[f] for f in DECISION_COLUMNS)).where(
-                        DecisionRow.loop == LOOP
-                    )
-                )
-            }
+        return {d.record.event_id: d.record for d in iter_decisions(self.engine, LOOP)}
 
 
 def check_unchanged(
