@@ -23,9 +23,12 @@ from typing import Any
 import orjson
 
 from explore.types import Action
+from log.action_store import ChunkBodies
 from log.records import DecisionRecord
 from log.training_reads import JoinedDecision, TrainingRow
 from policies.vw_text import action_line, shared_line
+
+Bodies = Mapping[str, str] | ChunkBodies  # digest -> body text (log/action_store.py)
 
 __all__ = [
     "BadEvent",
@@ -234,9 +237,7 @@ class LineBuilder:
         except (KeyError, TypeError, ValueError) as err:
             return action_id, None, str(err)
 
-    def _references(
-        self, text: str, bodies: Mapping[str, str]
-    ) -> list[tuple[str, str | None, str]]:
+    def _references(self, text: str, bodies: Bodies) -> list[tuple[str, str | None, str]]:
         """(id, line or None, why) of each action of a stored array of references
         ``[[id, digest], ...]``, memoised by each pair's JSON text: a body is parsed and
         encoded once per id it is served under. The text is cut at the ``],[`` (``], [``)
@@ -274,7 +275,7 @@ class LineBuilder:
         return out
 
     def _actions(
-        self, text: str, bodies: Mapping[str, str] | None = None
+        self, text: str, bodies: Bodies | None = None
     ) -> list[tuple[str, str | None, str]]:
         """(id, line or None, why) of each action of a stored actions array, in order: the
         references of :mod:`log.action_store` (their bodies in `bodies`), or inline actions.

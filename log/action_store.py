@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, Engine, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from log.models import ActionFeaturesRow
@@ -39,6 +39,7 @@ from log.records import DecisionRecord
 
 __all__ = [
     "BodyReader",
+    "ChunkBodies",
     "KnownBodies",
     "MissingActionBody",
     "action_ids",
@@ -166,37 +167,62 @@ def write_bodies(
 
 
 class BodyReader:
-    """The bodies of one loop's actions, fetched on first sight and kept for the read."""
+    """The bodies of one loop's actions, fetched on first sight and kept for the read.
 
-    def __init__(self, conn: Connection, loop: str, max_cached: int = 100_000) -> None:
+    Reads through `conn` (the caller's connection, used in the caller's thread) or, given an
+    `engine`, through a connection taken for each lookup (a training read's rows may be built
+    in another thread than the one that read them, or after its connection closed). A body is
+    committed no later than the first decision that refers to it and never changes, so any
+    connection sees the body of every decision it can see."""
+
+    def __init__(
+        self,
+        conn: Connection | None,
+        loop: str,
+        *,
+        engine: Engine | None = None,
+        max_cached: int = 100_000,
+    ) -> None:
+        if (conn is None) == (engine is None):
+            raise ValueError("give a connection or an engine")
         self.conn = conn
+        self.engine = engine
         self.loop = loop
         self.max_cached = max_cached
         # digest -> body JSON text. Replaced, never emptied, when it outgrows `max_cached`:
-        # training rows carry this mapping and may be read after the next fetch.
+        # rows being built may still hold the mapping they were given.
         self.texts: dict[str, str] = {}
 
     def fetch(self, stored: Iterable[Sequence[Any]]) -> None:
         """Fetch the bodies that the stored actions arrays refer to and are not yet here."""
+        self._fetch({a[1] for actions in stored for a in actions if isinstance(a, list)})
+
+    def fetch_json(self, stored: Iterable[str]) -> dict[str, str]:
+        """:meth:`fetch` for stored actions arrays as their JSON text (the digests found by
+        :data:`_DIGEST`, not by parsing); returns the mapping that holds their bodies."""
+        self._fetch(set(_DIGEST.findall("".join(t for t in stored if t.startswith("[[")))))
+        return self.texts
+
+    def chunk(self, stored: list[str]) -> ChunkBodies:
+        """The bodies of one chunk of training rows (their actions' JSON texts), fetched only
+        if a row asks for one this reader does not hold (see :class:`ChunkBodies`)."""
+        return ChunkBodies(self, stored)
+
+    def _fetch(self, everything: set[str]) -> None:
         texts = self.texts
-        everything = {a[1] for actions in stored for a in actions if isinstance(a, list)}
         wanted = everything.difference(texts)
         if not wanted:
             return
         if len(texts) + len(wanted) > self.max_cached:
-            # bounded: start a new mapping with this batch (rows already handed out keep the
-            # mapping they were given, see `texts`)
+            # bounded: start a new mapping with this batch
             self.texts = texts = {}
             wanted = everything
-        table = ActionFeaturesRow.__table__
-        stmt = select(table.c.digest, table.c.body).where(
-            table.c.loop == self.loop, table.c.digest.in_(bindparam("digests", expanding=True))
-        )
-        ordered = sorted(wanted)
-        for lo in range(0, len(ordered), _FETCH_CHUNK):
-            part = ordered[lo : lo + _FETCH_CHUNK]
-            for digest, body in self.conn.execute(stmt, {"digests": part}):
-                texts[digest] = body
+        if self.conn is not None:
+            self._lookup(self.conn, sorted(wanted), texts)
+        else:
+            assert self.engine is not None
+            with self.engine.connect() as conn:
+                self._lookup(conn, sorted(wanted), texts)
         missing = wanted.difference(texts)
         if missing:
             raise MissingActionBody(
@@ -204,12 +230,15 @@ class BodyReader:
                 f"are not stored (for example {min(missing)})"
             )
 
-    def fetch_json(self, stored: Iterable[str]) -> dict[str, str]:
-        """:meth:`fetch` for stored actions arrays as their JSON text (the digests found by
-        :data:`_DIGEST`, not by parsing); returns the mapping that holds their bodies."""
-        found = _DIGEST.findall("".join(text for text in stored if text.startswith("[[")))
-        self.fetch([[["", digest] for digest in found]])
-        return self.texts
+    def _lookup(self, conn: Connection, digests: list[str], texts: dict[str, str]) -> None:
+        table = ActionFeaturesRow.__table__
+        stmt = select(table.c.digest, table.c.body).where(
+            table.c.loop == self.loop, table.c.digest.in_(bindparam("digests", expanding=True))
+        )
+        for lo in range(0, len(digests), _FETCH_CHUNK):
+            part = digests[lo : lo + _FETCH_CHUNK]
+            for digest, body in conn.execute(stmt, {"digests": part}):
+                texts[digest] = body
 
     def expand(self, stored: Sequence[Any]) -> list[dict[str, Any]]:
         """The actions of a stored array (either form) as the record holds them; the bodies
@@ -226,3 +255,24 @@ class BodyReader:
             # parsed per action, as the inline arrays were: no two records share a value
             out.append({"id": action_id, **orjson.loads(text)})
         return out
+
+
+class ChunkBodies:
+    """The body mapping of one chunk of training rows. The builder asks it only for a body
+    whose line it has not memoised; the first such miss fetches, in one lookup, every body the
+    chunk refers to that the reader does not hold (found by scanning the chunk's texts). In the
+    steady state of a catalog nothing is scanned or fetched."""
+
+    __slots__ = ("_reader", "_scanned", "_stored")
+
+    def __init__(self, reader: BodyReader, stored: list[str]) -> None:
+        self._reader = reader
+        self._stored = stored
+        self._scanned = False
+
+    def get(self, digest: str, default: str | None = None) -> str | None:
+        text = self._reader.texts.get(digest)
+        if text is None and not self._scanned:
+            self._scanned = True
+            text = self._reader.fetch_json(self._stored).get(digest)
+        return default if text is None else text

@@ -45,7 +45,7 @@ from sqlalchemy import (
     type_coerce,
 )
 
-from log.action_store import BodyReader
+from log.action_store import BodyReader, ChunkBodies
 from log.decision_reads import RECORD_COLUMNS, record_columns_sql, records_from_rows
 from log.models import DecisionRow, OutcomeRow
 from log.records import DecisionRecord
@@ -347,9 +347,9 @@ class TrainingRow(NamedTuple):
     is_slate: bool
     shadow_json: str | None
     rewards: Mapping[int, float]
-    # digest -> body text of the actions `actions_json` refers to (log/action_store.py; one
-    # mapping shared by the rows of a read)
-    bodies: Mapping[str, str]
+    # the bodies of the actions `actions_json` refers to (log/action_store.py), shared by the
+    # rows of a chunk and fetched only when the builder asks for one it has not memoised
+    bodies: ChunkBodies
 
     @property
     def pmf(self) -> list[float]:
@@ -453,7 +453,7 @@ def _training_rows(
     conn: Connection, loop: str, keys: list[JoinedKey], bodies: BodyReader
 ) -> list[TrainingRow]:
     rows, outcomes = _driver_rows(conn, loop, [k[0] for k in keys])
-    texts = bodies.fetch_json(r[3] for r in rows)
+    texts = bodies.chunk([r[3] for r in rows])
     rewards: dict[str, dict[int, float]] = defaultdict(dict)
     for event_id, slot, reward in outcomes:
         rewards[event_id][slot] = reward
@@ -491,7 +491,7 @@ def _training_rows(
 def fetch_training_rows(engine: Engine, loop: str, keys: list[JoinedKey]) -> list[TrainingRow]:
     """The training rows of `keys` (one chunk), in the same order; rows gone are left out."""
     with engine.connect() as conn:
-        return _training_rows(conn, loop, keys, BodyReader(conn, loop))
+        return _training_rows(conn, loop, keys, BodyReader(None, loop, engine=engine))
 
 
 def iter_training_rows(
@@ -589,7 +589,7 @@ def _stream_chunks(
                 chunks.close()
             return
         keys = _training_keys(conn, loop, window, order, chunk_size)
-        bodies = BodyReader(conn, loop)
+        bodies = BodyReader(None, loop, engine=engine)
         try:
             for part in keys:
                 yield _training_rows(conn, loop, part, bodies)
@@ -639,7 +639,7 @@ def _lite_chunks(
     )
     result = conn.execute(stmt)
     cursor = result.cursor  # the driver's rows: plain tuples, the JSON and timestamps as text
-    bodies = BodyReader(conn, loop)
+    bodies = BodyReader(None, loop, engine=conn.engine)
     try:
         carry: list[Any] = []
         while True:
@@ -663,7 +663,7 @@ def _lite_rows(
     when it may continue in the next fetch (all of it is built when `last`)."""
     # (event_id, join_seq, joined_at, decided_at, context, actions, pmf, excluded, chosen,
     # slots, is_slate, shadow, slot, reward)
-    texts = bodies.fetch_json(r[5] for r in part if r[2] is not None)
+    texts = bodies.chunk([r[5] for r in part if r[2] is not None])
     out: list[TrainingRow] = []
     append = out.append
     n = len(part)

@@ -248,3 +248,61 @@ def test_ordered_read_indexes_downgrade_and_upgrade(logged: Engine) -> None:
     migrate(logged)
     assert {"ix_decisions_loop_seq_event", "ix_decisions_loop_decided_event"} <= indexes()
     assert len(before) == 460 and events() == before
+
+
+def test_bodies_are_looked_up_only_for_lines_not_memoised(logged: Engine) -> None:
+    """Actions are stored by reference (log/action_store.py): a read looks their bodies up only
+    when the builder meets a reference it has not memoised, once per chunk. A second pass with
+    the same builder (a catalog's steady state) looks nothing up and builds the same lines."""
+    lookups: list[str] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if "action_features" in statement:
+            lookups.append(statement)
+
+    builder = LineBuilder()
+
+    def read() -> list[Any]:
+        return list(prepare_rows(iter_training_rows(logged, LOOP, chunk_size=64), builder))
+
+    event.listen(logged, "before_cursor_execute", capture)
+    try:
+        first = read()
+        n_first = len(lookups)
+        second = read()
+    finally:
+        event.remove(logged, "before_cursor_execute", capture)
+    assert 1 <= n_first <= len(first) // 64 + 1
+    assert len(lookups) == n_first
+    assert second == first
+
+
+def test_a_small_body_cache_still_gives_every_line(logged: Engine) -> None:
+    """A read whose bodies outgrow its mapping starts a new one per lookup: every row still
+    finds its bodies (a fresh builder per chunk, so every chunk looks its bodies up)."""
+    import log.action_store as action_store
+
+    window = EventWindow()
+    expected = list(prepare(iter_training_events(logged, LOOP, window), LineBuilder()))
+    real = action_store.BodyReader.__init__
+
+    def small(self: Any, *args: Any, **kwargs: Any) -> None:
+        real(self, *args, **{**kwargs, "max_cached": 5})
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(action_store.BodyReader, "__init__", small)
+        got = []
+        for rows in _chunks(iter_training_rows(logged, LOOP, window, chunk_size=32), 32):
+            got.extend(prepare_rows(rows, LineBuilder(max_cached=4)))
+    assert got == expected
+
+
+def _chunks(rows: Any, n: int) -> Any:
+    chunk: list[Any] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
