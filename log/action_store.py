@@ -9,7 +9,7 @@ each (loop, digest) body once. Reading a decision puts the bodies back, so the r
 same value as the one written: ``{"id": id, **body}``.
 
 Rows written before 0012 keep their actions inline (``[{"id": ..., "features": ...}]``); every
-read takes both forms (:func:`is_reference`).
+read takes both forms.
 
 Writing: :func:`stored_actions` turns a group of records into their references and the bodies
 to insert; :func:`write_bodies` inserts those bodies (insert-if-absent, in key order, so two
@@ -44,7 +44,6 @@ __all__ = [
     "MissingActionBody",
     "action_ids",
     "action_reference",
-    "is_reference",
     "stored_actions",
     "write_bodies",
 ]
@@ -65,27 +64,27 @@ class MissingActionBody(RuntimeError):
 def action_reference(action: Mapping[str, Any]) -> tuple[str, str, bytes]:
     """(id, digest, body) of one logged action: the body is the JSON text of the action
     without its id."""
+    body = _body(action)
+    return str(action["id"]), _digests.get(body) or _digest(body), body
+
+
+def _body(action: Mapping[str, Any]) -> bytes:
     if len(action) == 2 and "features" in action:  # the record's form: {"id", "features"}
-        body = b'{"features":' + orjson.dumps(action["features"]) + b"}"
-    else:
-        body = orjson.dumps({k: v for k, v in action.items() if k != "id"})
-    digest = _digests.get(body)
-    if digest is None:
-        digest = hashlib.blake2b(body, digest_size=_DIGEST_SIZE).hexdigest()
-        if len(_digests) >= _MAX_MEMO:
-            _digests.clear()
-        _digests[body] = digest
-    return str(action["id"]), digest, body
+        return b'{"features":' + orjson.dumps(action["features"]) + b"}"
+    return orjson.dumps({k: v for k, v in action.items() if k != "id"})
+
+
+def _digest(body: bytes) -> str:
+    digest = hashlib.blake2b(body, digest_size=_DIGEST_SIZE).hexdigest()
+    if len(_digests) >= _MAX_MEMO:
+        _digests.clear()
+    _digests[body] = digest
+    return digest
 
 
 # body -> digest: catalogs offer the same items again and again (a pure function's memo)
 _digests: dict[bytes, str] = {}
 _MAX_MEMO = 100_000
-
-
-def is_reference(element: Any) -> bool:
-    """Whether a stored action is a reference ``[id, digest]`` (else the inline action)."""
-    return isinstance(element, list)
 
 
 def action_ids(stored: Sequence[Any]) -> list[str]:
@@ -102,12 +101,19 @@ def stored_actions(
     """The references of each record's actions (in order) and every body they refer to."""
     refs: list[list[list[str]]] = []
     bodies: dict[BodyKey, bytes] = {}
+    dumps, memo = orjson.dumps, _digests
+    # action_reference's work, inlined: this runs for every action the service logs
     for rec in records:
+        loop = rec.loop
         row = []
         for action in rec.actions:
-            action_id, digest, body = action_reference(action)
-            row.append([action_id, digest])
-            bodies[(rec.loop, digest)] = body
+            if len(action) == 2 and "features" in action:
+                body = b'{"features":' + dumps(action["features"]) + b"}"
+            else:
+                body = _body(action)
+            digest = memo.get(body) or _digest(body)
+            row.append([str(action["id"]), digest])
+            bodies[(loop, digest)] = body
         refs.append(row)
     return refs, bodies
 
