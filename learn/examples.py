@@ -241,9 +241,10 @@ class LineBuilder:
         """(id, line or None, why) of each action of a stored array of references
         ``[[id, digest], ...]``, memoised by each pair's JSON text: a body is parsed and
         encoded once per id it is served under. The text is cut at the ``],[`` (``], [``)
-        between pairs
-        and checked as :meth:`_actions` checks its cut: a piece that is not a pair of strings
-        (the separator occurred inside an id) makes the array parsed whole."""
+        between pairs and the cut checked as :meth:`_actions` checks its own: a piece that is
+        not a pair of strings (the separator occurred inside an id) makes the array parsed
+        whole. A piece of a wrong cut is never a memoised key: it starts or ends inside an
+        id's string, so it is not the text of a pair."""
         memo = self._referenced
         inner = text[2:-2]
         pieces = inner.split("], [" if "], [" in inner else "],[")

@@ -19,7 +19,9 @@ transaction as the decisions, so a committed decision's bodies are committed wit
 staged during a transaction and become known only once it committed.
 
 Reading: :class:`BodyReader` (one per read and loop) fetches the bodies of the references it
-has not seen, one query per batch, and :meth:`BodyReader.expand` rebuilds the actions.
+has not seen, one query per batch, and :meth:`BodyReader.expand` rebuilds the actions. The
+training read hands each chunk's rows a :class:`ChunkBodies`, which looks bodies up only when
+the example builder meets a reference whose line it has not memoised.
 """
 
 from __future__ import annotations
@@ -195,8 +197,8 @@ class BodyReader:
         self.engine = engine
         self.loop = loop
         self.max_cached = max_cached
-        # digest -> body JSON text. Replaced, never emptied, when it outgrows `max_cached`:
-        # rows being built may still hold the mapping they were given.
+        # digest -> body JSON text; a new mapping, holding only the batch being fetched, once
+        # it would outgrow `max_cached`
         self.texts: dict[str, str] = {}
 
     def fetch(self, stored: Iterable[Sequence[Any]]) -> None:
