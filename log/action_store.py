@@ -67,7 +67,7 @@ def action_reference(action: Mapping[str, Any]) -> tuple[str, str, bytes]:
     """(id, digest, body) of one logged action: the body is the JSON text of the action
     without its id."""
     body = _body(action)
-    return str(action["id"]), _digests.get(body) or _digest(body), body
+    return str(action["id"]), _DIGESTS.data.get(body) or _DIGESTS.digest(body), body
 
 
 def _body(action: Mapping[str, Any]) -> bytes:
@@ -76,17 +76,30 @@ def _body(action: Mapping[str, Any]) -> bytes:
     return orjson.dumps({k: v for k, v in action.items() if k != "id"})
 
 
-def _digest(body: bytes) -> str:
-    digest = hashlib.blake2b(body, digest_size=_DIGEST_SIZE).hexdigest()
-    if len(_digests) >= _MAX_MEMO:
-        _digests.clear()
-    _digests[body] = digest
-    return digest
+class _DigestMemo:
+    """body -> digest (catalogs offer the same items again and again), bounded in bytes: a
+    client sending ever new, large features cannot make it grow past `max_bytes`."""
+
+    __slots__ = ("data", "max_bytes", "nbytes")
+
+    def __init__(self, max_bytes: int) -> None:
+        self.data: dict[bytes, str] = {}
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+
+    def digest(self, body: bytes) -> str:
+        digest = hashlib.blake2b(body, digest_size=_DIGEST_SIZE).hexdigest()
+        size = len(body) + _DIGEST_SIZE * 2
+        if size * 64 <= self.max_bytes:  # a huge body is hashed, not kept
+            if self.nbytes + size > self.max_bytes:
+                self.data = {}
+                self.nbytes = 0
+            self.data[body] = digest
+            self.nbytes += size
+        return digest
 
 
-# body -> digest: catalogs offer the same items again and again (a pure function's memo)
-_digests: dict[bytes, str] = {}
-_MAX_MEMO = 100_000
+_DIGESTS = _DigestMemo(16 * 1024 * 1024)
 
 
 def action_ids(stored: Sequence[Any]) -> list[str]:
@@ -103,7 +116,7 @@ def stored_actions(
     """The references of each record's actions (in order) and every body they refer to."""
     refs: list[list[list[str]]] = []
     bodies: dict[BodyKey, bytes] = {}
-    dumps, memo = orjson.dumps, _digests
+    dumps, memo, new_digest = orjson.dumps, _DIGESTS.data, _DIGESTS.digest
     # action_reference's work, inlined: this runs for every action the service logs
     for rec in records:
         loop = rec.loop
@@ -113,7 +126,7 @@ def stored_actions(
                 body = b'{"features":' + dumps(action["features"]) + b"}"
             else:
                 body = _body(action)
-            digest = memo.get(body) or _digest(body)
+            digest = memo.get(body) or new_digest(body)
             row.append([str(action["id"]), digest])
             bodies[(loop, digest)] = body
         refs.append(row)
@@ -189,17 +202,18 @@ class BodyReader:
         loop: str,
         *,
         engine: Engine | None = None,
-        max_cached: int = 100_000,
+        max_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         if (conn is None) == (engine is None):
             raise ValueError("give a connection or an engine")
         self.conn = conn
         self.engine = engine
         self.loop = loop
-        self.max_cached = max_cached
+        self.max_bytes = max_bytes
         # digest -> body JSON text; a new mapping, holding only the batch being fetched, once
-        # it would outgrow `max_cached`
+        # its bodies would outgrow `max_bytes`
         self.texts: dict[str, str] = {}
+        self._nbytes = 0
 
     def fetch(self, stored: Iterable[Sequence[Any]]) -> None:
         """Fetch the bodies that the stored actions arrays refer to and are not yet here."""
@@ -221,16 +235,16 @@ class BodyReader:
         wanted = everything.difference(texts)
         if not wanted:
             return
-        if len(texts) + len(wanted) > self.max_cached:
-            # bounded: start a new mapping with this batch
+        if self._nbytes > self.max_bytes:  # bounded: start a new mapping with this batch
             self.texts = texts = {}
+            self._nbytes = 0
             wanted = everything
         if self.conn is not None:
-            self._lookup(self.conn, sorted(wanted), texts)
+            self._nbytes += self._lookup(self.conn, sorted(wanted), texts)
         else:
             assert self.engine is not None
             with self.engine.connect() as conn:
-                self._lookup(conn, sorted(wanted), texts)
+                self._nbytes += self._lookup(conn, sorted(wanted), texts)
         missing = wanted.difference(texts)
         if missing:
             raise MissingActionBody(
@@ -238,7 +252,9 @@ class BodyReader:
                 f"are not stored (for example {min(missing)})"
             )
 
-    def _lookup(self, conn: Connection, digests: list[str], texts: dict[str, str]) -> None:
+    def _lookup(self, conn: Connection, digests: list[str], texts: dict[str, str]) -> int:
+        """Put the bodies of `digests` into `texts`; returns their characters."""
+        size = 0
         table = ActionFeaturesRow.__table__
         stmt = select(table.c.digest, table.c.body).where(
             table.c.loop == self.loop, table.c.digest.in_(bindparam("digests", expanding=True))
@@ -247,6 +263,8 @@ class BodyReader:
             part = digests[lo : lo + _FETCH_CHUNK]
             for digest, body in conn.execute(stmt, {"digests": part}):
                 texts[digest] = body
+                size += len(body)
+        return size
 
     def expand(self, stored: Sequence[Any]) -> list[dict[str, Any]]:
         """The actions of a stored array (either form) as the record holds them; the bodies

@@ -278,7 +278,7 @@ def test_bodies_are_looked_up_only_for_lines_not_memoised(logged: Engine) -> Non
 
 
 def test_a_small_body_cache_still_gives_every_line(logged: Engine) -> None:
-    """A read whose bodies outgrow its mapping starts a new one per lookup: every row still
+    """A read whose bodies outgrow its mapping (100 bytes here) starts a new one: every row still
     finds its bodies (a fresh builder per chunk, so every chunk looks its bodies up)."""
     import log.action_store as action_store
 
@@ -287,7 +287,7 @@ def test_a_small_body_cache_still_gives_every_line(logged: Engine) -> None:
     real = action_store.BodyReader.__init__
 
     def small(self: Any, *args: Any, **kwargs: Any) -> None:
-        real(self, *args, **{**kwargs, "max_cached": 5})
+        real(self, *args, **{**kwargs, "max_bytes": 100})
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(action_store.BodyReader, "__init__", small)

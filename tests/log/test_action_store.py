@@ -241,3 +241,17 @@ def test_storage_per_decision_shrinks(engine: Engine, tmp_path: Path) -> None:
     inline = len(orjson.dumps(rec.actions))
     referenced = len(orjson.dumps(_stored_actions(engine)[0]))
     assert referenced * 5 < inline, (referenced, inline)
+
+
+def test_the_digest_memo_is_bounded_in_bytes() -> None:
+    """A client sending ever new, large features cannot grow the writer's memo of digests."""
+    from log.action_store import _DigestMemo
+
+    memo = _DigestMemo(64 * 1024)
+    digests = set()
+    for i in range(1000):
+        digests.add(memo.digest(orjson.dumps({"features": {"text": "y" * 500, "i": i}})))
+    assert len(digests) == 1000 and 0 < memo.nbytes <= 64 * 1024
+    big = b'{"features":{"x":"' + b"z" * 4096 + b'"}}'
+    assert memo.digest(big) == action_reference({"id": "a", "features": {"x": "z" * 4096}})[1]
+    assert big not in memo.data

@@ -38,22 +38,27 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     conn = op.get_bind()
-    text_of = "CAST(actions AS TEXT)"
-    # references are arrays of arrays; inline actions arrays of objects
-    rows = conn.execute(
-        sa.text(
-            f"SELECT loop, event_id, {text_of} FROM decisions "
-            f"WHERE {text_of} LIKE '[[%' ORDER BY loop, event_id"
-        )
-    ).all()
+    # every decision in primary-key order, a batch at a time (an index range each: no batch
+    # rescans the table); references are arrays of arrays, inline actions arrays of objects
+    select_batch = sa.text(
+        "SELECT loop, event_id, CAST(actions AS TEXT) FROM decisions "
+        "WHERE loop > :loop OR (loop = :loop AND event_id > :event_id) "
+        "ORDER BY loop, event_id LIMIT :n"
+    )
     bodies = sa.text("SELECT body FROM action_features WHERE loop = :loop AND digest = :digest")
     update = sa.text(
         "UPDATE decisions SET actions = :actions WHERE loop = :loop AND event_id = :event_id"
     ).bindparams(sa.bindparam("actions", type_=sa.JSON()))
     cache: dict[tuple[str, str], dict[str, object]] = {}
-    for lo in range(0, len(rows), _BATCH):
+    last = {"loop": "", "event_id": ""}
+    while True:
+        rows = conn.execute(select_batch, {**last, "n": _BATCH}).all()
+        if not rows:
+            break
         params = []
-        for loop, event_id, stored in rows[lo : lo + _BATCH]:
+        for loop, event_id, stored in rows:
+            if not stored.startswith("[["):
+                continue
             actions = []
             for action_id, digest in orjson.loads(stored):
                 body = cache.get((loop, digest))
@@ -62,5 +67,7 @@ def downgrade() -> None:
                     body = cache[(loop, digest)] = orjson.loads(text)
                 actions.append({"id": action_id, **body})
             params.append({"loop": loop, "event_id": event_id, "actions": actions})
-        conn.execute(update, params)
+        if params:
+            conn.execute(update, params)
+        last = {"loop": rows[-1][0], "event_id": rows[-1][1]}
     op.drop_table("action_features")
