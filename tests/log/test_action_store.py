@@ -205,8 +205,9 @@ def test_downgrade_puts_the_bodies_back_inline(engine: Engine, writer: GroupComm
     from log.db import database_url
     from log.schema import alembic_config, migrate
 
-    records = _decisions(30, seed=8)
-    writer.write_sync(list(records))
+    records = _decisions(1100, seed=8)  # the downgrade works in batches of 500
+    for lo in range(0, len(records), 100):
+        writer.write_sync(list(records[lo : lo + 100]))
     writer.stop()
     cfg = alembic_config(database_url(engine))
     with engine.begin() as conn:

@@ -24,7 +24,7 @@ branch_labels = None
 depends_on = None
 
 _ID = 256
-_BATCH = 1000
+_BATCH = 500
 
 
 def upgrade() -> None:
