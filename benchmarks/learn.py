@@ -55,7 +55,7 @@ from sqlalchemy import insert
 
 from evaluation.simulator import Simulator, SimulatorConfig
 from explore.types import Action
-from log.action_store import KnownBodies, action_reference, write_bodies
+from log.action_store import POLICY, KnownBodies, ReferencePolicy, stored_form, write_bodies
 from log.loops import LoopConfig, put_loop
 from log.models import DecisionRow, OutcomeRow
 from log.schema import make_engine, migrate
@@ -103,8 +103,18 @@ def set_exploration(url: str, exploration: str) -> None:
     engine.dispose()
 
 
-def fill(url: str, n: int, n_raw: int, seed: int) -> list[list[str]]:
-    """Write `n` joined decisions; return the VW text of the first `n_raw` (prebuilt)."""
+STORAGE = {
+    "policy": POLICY,  # what the writer does (log/action_store.py)
+    "references": ReferencePolicy(seen=False, gain=0.0),
+    "inline": ReferencePolicy(gain=float("inf")),
+}
+
+
+def fill(
+    url: str, n: int, n_raw: int, seed: int, policy: ReferencePolicy = POLICY
+) -> list[list[str]]:
+    """Write `n` joined decisions (their actions stored as `policy` says); return the VW text
+    of the first `n_raw` (prebuilt)."""
     engine = make_engine(url)
     migrate(engine)
     put_loop(engine, LOOP, LoopConfig())
@@ -125,11 +135,8 @@ def fill(url: str, n: int, n_raw: int, seed: int) -> list[list[str]]:
             items = sim.batch_items(batch, i)[:k]
             context = dict(sim.batch_context(batch, i).features)
             actions = [{"id": it.id, "features": dict(it.features)} for it in items]
-            refs = []
-            for action in actions:  # stored as the writer stores them (log/action_store.py)
-                action_id, digest, body = action_reference(action)
-                refs.append([action_id, digest])
-                bodies[(LOOP, digest)] = body
+            # stored as the writer stores them (log/action_store.py)
+            stored = stored_form(LOOP, actions, policy, bodies)
             chosen = int(rng.integers(k))
             reward = float(rng.random() < q[i, chosen])
             decided_at = T0 + timedelta(milliseconds=10 * (lo + i))
@@ -144,7 +151,7 @@ def fill(url: str, n: int, n_raw: int, seed: int) -> list[list[str]]:
                     "policy_arm": "live",
                     "request_digest": "0" * 64,
                     "context": context,
-                    "actions": refs,
+                    "actions": stored,
                     "pmf": [1.0 / k] * k,
                     "excluded": [],
                     "chosen": items[chosen].id,
@@ -286,6 +293,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--database-url", default=None, help="PostgreSQL (default: SQLite)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--storage",
+        choices=sorted(STORAGE),
+        default="policy",
+        help="how the decisions' actions are stored: as the writer would (the simulated "
+        "items' 4 features stay inline), every decision by reference, or inline",
+    )
+    parser.add_argument(
         "--workers",
         default="0",
         help="processes building examples (learn_once workers); a comma list runs each",
@@ -331,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     n_raw = min(args.raw_events, args.events)
     with scratch_store(args.database_url) as url:
         log(f"filling {args.events} events into {'PostgreSQL' if args.database_url else 'SQLite'}")
-        examples = fill(url, args.events, n_raw, args.seed)
+        examples = fill(url, args.events, n_raw, args.seed, STORAGE[args.storage])
         for exploration in explorations:
             set_exploration(url, exploration)
             model_args = loop_config(exploration).model_args
@@ -368,6 +382,7 @@ def report(
                 "events": trained["events"],
                 "database": "postgresql" if args.database_url else "sqlite",
                 "exploration": exploration,
+                "storage": args.storage,
                 "vw_args": model_args,
                 "reader": reader,
                 "workers": workers,

@@ -92,7 +92,12 @@ def _odd_events(n: int, start_i: int) -> list[Op]:
 
 
 @pytest.fixture
-def logged(engine: Engine, writer: GroupCommitWriter) -> Engine:
+def logged(engine: Engine, writer: GroupCommitWriter, monkeypatch: pytest.MonkeyPatch) -> Engine:
+    """Every event stored by reference (log/action_store.py; the 0011 downgrade test reads
+    them again inline)."""
+    import log.action_store as action_store
+
+    monkeypatch.setattr(action_store, "POLICY", action_store.ReferencePolicy(seen=False, gain=0.0))
     write(writer, sim_events(SIM, 300, seed=11))
     write(writer, sim_events(SIM, 120, seed=12, n_slots=3, n_excluded=2, prefix="s"))
     write(writer, _odd_events(40, 300))

@@ -14,8 +14,15 @@ import orjson
 import pytest
 from sqlalchemy import Engine, exc, func, insert, inspect, select, text
 
+import log.action_store as action_store
 import log.apply
-from log.action_store import BodyReader, KnownBodies, MissingActionBody, action_reference
+from log.action_store import (
+    BodyReader,
+    KnownBodies,
+    MissingActionBody,
+    ReferencePolicy,
+    action_reference,
+)
 from log.apply import apply_records
 from log.decision_reads import iter_decisions
 from log.models import ActionFeaturesRow, DecisionRow
@@ -54,6 +61,14 @@ def _decisions(n: int, seed: int, prefix: str = "e") -> list[DecisionRecord]:
             )
         )
     return out
+
+
+@pytest.fixture(autouse=True)
+def always_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests exercise references: every decision refers (the policy's own tests below
+    set it back), and each test starts with an empty memo of digests."""
+    monkeypatch.setattr(action_store, "POLICY", ReferencePolicy(seen=False, gain=0.0))
+    monkeypatch.setattr(action_store, "_DIGESTS", action_store._DigestMemo(16 * 1024 * 1024))
 
 
 def _count(engine: Engine, model: Any) -> int:
@@ -256,3 +271,43 @@ def test_the_digest_memo_is_bounded_in_bytes() -> None:
     big = b'{"features":{"x":"' + b"z" * 4096 + b'"}}'
     assert memo.digest(big) == action_reference({"id": "a", "features": {"x": "z" * 4096}})[1]
     assert big not in memo.data
+
+
+def _rich(i: int) -> dict[str, Any]:
+    return {"id": f"item{i}", "features": {f"feature_{k}": i * 0.5 + k for k in range(14)}}
+
+
+def test_the_default_policy_refers_only_to_repeated_large_bodies(engine: Engine) -> None:
+    """Small features stay inline (PostgreSQL compresses them better than references), so do
+    features seen for the first time (they may never repeat); a decision whose bodies are all
+    known and large is stored by reference."""
+    policy = ReferencePolicy()
+    small = dataclasses.replace(decision_rec("small"), actions=[{"id": "a", "features": {"x": 1}}])
+    rich = [_rich(i) for i in range(20)]
+    first = dataclasses.replace(decision_rec("first"), actions=rich)
+    again = dataclasses.replace(decision_rec("again"), actions=list(reversed(rich)))
+    stored, bodies = action_store.stored_actions([small, small, first, again], policy)
+    assert stored[0] == small.actions and stored[1] == small.actions
+    assert stored[2] == rich  # first sight: inline
+    assert all(isinstance(a, list) for a in stored[3])
+    assert len(bodies) == 20
+    with engine.begin() as conn:
+        apply_records(conn, [small, first, again])
+    read = {d.record.event_id: d.record for d in iter_decisions(engine, "default")}
+    assert read == {"small": small, "first": first, "again": again}
+
+
+def test_features_new_with_each_request_stay_inline(engine: Engine) -> None:
+    rng = random.Random(10)
+    records = [
+        dataclasses.replace(
+            decision_rec(f"n{i}"),
+            actions=[
+                {"id": f"i{k}", "features": {f"f{j}": rng.random() for j in range(14)}}
+                for k in range(20)
+            ],
+        )
+        for i in range(5)
+    ]
+    stored, bodies = action_store.stored_actions(records, ReferencePolicy())
+    assert stored == [r.actions for r in records] and not bodies
