@@ -102,14 +102,25 @@ class _DigestMemo:
 
     def digest(self, body: bytes) -> str:
         digest = hashlib.blake2b(body, digest_size=_DIGEST_SIZE).hexdigest()
-        size = len(body) + _DIGEST_SIZE * 2
-        if size * 64 <= self.max_bytes:  # a huge body is hashed, not kept
-            if self.nbytes + size > self.max_bytes:
-                self.data = {}
-                self.nbytes = 0
-            self.data[body] = digest
-            self.nbytes += size
+        self._put(body, digest)
         return digest
+
+    def remember(self, body: bytes) -> None:
+        """Note a body as seen, not hashed yet ("": hashed when first referred to)."""
+        self._put(body, "")
+
+    def _put(self, body: bytes, digest: str) -> None:
+        size = len(body) + _DIGEST_SIZE * 2
+        if size * 64 > self.max_bytes:  # a huge body is hashed, not kept
+            return
+        if body in self.data:
+            self.data[body] = digest
+            return
+        if self.nbytes + size > self.max_bytes:
+            self.data = {}
+            self.nbytes = 0
+        self.data[body] = digest
+        self.nbytes += size
 
 
 _DIGESTS = _DigestMemo(16 * 1024 * 1024)
@@ -161,30 +172,36 @@ def stored_form(
     bodies: dict[BodyKey, bytes],
 ) -> list[Any]:
     """The stored form of one decision's actions; the bodies its references need are added
-    to `bodies`."""
-    dumps, memo, new_digest = orjson.dumps, _DIGESTS.data, _DIGESTS.digest
+    to `bodies`. Small features cost one encoding per action and nothing else: the sizes decide
+    before any body is looked up or hashed."""
+    dumps = orjson.dumps
     # action_reference's work, inlined: this runs for every action the service logs
-    row: list[tuple[str, str, bytes]] = []
-    seen = True
+    row: list[tuple[str, bytes]] = []
     inline_size = refs_size = 0
     for action in actions:
         if len(action) == 2 and "features" in action:
             body = b'{"features":' + dumps(action["features"]) + b"}"
         else:
             body = _body(action)
-        known = memo.get(body)
-        if known is None:
-            seen = False
-        digest = known or new_digest(body)
         action_id = str(action["id"])
-        row.append((action_id, digest, body))
+        row.append((action_id, body))
         inline_size += len(body) + len(action_id) + 8
         refs_size += len(action_id) + 40
-    if (seen or not policy.seen) and inline_size >= policy.gain * refs_size:
-        for _, ref, text in row:
-            bodies[(loop, ref)] = text
-        return [[action_id, ref] for action_id, ref, _ in row]
-    return list(actions)
+    if inline_size < policy.gain * refs_size:
+        return list(actions)
+    memo = _DIGESTS.data
+    seen = all(body in memo for _, body in row)
+    for _, body in row:
+        if body not in memo:
+            _DIGESTS.remember(body)  # seen now: the next decision offering it may refer
+    if not (seen or not policy.seen):
+        return list(actions)
+    refs = []
+    for action_id, body in row:
+        digest = _DIGESTS.data.get(body) or _DIGESTS.digest(body)
+        bodies[(loop, digest)] = body
+        refs.append([action_id, digest])
+    return refs
 
 
 class KnownBodies:
