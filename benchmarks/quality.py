@@ -133,8 +133,13 @@ class Segments(Problem):
 class Rotating(Segments):
     name = "rotating"
 
+    @property
+    def change_round(self) -> int:
+        """The first round of the rotated rewards."""
+        return self.rounds // 2
+
     def table(self, i: int) -> np.ndarray:
-        return self.q if i < self.rounds // 2 else np.roll(self.q, 1, axis=1)
+        return self.q if i < self.change_round else np.roll(self.q, 1, axis=1)
 
 
 class Delayed(Segments):

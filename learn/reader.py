@@ -27,6 +27,7 @@ import multiprocessing
 import pickle
 import resource
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Generator
@@ -53,6 +54,11 @@ carries three timestamps, not two per event: pickling a datetime costs more than
 an event's text."""
 
 _ROWS, _DONE, _ERROR = 0, 1, 2
+# The reader's GIL switch interval. Its read-ahead thread (log.training_reads) needs the GIL after
+# each server round trip, while the reader's main thread builds examples; with CPython's default
+# of 5 ms the thread waits up to that long behind the builder each time. Measured, the reader
+# alone on PostgreSQL (60,000 events): 34.5 us per event at 5 ms, 28 at 1 ms, for the same CPU.
+READER_SWITCH_INTERVAL_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,7 @@ def _reader_main(
 ) -> None:
     """The reader process (a child of the fork server)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the learner's to handle
+    sys.setswitchinterval(READER_SWITCH_INTERVAL_S)  # the reader's own process only
     try:
         _produce(url, loop, window, order, chunk_size, out)
     except (BrokenPipeError, ConnectionResetError):  # the learner stopped reading
