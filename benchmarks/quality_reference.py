@@ -11,7 +11,7 @@ the moment of the rotating problem's change: it empties every count at that roun
 discount), which no learner watching rewards can beat in speed of detection, so its share
 bounds what any change-detecting variant of this learner reaches there. Same problems, seeds
 and metric as the suite (share of the oracle's expected reward over the last 10% of rounds).
-One JSON line per problem and discount (and one per problem with ``--restart``)::
+One JSON line per problem and discount (and one for the rotating problem with ``--restart``)::
 
     .venv/bin/python -m benchmarks.quality_reference --seeds 10 --discounts 1,0.9999,0.9998
     .venv/bin/python -m benchmarks.quality_reference --seeds 10 --problems rotating --restart
