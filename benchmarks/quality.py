@@ -1,7 +1,7 @@
 """Decision quality on problems with a known oracle: the service's loop, VW per event, uniform.
 
 Each problem draws requests (a context and candidate actions) whose expected reward per action
-(`q`) is known, so the oracle's expected reward is known too. Three policies face the same
+(`q`) is known, so the oracle's expected reward is known too. Four policies face the same
 request stream (same seed):
 
 - **service**: the loop as the service runs it, in-process. Each round is decided by the real
@@ -19,13 +19,19 @@ request stream (same seed):
 - **vw_online**: VW's per-event online loop: the same features, arguments and exploration, the
   model learning each event in place as soon as it is decided, with the reward the problem
   produces (a lost reward counts as 0; no delay).
+- **vw_native**: the same per-event loop with the exploration as VW's own loop computes it: the
+  loop's strategy without the service's exploration floor (for a VW strategy, VW's reduction's
+  distribution as is). This is the reference for what the floor adds; with a floor of 0 it is
+  the vw_online run itself.
 - **uniform**: the uniform policy (its expected reward, exact).
 
-Metrics per run: ``share`` = the served expected reward over the last 10% of rounds divided
-by the oracle's over them; ``regret`` = mean (oracle - served) expected reward per round, over
-all rounds. The served expected reward of a round is the expectation (over reward noise) of
-what was served: ``q[chosen]`` (slates: the position-weighted sum over slots). Over ``--seeds``
-seeds: mean and standard error. Prints one JSON line per problem and strategy::
+Metrics per run and arm: ``share`` = the served expected reward over the last 10% of rounds
+divided by the oracle's over them; ``regret`` = mean (oracle - served) expected reward per
+round, over all rounds. The served expected reward of a round is the expectation (over reward
+noise) of what was served: ``q[chosen]`` (slates: the position-weighted sum over slots). Over
+``--seeds`` seeds: mean and standard error; ``paired``: the service's share minus each VW
+loop's, seed by seed (mean and standard error of the differences).
+Prints one JSON line per problem and strategy::
 
     .venv/bin/python -m benchmarks.quality --rounds 20000 --seeds 10 --jobs 16
     .venv/bin/python -m benchmarks.quality --rounds 3000 --seeds 3 --problems segments \\
@@ -287,7 +293,7 @@ def run_one(
     cadence: Cadence,
     service_arm: bool = True,
 ) -> dict:
-    """One seed of one problem and strategy: the three policies' per-round expected rewards
+    """One seed of one problem and strategy: the four policies' per-round expected rewards
     (without `service_arm`, the service's loop is not run and its rewards are NaN)."""
     config = strategy_config(strategy)
     if "freshness_s=" in strategy:
@@ -305,6 +311,12 @@ def run_one(
     live = VWPolicy(args, version="v0")
     runtime = _runtime(config, live)
     reference = VWPolicy(args, version="ref")
+    floored = config.exploration_options.floor > 0.0
+    native_config = replace(
+        config, exploration_options=replace(config.exploration_options, floor=0.0)
+    )
+    native = VWPolicy(args, version="native")
+    native_rng = np.random.default_rng([seed, 3])
     builder = LineBuilder()
     pending: deque[Pending] = deque()
     joined: list[JoinedDecision] = []
@@ -312,6 +324,7 @@ def run_one(
     versions = 0
     service = np.empty(rounds)
     vw_online = np.empty(rounds)
+    vw_native = np.empty(rounds)
     oracle = np.empty(rounds)
     uniform = np.empty(rounds)
     wait = cadence.reward_wait_s
@@ -358,12 +371,23 @@ def run_one(
         _, learned = _draw_rewards(problem, ref_rng, req.q, ref_chosen, wait)
         for lines in builder.event_lines(JoinedDecision(ref_record, learned, 0, T0)):
             reference.learn_lines(lines)
+        if floored:  # VW's own exploration: the same loop without the floor
+            native_record = decide(
+                rank, {"i": i}, _runtime(native_config, native), now, f"n{seed}-{i}"
+            )
+            native_chosen = [ids.index(s["action_id"]) for s in native_record.slots]
+            vw_native[i] = problem.served(req.q, native_chosen)
+            _, learned = _draw_rewards(problem, native_rng, req.q, native_chosen, wait)
+            for lines in builder.event_lines(JoinedDecision(native_record, learned, 0, T0)):
+                native.learn_lines(lines)
     live.close()
     learner.close()
     reference.close()
+    native.close()
     return {
         "service": service,
         "vw_online": vw_online,
+        "vw_native": vw_native if floored else vw_online,
         "uniform": uniform,
         "oracle": oracle,
         "versions": versions,
@@ -378,11 +402,14 @@ def metrics(served: np.ndarray, oracle: np.ndarray) -> tuple[float, float]:
     return share, regret
 
 
+ARMS = ("service", "vw_online", "vw_native", "uniform")
+
+
 def _task(task: tuple[str, str, int, int, Cadence, bool]) -> tuple[str, str, int, dict, float]:
     problem, strategy, seed, rounds, cadence, service_arm = task
     started = time.perf_counter()
     out = run_one(problem, strategy, seed, rounds, cadence, service_arm)
-    result = {arm: metrics(out[arm], out["oracle"]) for arm in ("service", "vw_online", "uniform")}
+    result = {arm: metrics(out[arm], out["oracle"]) for arm in ARMS}
     result["versions"] = out["versions"]
     return problem, strategy, seed, result, time.perf_counter() - started
 
@@ -391,6 +418,11 @@ def summarise(values: list[float]) -> tuple[float, float]:
     a = np.asarray(values, dtype=np.float64)
     se = float(a.std(ddof=1) / math.sqrt(a.size)) if a.size > 1 else float("nan")
     return float(a.mean()), se
+
+
+def _paired(differences: list[float]) -> dict[str, float]:
+    mean, se = summarise(differences)
+    return {"share": round(mean, 4), "share_se": round(se, 4)}
 
 
 def run_suite(
@@ -420,7 +452,7 @@ def run_suite(
         if len(group) == len(seeds):
             line: dict[str, Any] = {"bench": "quality", "problem": problem, "strategy": strategy}
             line.update(rounds=rounds, seeds=len(seeds))
-            for arm in ("service", "vw_online", "uniform"):
+            for arm in ARMS:
                 share = summarise([r[arm][0] for r, _ in group])
                 regret = summarise([r[arm][1] for r, _ in group])
                 line[arm] = {
@@ -428,6 +460,11 @@ def run_suite(
                     "share_se": round(share[1], 4),
                     "regret": round(regret[0], 5),
                     "regret_se": round(regret[1], 5),
+                }
+            if service_arm:  # paired over seeds: the service's loop against each VW loop
+                line["paired"] = {
+                    f"service-{ref}": _paired([r["service"][0] - r[ref][0] for r, _ in group])
+                    for ref in ("vw_online", "vw_native")
                 }
             line["model_versions"] = int(np.mean([r["versions"] for r, _ in group]))
             line["seconds_per_seed"] = round(float(np.mean([s for _, s in group])), 1)
