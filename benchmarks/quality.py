@@ -285,6 +285,24 @@ def _runtime(config: LoopConfig, policy: VWPolicy) -> LoopRuntime:
     return LoopRuntime("bench", config, T0, explorer_for(config, policy), policy)
 
 
+Step = tuple[Problem, int, RankInput, np.ndarray, datetime, float, LineBuilder]
+"""One round as a per-event loop sees it: (problem, round, request, q, time, reward window,
+the example builder)."""
+
+
+def _per_event(step: Step, runtime: LoopRuntime, event_id: str, rng: np.random.Generator) -> float:
+    """One round of a per-event VW loop: decide on `runtime`, draw the rewards, learn them in
+    place on its model at once; the served expected reward."""
+    problem, i, rank, q, now, wait, builder = step
+    record = decide(rank, {"i": i}, runtime, now, event_id)
+    ids = [a.id for a in rank.actions]
+    chosen = [ids.index(s["action_id"]) for s in record.slots]
+    _, learned = _draw_rewards(problem, rng, q, chosen, wait)
+    for lines in builder.event_lines(JoinedDecision(record, learned, 0, T0)):
+        runtime.policy.learn_lines(lines)
+    return problem.served(q, chosen)
+
+
 def run_one(
     problem_name: str,
     strategy: str,
@@ -364,22 +382,11 @@ def run_one(
         else:
             service[i] = np.nan
         # VW per event: the same decision path on a model learning in place
-        ref_runtime = _runtime(config, reference)
-        ref_record = decide(rank, {"i": i}, ref_runtime, now, f"r{seed}-{i}")
-        ref_chosen = [ids.index(s["action_id"]) for s in ref_record.slots]
-        vw_online[i] = problem.served(req.q, ref_chosen)
-        _, learned = _draw_rewards(problem, ref_rng, req.q, ref_chosen, wait)
-        for lines in builder.event_lines(JoinedDecision(ref_record, learned, 0, T0)):
-            reference.learn_lines(lines)
+        step = (problem, i, rank, req.q, now, wait, builder)
+        vw_online[i] = _per_event(step, _runtime(config, reference), f"r{seed}-{i}", ref_rng)
         if floored:  # VW's own exploration: the same loop without the floor
-            native_record = decide(
-                rank, {"i": i}, _runtime(native_config, native), now, f"n{seed}-{i}"
-            )
-            native_chosen = [ids.index(s["action_id"]) for s in native_record.slots]
-            vw_native[i] = problem.served(req.q, native_chosen)
-            _, learned = _draw_rewards(problem, native_rng, req.q, native_chosen, wait)
-            for lines in builder.event_lines(JoinedDecision(native_record, learned, 0, T0)):
-                native.learn_lines(lines)
+            native_runtime = _runtime(native_config, native)
+            vw_native[i] = _per_event(step, native_runtime, f"n{seed}-{i}", native_rng)
     live.close()
     learner.close()
     reference.close()
