@@ -333,7 +333,7 @@ def run_one(
     native_config = replace(
         config, exploration_options=replace(config.exploration_options, floor=0.0)
     )
-    native = VWPolicy(args, version="native")
+    native = VWPolicy(args, version="native") if floored else reference  # not run unfloored
     native_rng = np.random.default_rng([seed, 3])
     builder = LineBuilder()
     pending: deque[Pending] = deque()
@@ -390,7 +390,8 @@ def run_one(
     live.close()
     learner.close()
     reference.close()
-    native.close()
+    if floored:
+        native.close()
     return {
         "service": service,
         "vw_online": vw_online,
